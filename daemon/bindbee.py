@@ -1,0 +1,291 @@
+"""HTTP client for the Bindbee LMS API: auth, rate budget, retries and the status policy.
+
+No ``httpx`` type or exception leaves this module; callers see ``daemon.errors``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+import structlog
+
+from daemon import metrics
+from daemon.errors import (
+    ApiUnavailableError,
+    AuthError,
+    InvalidRequestError,
+    MalformedResponseError,
+    NotFoundError,
+    RateLimitedError,
+    ScanInterrupted,
+)
+from daemon.models import Page, Record
+from daemon.ratelimit import RateLimiter
+from daemon.settings import BindbeeSettings, ConnectorSettings
+from daemon.timestamps import normalize_time
+
+log = structlog.get_logger("daemon.bindbee")
+
+API_PREFIX = "/api/lms/v1"
+QueryParams = Mapping[str, str | int | float | bool]
+_T = TypeVar("_T")
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way worth another try."""
+
+    def __init__(self, reason: str, status: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def _query_value(value: str | int | float | bool) -> str | int | float:
+    # The API is FastAPI: booleans are spelled true/false.
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
+def _float_header(response: httpx.Response, name: str) -> float | None:
+    raw = response.headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+class BindbeeClient:
+    """One client per Bindbee organisation; holds one rate limiter per connector.
+
+    ``stop`` makes every wait (rate budget, back-off) end early with ScanInterrupted.
+    """
+
+    def __init__(
+        self,
+        settings: BindbeeSettings,
+        *,
+        stop: threading.Event | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._stop = stop or threading.Event()
+        self._sleep = sleep or self._interruptible_sleep
+        self._http = httpx.Client(
+            base_url=settings.base_url,
+            timeout=settings.timeout_seconds,
+            headers={"Authorization": f"Bearer {settings.api_key.get_secret_value()}"},
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        )
+        self._limiters: dict[str, RateLimiter] = {}
+        self._limiters_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"BindbeeClient(base_url={self.settings.base_url!r})"
+
+    def __enter__(self) -> BindbeeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def limiter(self, connector: str) -> RateLimiter:
+        """The rate limiter shared by every stream of ``connector``."""
+        with self._limiters_lock:
+            limiter = self._limiters.get(connector)
+            if limiter is None:
+                rate = self.settings.rate_limit
+                limiter = RateLimiter(rate.requests, rate.per_seconds)
+                self._limiters[connector] = limiter
+            return limiter
+
+    def fetch_page(
+        self,
+        connector: ConnectorSettings,
+        model: str,
+        *,
+        params: QueryParams | None = None,
+        cursor: str | None = None,
+        number: int = 1,
+    ) -> Page:
+        """Fetch one list page; retries what is retriable, raises typed errors for the rest."""
+        query: dict[str, str | int | float] = {"page_size": self.settings.page_size}
+        for key, value in (params or {}).items():
+            query[key] = _query_value(value)
+        if cursor is not None:
+            query["cursor"] = cursor
+        where = f"{connector.name}/{model} page {number}"
+        return self._call(
+            connector,
+            f"{API_PREFIX}/{model}",
+            query,
+            where,
+            lambda body: self._parse_page(body, where, number, cursor),
+        )
+
+    def get_record(self, connector: ConnectorSettings, model: str, record_id: str) -> Record:
+        """Fetch one record by id."""
+        where = f"{connector.name}/{model} record {record_id}"
+
+        def parse(body: Any) -> Record:
+            if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+                raise _Retry(f"{where}: response is not a record", "malformed")
+            return body
+
+        return self._call(connector, f"{API_PREFIX}/{model}/{record_id}", {}, where, parse)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _call(
+        self,
+        connector: ConnectorSettings,
+        path: str,
+        query: Mapping[str, str | int | float],
+        where: str,
+        parse: Callable[[Any], _T],
+    ) -> _T:
+        assert connector.token is not None  # settings guarantee it
+        headers = {"x-connector-token": connector.token.get_secret_value()}
+        limiter = self.limiter(connector.name)
+        failures = 0
+        rate_limited = 0
+        while True:
+            limiter.acquire(self._stop)
+            try:
+                response = self._http.get(path, params=query, headers=headers)
+            except httpx.TimeoutException:
+                failure = _Retry(
+                    f"{where}: timed out after {self.settings.timeout_seconds}s", "timeout"
+                )
+            except httpx.TransportError as exc:
+                failure = _Retry(f"{where}: connection failed ({type(exc).__name__})", "error")
+            else:
+                status = response.status_code
+                metrics.API_REQUESTS.labels(connector.name, str(status)).inc()
+                self._observe_budget(connector.name, response, limiter)
+                if status == 429:
+                    rate_limited += 1
+                    metrics.API_RATE_LIMITED.labels(connector.name).inc()
+                    if rate_limited > max(self.settings.max_attempts, 10):
+                        raise RateLimitedError(
+                            f"{where}: still rate limited after {rate_limited} tries"
+                        )
+                    wait = self._retry_after(response)
+                    log.warning("api_rate_limited", where=where, retry_after=round(wait, 3))
+                    limiter.block_for(wait)
+                    continue
+                if status >= 500:
+                    failure = _Retry(f"{where}: server error {status}", str(status))
+                elif status >= 400:
+                    raise self._client_error(status, response, where)
+                else:
+                    try:
+                        return parse(self._json(response, where))
+                    except _Retry as exc:
+                        failure = exc
+            if failure.status in ("timeout", "error"):
+                metrics.API_REQUESTS.labels(connector.name, failure.status).inc()
+            failures += 1
+            if failures >= self.settings.max_attempts:
+                if failure.status == "malformed":
+                    raise MalformedResponseError(f"{failure.reason} ({failures} attempts)")
+                raise ApiUnavailableError(f"{failure.reason}; gave up after {failures} attempts")
+            delay = random.uniform(
+                0,
+                min(
+                    self.settings.backoff_max_seconds,
+                    self.settings.backoff_base_seconds * 2 ** (failures - 1),
+                ),
+            )
+            log.warning(
+                "api_retry",
+                where=where,
+                reason=failure.reason,
+                attempt=failures,
+                delay=round(delay, 3),
+            )
+            self._sleep(delay)
+
+    @staticmethod
+    def _json(response: httpx.Response, where: str) -> Any:
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise _Retry(f"{where}: response is not JSON", "malformed") from None
+
+    @staticmethod
+    def _parse_page(body: Any, where: str, number: int, cursor: str | None) -> Page:
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise _Retry(f"{where}: response has no 'items' list", "malformed")
+        items: list[Record] = body["items"]
+        for position, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+                raise _Retry(f"{where}: item {position} has no id", "malformed")
+            modified_at = item.get("modified_at")
+            if not isinstance(modified_at, str):
+                raise _Retry(f"{where}: item {item['id']} has no modified_at", "malformed")
+            try:
+                normalize_time(modified_at)
+            except ValueError:
+                raise _Retry(
+                    f"{where}: item {item['id']} has an unreadable modified_at", "malformed"
+                ) from None
+        next_cursor = body.get("cursor")
+        if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
+            raise _Retry(f"{where}: cursor is not a string", "malformed")
+        return Page(number=number, items=items, cursor=cursor, next_cursor=next_cursor)
+
+    def _observe_budget(
+        self, connector: str, response: httpx.Response, limiter: RateLimiter
+    ) -> None:
+        remaining = _float_header(response, "X-RateLimit-Remaining")
+        if remaining is None:
+            return
+        metrics.API_RATE_LIMIT_REMAINING.labels(connector).set(remaining)
+        if remaining <= 0 and response.status_code != 429:
+            limiter.block_for(self._reset_after(response))
+
+    def _retry_after(self, response: httpx.Response) -> float:
+        retry_after = _float_header(response, "Retry-After")
+        if retry_after is not None:
+            return max(retry_after, 0.0)
+        return self._reset_after(response)
+
+    @staticmethod
+    def _reset_after(response: httpx.Response) -> float:
+        precise = _float_header(response, "X-RateLimit-Reset-After")
+        if precise is not None:
+            return max(precise, 0.0)
+        reset = _float_header(response, "X-RateLimit-Reset")
+        if reset is None:
+            return 1.0
+        return max(reset - time.time(), 0.0)
+
+    @staticmethod
+    def _client_error(status: int, response: httpx.Response, where: str) -> Exception:
+        try:
+            detail = orjson.loads(response.content).get("detail")
+        except (orjson.JSONDecodeError, AttributeError):
+            detail = None
+        if status in (401, 403):
+            return AuthError(
+                f"{where}: {status} — the API key or this connector's token was rejected; "
+                "check bindbee.api_key and the connector token"
+            )
+        if status == 404:
+            return NotFoundError(f"{where}: 404 not found")
+        return InvalidRequestError(f"{where}: {status} invalid request: {detail}", detail)
+
+    def _interruptible_sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise ScanInterrupted("stop requested during API back-off")

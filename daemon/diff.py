@@ -1,0 +1,131 @@
+"""Pure diffing: one page of API records against the stored snapshot rows → change events."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import orjson
+
+from daemon.models import ChangeEvent, Record, StoredRow, StreamKey
+from daemon.timestamps import normalize_time
+
+
+def content_hash(record: Record, ignore_fields: Iterable[str]) -> str:
+    """Hash of a record's canonical JSON, leaving out fields whose changes are not events."""
+    ignored = set(ignore_fields)
+    content = {k: v for k, v in record.items() if k not in ignored} if ignored else record
+    canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+
+
+def field_changes(
+    old: Record, new: Record, ignore_fields: Iterable[str]
+) -> dict[str, dict[str, object]]:
+    """Top-level fields whose values differ, as ``{field: {"old": …, "new": …}}``."""
+    ignored = set(ignore_fields)
+    changes: dict[str, dict[str, object]] = {}
+    for name in sorted((old.keys() | new.keys()) - ignored):
+        before, after = old.get(name), new.get(name)
+        if before != after:
+            changes[name] = {"old": before, "new": after}
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class RowWrite:
+    """A snapshot row to insert or replace after the page's events are acknowledged."""
+
+    id: str
+    modified_at: str
+    content_hash: str
+    record: Record
+
+
+@dataclass(slots=True)
+class PageDiff:
+    """What one page means: events to publish, rows to write, and counters."""
+
+    events: list[ChangeEvent] = field(default_factory=list)
+    writes: list[RowWrite] = field(default_factory=list)
+    seen_ids: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    stale: int = 0
+    max_modified_at: str | None = None
+
+
+def diff_page(
+    stream: StreamKey,
+    items: Iterable[Record],
+    stored: Mapping[str, StoredRow],
+    *,
+    ignore_fields: Iterable[str] = ("modified_at",),
+    initial_sync: bool = False,
+    emit_created: bool = True,
+) -> PageDiff:
+    """Diff one page of records against their stored rows.
+
+    ``initial_sync`` marks created events as part of the first full scan;
+    ``emit_created=False`` (initial_sync: baseline) stores new rows silently.
+    """
+    ignore = tuple(ignore_fields)
+    result = PageDiff()
+    seen: dict[str, None] = {}
+    for record in items:
+        record_id = record["id"]
+        if record_id in seen:
+            continue  # the same id twice in one page: the first copy wins
+        seen[record_id] = None
+        modified_at = normalize_time(record["modified_at"])
+        if result.max_modified_at is None or modified_at > result.max_modified_at:
+            result.max_modified_at = modified_at
+        digest = content_hash(record, ignore)
+        old = stored.get(record_id)
+        if old is None:
+            result.writes.append(RowWrite(record_id, modified_at, digest, record))
+            if emit_created:
+                result.events.append(
+                    ChangeEvent(
+                        "created",
+                        stream,
+                        record_id,
+                        record,
+                        modified_at,
+                        digest,
+                        initial_sync=initial_sync,
+                    )
+                )
+        elif modified_at < old.modified_at:
+            result.stale += 1
+        elif digest == old.content_hash:
+            result.unchanged += 1
+            if modified_at > old.modified_at:
+                # Remember the newer time (so older copies count as stale), keep the
+                # last published record: it is what a later `deleted` carries.
+                result.writes.append(RowWrite(record_id, modified_at, digest, old.record))
+        else:
+            result.writes.append(RowWrite(record_id, modified_at, digest, record))
+            result.events.append(
+                ChangeEvent(
+                    "updated",
+                    stream,
+                    record_id,
+                    record,
+                    modified_at,
+                    digest,
+                    changes=field_changes(old.record, record, ignore),
+                    initial_sync=initial_sync,
+                    previous_hash=old.content_hash,
+                )
+            )
+    result.seen_ids = list(seen)
+    return result
+
+
+def deleted_events(stream: StreamKey, rows: Iterable[StoredRow]) -> list[ChangeEvent]:
+    """``deleted`` events for rows a complete full scan did not see."""
+    return [
+        ChangeEvent("deleted", stream, row.id, row.record, row.modified_at, row.content_hash)
+        for row in rows
+    ]

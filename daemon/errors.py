@@ -1,0 +1,87 @@
+"""The errors of lms-changefeed, grouped by what the caller should do about them.
+
+    ChangefeedError
+    ├── ConfigError                 refuse to start (exit 2); names the field
+    ├── StreamFatalError            this stream cannot go on until a person acts
+    │   ├── AuthError               401/403: API key or connector token rejected
+    │   ├── InvalidRequestError     422: a parameter the API refuses (carries the detail)
+    │   └── NotFoundError           404
+    ├── RetriableError              try again later; nothing was committed
+    │   ├── ApiUnavailableError     5xx, timeouts, dropped connections (retries exhausted)
+    │   ├── RateLimitedError        429 that outlasted our patience
+    │   ├── MalformedResponseError  body not JSON, no items, item without id, cursor loop
+    │   ├── SinkError               Kafka did not acknowledge a page
+    │   ├── StateStoreError         the snapshot store could not be read or written
+    │   └── ScanInterrupted         shutdown asked the pass to stop at a page boundary
+    └── DeleteGuardError            a full scan would delete too much; nothing deleted
+
+The scheduler decides from the class alone: fatal errors back off long, retriable
+ones back off short. Messages never contain API keys or connector tokens.
+"""
+
+from __future__ import annotations
+
+
+class ChangefeedError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(ChangefeedError):
+    """The configuration is invalid; the daemon must not start."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"invalid config: {field}: {message}")
+
+
+class StreamFatalError(ChangefeedError):
+    """A stream cannot make progress until someone changes config or credentials."""
+
+
+class AuthError(StreamFatalError):
+    """The API rejected the API key or the connector token (401/403)."""
+
+
+class InvalidRequestError(StreamFatalError):
+    """The API rejected a request parameter (422); ``detail`` is the API's explanation."""
+
+    def __init__(self, message: str, detail: object = None) -> None:
+        self.detail = detail
+        super().__init__(message)
+
+
+class NotFoundError(StreamFatalError):
+    """The API answered 404."""
+
+
+class RetriableError(ChangefeedError):
+    """A transient failure: the pass stops, nothing is committed, the next pass retries."""
+
+
+class ApiUnavailableError(RetriableError):
+    """5xx, timeouts or dropped connections outlasted the retry budget."""
+
+
+class RateLimitedError(RetriableError):
+    """The API kept answering 429 beyond the retry budget."""
+
+
+class MalformedResponseError(RetriableError):
+    """The API answered something we cannot trust; the page is not used."""
+
+
+class SinkError(RetriableError):
+    """Kafka did not acknowledge every event of a page."""
+
+
+class StateStoreError(RetriableError):
+    """The snapshot store could not be read or written."""
+
+
+class DeleteGuardError(ChangefeedError):
+    """A full scan found too many ids missing; deletes were withheld."""
+
+
+class ScanInterrupted(RetriableError):
+    """A stop was requested; the pass ended at a page boundary with nothing half-done."""

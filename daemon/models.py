@@ -1,0 +1,110 @@
+"""Small typed objects that cross module boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Record = dict[str, Any]
+EventType = Literal["created", "updated", "deleted"]
+ScanKind = Literal["full", "incremental"]
+ScanPhase = Literal["pages", "deletes"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamKey:
+    """One (connector, model) pair: the unit of polling, watermarks and state."""
+
+    connector: str
+    model: str
+
+    def __str__(self) -> str:
+        return f"{self.connector}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One list response: its items and the cursor of the next page (None on the last)."""
+
+    number: int
+    items: list[Record]
+    cursor: str | None
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One Kafka record, ready to send: the sink knows nothing about events."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """What the snapshot store remembers of one record."""
+
+    id: str
+    modified_at: str
+    content_hash: str
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One change to publish; ``record`` is the API's record (the last known one for deletes)."""
+
+    type: EventType
+    stream: StreamKey
+    record_id: str
+    record: Record
+    modified_at: str
+    content_hash: str
+    changes: dict[str, dict[str, Any]] | None = None
+    initial_sync: bool = False
+    previous_hash: str | None = None
+
+
+@dataclass(slots=True)
+class ScanStats:
+    """Counters of one pass over a stream."""
+
+    pages: int = 0
+    items: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    requests: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """Durable per-stream state: watermark, the scan in progress, the last full scan."""
+
+    key: StreamKey
+    watermark: str | None = None
+    scan_number: int = 0
+    scan_kind: ScanKind | None = None
+    scan_phase: ScanPhase | None = None
+    scan_cursor: str | None = None
+    scan_pages: int = 0
+    scan_since: str | None = None
+    scan_started_at: float | None = None
+    scan_max_modified: str | None = None
+    last_full_scan_started_at: float | None = None
+    last_full_scan_at: float | None = None
+    last_scan_at: float | None = None
+    delete_guard: str | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    records: int = 0
+
+    @property
+    def in_progress(self) -> bool:
+        """True when a scan was started and not finished (a restart resumes it)."""
+        return self.scan_kind is not None

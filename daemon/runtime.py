@@ -1,0 +1,59 @@
+"""The long-lived parts of one daemon process, opened and closed in one place."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from daemon.bindbee import BindbeeClient
+from daemon.settings import Settings
+from daemon.sink import KafkaSink
+from daemon.snapshot import SqliteSnapshotStore
+from daemon.stream import StreamPass
+
+
+@dataclass
+class Runtime:
+    """Settings plus the store, API client and Kafka sink every stream shares."""
+
+    settings: Settings
+    store: SqliteSnapshotStore
+    client: BindbeeClient
+    sink: KafkaSink
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def open(cls, settings: Settings, stop: threading.Event | None = None) -> Runtime:
+        """Open the state store and create (not connect) the client and the sink."""
+        stop = stop or threading.Event()
+        store = SqliteSnapshotStore(settings.state.path)
+        return cls(
+            settings=settings,
+            store=store,
+            client=BindbeeClient(settings.bindbee, stop=stop),
+            sink=KafkaSink(settings.kafka),
+            stop=stop,
+        )
+
+    def passes(
+        self, connectors: list[str] | None = None, models: list[str] | None = None
+    ) -> list[StreamPass]:
+        """One StreamPass per configured connector × model, optionally filtered."""
+        return [
+            StreamPass(
+                self.settings, connector, model,
+                source=self.client, store=self.store, sink=self.sink, stop=self.stop,
+            )
+            for connector in self.settings.connectors
+            if connectors is None or connector.name in connectors
+            for model in self.settings.models
+            if models is None or model in models
+        ]
+
+    def close(self) -> None:
+        """Flush and close everything; safe to call twice."""
+        for close in (self.sink.close, self.client.close, self.store.close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - closing must not mask the original exit
+                pass

@@ -1,0 +1,340 @@
+"""The Kafka publisher: send a page of messages, flush, and succeed only if Kafka acked them all.
+
+Failure policy: any failure raises ``SinkError`` (nothing of the page counts as delivered)
+and throws the producer away. kafka-python 3.0.12's idempotent producer does not recover
+once a batch has expired (broker paused or restarted), while a new producer works at once;
+the next ``publish`` builds one. No ``kafka.errors`` exception leaves this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import structlog
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient
+from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.net.compat import KafkaNetClient
+from structlog.typing import FilteringBoundLogger
+
+from daemon.errors import ConfigError, SinkError
+from daemon.models import Message
+from daemon.settings import KafkaSettings
+
+# A page is ~100 messages of ~1 KiB: large batches cut the per-request overhead when one
+# publish spans several pages' worth of data (full scans), and cost nothing otherwise
+# because kafka-python grows batch buffers on demand.
+_BATCH_SIZE = 256 * 1024
+_CLOSE_TIMEOUT_SECONDS = 5.0
+# What talking to Kafka can raise: kafka-python's errors, and socket/TLS-file errors.
+_KAFKA_FAILURES = (KafkaError, OSError)
+_CODEC_AVAILABLE = {"gzip": has_gzip, "lz4": has_lz4, "snappy": has_snappy, "zstd": has_zstd}
+
+
+class KafkaSink:
+    """Publishes ``Message`` objects to Kafka; safe to share between stream threads.
+
+    Construction does no network I/O, so the daemon starts (and reports not-ready) while
+    Kafka is down; the producer is created by the first ``publish``.
+    """
+
+    def __init__(
+        self, settings: KafkaSettings, *, logger: FilteringBoundLogger | None = None
+    ) -> None:
+        if settings.delivery_timeout_ms < settings.linger_ms + settings.request_timeout_ms:
+            # kafka-python refuses this combination, but only when the producer is built,
+            # which would turn a config mistake into an endless retry loop.
+            raise ConfigError(
+                "kafka.delivery_timeout_ms",
+                f"must be at least linger_ms + request_timeout_ms "
+                f"({settings.linger_ms + settings.request_timeout_ms})",
+            )
+        codec = settings.compression_type
+        if codec != "none" and not _CODEC_AVAILABLE[codec]():
+            raise ConfigError(
+                "kafka.compression_type", f"{codec} needs a Python package that is not installed"
+            )
+        self._settings = settings
+        self._log: FilteringBoundLogger = logger or structlog.get_logger(__name__)
+        self._lock = threading.Lock()
+        self._producer: KafkaProducer | None = None
+        self._known_topics: set[str] = set()
+        password = settings.sasl_plain_password
+        self._secret = password.get_secret_value() if password is not None else ""
+        # kafka-python lets in-flight batches hang forever when the broker stops answering
+        # (measured: 30 s+ with request_timeout_ms=1000), so publish enforces this itself.
+        self._publish_timeout = settings.delivery_timeout_ms / 1000
+
+    def __repr__(self) -> str:
+        s = self._settings
+        return f"KafkaSink(bootstrap={s.bootstrap_servers!r}, client_id={s.client_id!r})"
+
+    # -- public API ----------------------------------------------------------------------
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        """Send every message, flush, and return only when Kafka acknowledged ALL of them.
+
+        Otherwise raise SinkError: nothing is considered delivered (some messages may
+        still reach Kafka, so a retry can duplicate them), and the producer is closed so
+        the next call builds a fresh one.
+        """
+        if not messages:
+            return
+        if self._settings.create_topics:
+            topics = {m.topic for m in messages}
+            if not topics <= self._known_topics:
+                self.ensure_topics(topics)
+        producer = self._current_producer()
+        deadline = time.monotonic() + self._publish_timeout
+        try:
+            send = producer.send
+            futures = [
+                send(m.topic, value=m.value, key=m.key, headers=list(m.headers)) for m in messages
+            ]
+        except _KAFKA_FAILURES as exc:
+            self._discard(producer)
+            raise self._publish_error(messages, exc) from None
+        except BaseException:
+            self._discard(producer)
+            raise
+        flush_error: BaseException | None = None
+        try:
+            producer.flush(timeout=max(deadline - time.monotonic(), 0.0))
+        except _KAFKA_FAILURES as exc:
+            flush_error = exc  # judged below: only this page's own futures decide
+        except BaseException:
+            self._discard(producer)
+            raise
+        failed = [f for f in futures if f.exception is not None or not f.is_done]
+        if failed:
+            self._discard(producer)
+            first = next((f.exception for f in failed if f.exception is not None), flush_error)
+            raise self._publish_error(messages, first, failed=len(failed))
+
+    def ensure_topics(self, topics: Iterable[str]) -> None:
+        """Create the missing ``topics`` with the configured partitions and replication.
+
+        A no-op when ``create_topics`` is off. Idempotent: topics seen once are remembered,
+        and a topic someone else created meanwhile is fine.
+        """
+        if not self._settings.create_topics:
+            return
+        wanted = set(topics) - self._known_topics
+        if not wanted:
+            return
+        s = self._settings
+        timeout_ms = s.request_timeout_ms
+        missing: list[str] = []
+        try:
+            with _admin_client(_client_configs(s), timeout_ms) as admin:
+                missing = sorted(wanted - set(admin.list_topics()))
+                if missing:
+                    spec = {
+                        "num_partitions": s.partitions,
+                        "replication_factor": s.replication_factor,
+                    }
+                    result = admin.create_topics(
+                        {topic: spec for topic in missing},
+                        timeout_ms=timeout_ms,
+                        raise_errors=False,
+                    )
+                    self._check_created(result)
+        except _KAFKA_FAILURES as exc:
+            raise SinkError(
+                self._scrub(
+                    f"cannot create Kafka topic(s) {', '.join(sorted(wanted))} at "
+                    f"{s.bootstrap_servers}: {_describe(exc)}"
+                )
+            ) from None
+        with self._lock:
+            self._known_topics |= wanted
+        if missing:
+            self._log.info(
+                "kafka_topics_created",
+                topics=missing,
+                partitions=s.partitions,
+                replication_factor=s.replication_factor,
+            )
+
+    def check_ready(self, timeout_seconds: float = 5.0) -> None:
+        """Raise SinkError unless cluster metadata can be fetched within about the timeout."""
+        timeout_ms = max(int(timeout_seconds * 1000), 1)
+        try:
+            with _admin_client(_client_configs(self._settings), timeout_ms) as admin:
+                admin.describe_cluster()
+        except _KAFKA_FAILURES as exc:
+            raise SinkError(
+                self._scrub(
+                    f"Kafka at {self._settings.bootstrap_servers} is not reachable: "
+                    f"{_describe(exc)}"
+                )
+            ) from None
+
+    def close(self) -> None:
+        """Deliver what is still buffered (briefly) and close the producer; safe to call twice."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            _close_producer(producer, _CLOSE_TIMEOUT_SECONDS)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _current_producer(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = self._new_producer()
+            return self._producer
+
+    def _new_producer(self) -> KafkaProducer:
+        s = self._settings
+        try:
+            producer = KafkaProducer(
+                **_client_configs(s),
+                acks="all",
+                enable_idempotence=True,
+                compression_type=None if s.compression_type == "none" else s.compression_type,
+                linger_ms=s.linger_ms,
+                batch_size=_BATCH_SIZE,
+                request_timeout_ms=s.request_timeout_ms,
+                delivery_timeout_ms=s.delivery_timeout_ms,
+                # Both bound how long publish can block before the first byte is sent.
+                max_block_ms=s.request_timeout_ms,
+                bootstrap_timeout_ms=s.request_timeout_ms,
+                # When we create topics, a producer must not auto-create one first with the
+                # broker's default partition count. (tansu 0.6.0 ignores this flag.)
+                allow_auto_create_topics=not s.create_topics,
+            )
+        except _KAFKA_FAILURES as exc:
+            raise SinkError(
+                self._scrub(
+                    f"cannot connect a Kafka producer to {s.bootstrap_servers}: {_describe(exc)}"
+                )
+            ) from None
+        self._log.info("kafka_producer_created", bootstrap_servers=s.bootstrap_servers)
+        return producer
+
+    def _discard(self, producer: KafkaProducer) -> None:
+        with self._lock:
+            if self._producer is producer:
+                self._producer = None
+        _close_producer(producer, 0.0)
+
+    def _publish_error(
+        self, messages: Sequence[Message], exc: BaseException | None, *, failed: int | None = None
+    ) -> SinkError:
+        topics = ", ".join(sorted({m.topic for m in messages}))
+        count = len(messages)
+        what = f"{failed} of {count}" if failed is not None else f"a page of {count}"
+        cause = _describe(exc) if exc is not None else "no acknowledgement"
+        message = self._scrub(
+            f"Kafka at {self._settings.bootstrap_servers} did not acknowledge {what} "
+            f"message(s) for topic(s) {topics} within {self._publish_timeout:g}s: {cause}; "
+            "none of them count as delivered, the next publish uses a new producer"
+        )
+        self._log.warning(
+            "kafka_publish_failed",
+            bootstrap_servers=self._settings.bootstrap_servers,
+            topics=topics,
+            messages=count,
+            failed=failed,
+            error=self._scrub(cause),
+        )
+        return SinkError(message)
+
+    def _check_created(self, result: dict[str, Any]) -> None:
+        problems = []
+        for topic in result.get("topics", []):
+            code = topic.get("error_code", 0)
+            if code in (0, TopicAlreadyExistsError.errno):
+                continue
+            detail = topic.get("error_message") or f"error code {code}"
+            problems.append(f"{topic.get('name')}: {detail}")
+        if problems:
+            raise SinkError(
+                self._scrub(
+                    f"Kafka at {self._settings.bootstrap_servers} refused to create topic(s): "
+                    + "; ".join(problems)
+                )
+            )
+
+    def _scrub(self, text: str) -> str:
+        # Belt and braces: kafka-python error texts are not ours to vet.
+        return text.replace(self._secret, "**********") if self._secret else text
+
+
+def _client_configs(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection settings shared by the producer and the admin client."""
+    password = settings.sasl_plain_password
+    return {
+        "bootstrap_servers": settings.bootstrap_servers.split(","),
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+        "sasl_mechanism": settings.sasl_mechanism,
+        "sasl_plain_username": settings.sasl_plain_username,
+        "sasl_plain_password": password.get_secret_value() if password is not None else None,
+        "ssl_cafile": settings.ssl_cafile,
+        "ssl_certfile": settings.ssl_certfile,
+        "ssl_keyfile": settings.ssl_keyfile,
+    }
+
+
+@contextlib.contextmanager
+def _admin_client(configs: dict[str, Any], timeout_ms: int) -> Iterator[KafkaAdminClient]:
+    """A short-lived admin client whose connection attempt and requests take ``timeout_ms``.
+
+    kafka-python 3.0.12's KafkaAdminClient starts its I/O thread before bootstrapping and
+    leaks it when bootstrapping fails; keeping hold of the network client lets us stop it.
+    """
+    created: list[KafkaNetClient] = []
+
+    def network_client(**kwargs: Any) -> KafkaNetClient:
+        client = KafkaNetClient(**kwargs)
+        created.append(client)
+        return client
+
+    try:
+        admin = KafkaAdminClient(
+            **configs,
+            request_timeout_ms=timeout_ms,
+            bootstrap_timeout_ms=timeout_ms,
+            kafka_client=network_client,
+        )
+    except BaseException:
+        for client in created:
+            with contextlib.suppress(Exception):
+                client.close()
+        raise
+    try:
+        yield admin
+    finally:
+        with contextlib.suppress(Exception):
+            admin.close()
+
+
+def _close_producer(producer: KafkaProducer, timeout: float) -> None:
+    """Close ``producer`` within ``timeout`` seconds, dropping whatever it could not send.
+
+    ``KafkaProducer.close`` flushes first and raises when records are still pending, before
+    it stops its I/O thread; aborting the sender then lets that thread end and free sockets.
+    """
+    try:
+        producer.close(timeout=timeout)
+    except Exception:  # whatever went wrong, the same cleanup is left to do
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(_CLOSE_TIMEOUT_SECONDS)
+        with contextlib.suppress(Exception):
+            producer.close(timeout=0)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    # kafka-python prefixes most messages with the class name already.
+    return text if text.startswith(name) else f"{name}: {text}" if text else name

@@ -1,0 +1,284 @@
+"""One pass over one (connector, model): fetch → diff → publish → commit, page by page."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+
+from daemon import metrics
+from daemon.diff import deleted_events, diff_page
+from daemon.errors import ScanInterrupted
+from daemon.events import to_messages
+from daemon.models import ChangeEvent, Message, ScanKind, ScanStats, StreamKey, StreamState
+from daemon.pagination import PageSource, iter_pages
+from daemon.settings import ConnectorSettings, ModelSettings, Settings
+from daemon.snapshot import SnapshotStore
+from daemon.timestamps import parse_time
+
+
+class EventSink:
+    """What a pass needs from Kafka (``daemon.sink.KafkaSink``)."""
+
+    def publish(self, messages: Sequence[Message]) -> None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def ensure_topics(self, topics: Sequence[str]) -> None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
+class PassResult:
+    """The outcome of one pass over a stream."""
+
+    key: StreamKey
+    kind: ScanKind
+    scan_number: int
+    stats: ScanStats = field(default_factory=ScanStats)
+    resumed: bool = False
+    completed: bool = False
+    delete_guard: str | None = None
+    watermark: str | None = None
+    duration: float = 0.0
+
+
+class StreamPass:
+    """Runs passes over one stream; the scheduler owns one per stream."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        connector: ConnectorSettings,
+        model: str,
+        *,
+        source: PageSource,
+        store: SnapshotStore,
+        sink: EventSink,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.key = StreamKey(connector.name, model)
+        self.settings = settings
+        self.connector = connector
+        self.model: ModelSettings = settings.models[model]
+        self.topic = settings.kafka.topic_for(connector.name, model)
+        self.source = source
+        self.store = store
+        self.sink = sink
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self._labels = (connector.name, model)
+
+    def run(self, *, force_full: bool = False) -> PassResult:
+        """One pass: resume the scan in progress or start the one that is due."""
+        started = time.monotonic()
+        state = self._start_or_resume(force_full)
+        assert state.scan_kind is not None
+        result = PassResult(
+            self.key,
+            state.scan_kind,
+            state.scan_number,
+            resumed=state.scan_pages > 0 or state.scan_phase == "deletes",
+        )
+        log = structlog.get_logger("daemon.stream").bind(
+            connector=self.key.connector,
+            model=self.key.model,
+            scan=f"{self.key}#{state.scan_number}",
+            kind=state.scan_kind,
+        )
+        log.info(
+            "scan_started",
+            resumed=result.resumed,
+            cursor_set=state.scan_cursor is not None,
+            since=state.scan_since,
+            watermark=state.watermark,
+        )
+        try:
+            self.sink.ensure_topics([self.topic])
+            # Initial sync: until the first full scan completes, nothing is "changed".
+            initial = state.last_full_scan_at is None
+            if state.scan_phase == "pages" and not (
+                state.scan_pages > 0 and state.scan_cursor is None
+            ):
+                state = self._walk_pages(state, result, initial, log)
+            if state.scan_kind == "full":
+                state = self._deletes(state, result, log)
+            state = self.store.finish_scan(self.key, self.clock(), result.delete_guard)
+        except BaseException as exc:
+            result.duration = time.monotonic() - started
+            outcome = "interrupted" if isinstance(exc, ScanInterrupted) else "failed"
+            metrics.SCANS.labels(*self._labels, result.kind, outcome).inc()
+            raise
+        result.completed = True
+        result.watermark = state.watermark
+        result.duration = time.monotonic() - started
+        self._record_success(result, state)
+        stats = result.stats
+        log.info(
+            "scan_finished",
+            pages=stats.pages,
+            items=stats.items,
+            created=stats.created,
+            updated=stats.updated,
+            deleted=stats.deleted,
+            unchanged=stats.unchanged,
+            stale=stats.stale,
+            requests=stats.requests,
+            duration_s=round(result.duration, 3),
+            watermark=state.watermark,
+            delete_guard=result.delete_guard,
+        )
+        return result
+
+    # -- phases ------------------------------------------------------------------
+
+    def _start_or_resume(self, force_full: bool) -> StreamState:
+        state = self.store.state(self.key)
+        if state.in_progress:
+            if not (force_full and state.scan_kind == "incremental"):
+                return state
+            self.store.abandon_scan(self.key)
+            state = self.store.state(self.key)
+        now = self.clock()
+        full_due = (
+            force_full
+            or state.watermark is None
+            or state.last_full_scan_started_at is None
+            or self.model.incremental_param is None
+            or now - state.last_full_scan_started_at >= self.model.full_scan_interval_seconds
+        )
+        since = None
+        if not full_due:
+            assert state.watermark is not None
+            since_dt = parse_time(state.watermark) - timedelta(seconds=self.model.lookback_seconds)
+            since = since_dt.isoformat().replace("+00:00", "Z")
+        return self.store.begin_scan(self.key, "full" if full_due else "incremental", since, now)
+
+    def _walk_pages(
+        self, state: StreamState, result: PassResult, initial: bool, log: structlog.BoundLogger
+    ) -> StreamState:
+        params: dict[str, str | int | float | bool] = dict(self.model.params)
+        if state.scan_kind == "incremental" and self.model.incremental_param and state.scan_since:
+            params[self.model.incremental_param] = state.scan_since
+        full = state.scan_kind == "full"
+        emit_created = not (initial and self.model.initial_sync == "baseline")
+        every = self.settings.log.progress_every_pages
+        pages = iter_pages(
+            self.source,
+            self.connector,
+            self.key.model,
+            params=params,
+            start_cursor=state.scan_cursor,
+            start_page=state.scan_pages + 1,
+        )
+        stats = result.stats
+        for page in pages:
+            stats.requests += 1
+            ids = [item["id"] for item in page.items]
+            stored = self.store.load_rows(self.key, ids)
+            diff = diff_page(
+                self.key,
+                page.items,
+                stored,
+                ignore_fields=self.model.ignore_fields,
+                initial_sync=initial,
+                emit_created=emit_created,
+            )
+            self._publish(diff.events)
+            state = self.store.commit_page(
+                self.key,
+                diff.writes,
+                diff.seen_ids if full else (),
+                page.next_cursor,
+                diff.max_modified_at,
+            )
+            stats.pages += 1
+            stats.items += len(page.items)
+            stats.unchanged += diff.unchanged
+            stats.stale += diff.stale
+            metrics.ITEMS_SEEN.labels(*self._labels).inc(len(page.items))
+            if diff.stale:
+                metrics.STALE_ITEMS.labels(*self._labels).inc(diff.stale)
+            for event in diff.events:
+                if event.type == "created":
+                    stats.created += 1
+                else:
+                    stats.updated += 1
+            if stats.pages % every == 0:
+                log.info(
+                    "scan_progress",
+                    pages=stats.pages,
+                    items=stats.items,
+                    created=stats.created,
+                    updated=stats.updated,
+                )
+            # Stop only at a page boundary: everything so far is published and committed.
+            if page.next_cursor is not None and self.stop.is_set():
+                raise ScanInterrupted(
+                    f"{self.key}: stop requested; resumes at page {page.number + 1}"
+                )
+        return state
+
+    def _deletes(
+        self, state: StreamState, result: PassResult, log: structlog.BoundLogger
+    ) -> StreamState:
+        if state.scan_phase != "deletes":
+            missing, total = self.store.count_missing(self.key)
+            guard = self._delete_guard(missing, total, result)
+            if guard is not None:
+                result.delete_guard = guard
+                metrics.DELETE_GUARD_TRIPS.labels(*self._labels).inc()
+                log.error("delete_guard_tripped", missing=missing, total=total, reason=guard)
+                return state
+            state = self.store.begin_deletes(self.key)
+        batch = max(self.settings.bindbee.page_size, 100)
+        while True:
+            rows = self.store.missing_rows(self.key, batch)
+            if not rows:
+                return state
+            events = deleted_events(self.key, rows)
+            self._publish(events)
+            self.store.commit_deletes(self.key, [row.id for row in rows])
+            result.stats.deleted += len(rows)
+            if self.stop.is_set():
+                raise ScanInterrupted(f"{self.key}: stop requested during deletes")
+
+    def _delete_guard(self, missing: int, total: int, result: PassResult) -> str | None:
+        if missing == 0:
+            return None
+        if missing == total:
+            return f"the full scan saw none of the {total} stored records; deleting nothing"
+        fraction = missing / total
+        if fraction > self.model.max_delete_fraction:
+            return (
+                f"{missing} of {total} records ({fraction:.0%}) vanished in one full scan, over "
+                f"max_delete_fraction {self.model.max_delete_fraction:.0%}; deleting nothing"
+            )
+        return None
+
+    def _publish(self, events: list[ChangeEvent]) -> None:
+        if not events:
+            return
+        tombstones = self.model.emit_tombstones
+        messages: list[Message] = []
+        for event in events:
+            messages.extend(to_messages(event, self.topic, tombstone=tombstones))
+        self.sink.publish(messages)
+        counts: dict[str, int] = {}
+        for event in events:
+            counts[event.type] = counts.get(event.type, 0) + 1
+        for kind, count in counts.items():
+            metrics.EVENTS_PUBLISHED.labels(*self._labels, kind).inc(count)
+
+    def _record_success(self, result: PassResult, state: StreamState) -> None:
+        labels = self._labels
+        metrics.SCANS.labels(*labels, result.kind, "ok").inc()
+        metrics.SCAN_DURATION.labels(*labels).observe(result.duration)
+        metrics.LAST_SUCCESS.labels(*labels).set(self.clock())
+        metrics.STREAM_UP.labels(*labels).set(1)
+        if state.watermark is not None:
+            metrics.WATERMARK.labels(*labels).set(parse_time(state.watermark).timestamp())

@@ -1,0 +1,125 @@
+"""Configuration: YAML + env, and bad config refused with exit 2 naming the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemon.__main__ import main
+from daemon.errors import ConfigError
+from daemon.settings import load_settings
+
+GOOD = {
+    "bindbee": {"base_url": "http://127.0.0.1:1", "api_key": "k-secret-123"},
+    "connectors": [{"name": "acme", "token": "tok-secret-456"}],
+    "models": {"enrollments": {"poll_interval_seconds": 10}},
+    "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
+}
+
+
+def write_config(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def with_(path: str, value: object) -> dict:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    node = data
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    node[last] = value
+    return data
+
+
+def test_env_wins_over_file_and_nests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, GOOD)
+    monkeypatch.setenv("CHANGEFEED_BINDBEE__PAGE_SIZE", "25")
+    monkeypatch.setenv("CHANGEFEED_KAFKA__BOOTSTRAP_SERVERS", "broker:1")
+    monkeypatch.setenv("CHANGEFEED_CONFIG", str(path))
+    settings = load_settings()
+    assert settings.bindbee.page_size == 25
+    assert settings.kafka.bootstrap_servers == "broker:1"
+    assert settings.bindbee.api_key.get_secret_value() == "k-secret-123"
+    assert "k-secret-123" not in repr(settings) and "tok-secret-456" not in repr(settings)
+
+
+def test_token_from_named_env_and_per_connector_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = with_("connectors", [
+        {"name": "acme", "token_env": "ACME_TOKEN", "poll_interval_seconds": {"enrollments": 3}},
+        {"name": "globex", "token": "t2"},
+    ])
+    monkeypatch.setenv("ACME_TOKEN", "from-env")
+    settings = load_settings(write_config(tmp_path, data))
+    assert settings.connector("acme").token.get_secret_value() == "from-env"
+    assert settings.poll_interval("acme", "enrollments") == 3
+    assert settings.poll_interval("globex", "enrollments") == 10
+
+
+BAD = [
+    ("interval zero", with_("models.enrollments.poll_interval_seconds", 0),
+     "models.enrollments.poll_interval_seconds"),
+    ("interval negative", with_("models.enrollments.poll_interval_seconds", -5),
+     "models.enrollments.poll_interval_seconds"),
+    ("page_size 0", with_("bindbee.page_size", 0), "bindbee.page_size"),
+    ("page_size 101", with_("bindbee.page_size", 101), "bindbee.page_size"),
+    ("unknown model", with_("models.grades", {}), "models"),
+    ("bad topic placeholder", with_("kafka.topic_template", "lms.{tenant}"), "kafka.topic_template"),
+    ("empty bootstrap", with_("kafka.bootstrap_servers", " , "), "kafka.bootstrap_servers"),
+    ("duplicate connectors", with_("connectors", [{"name": "a", "token": "x"},
+                                                  {"name": "a", "token": "y"}]), "connectors"),
+    ("missing token", with_("connectors", [{"name": "a"}]), "connectors.0"),
+    ("unknown top-level key", with_("surprise", 1), "surprise"),
+    ("negative lookback", with_("models.enrollments.lookback_seconds", -1),
+     "models.enrollments.lookback_seconds"),
+    ("missing api key", {k: v for k, v in GOOD.items() if k != "bindbee"}, "bindbee"),
+    ("bad delete fraction", with_("models.enrollments.max_delete_fraction", 1.5),
+     "models.enrollments.max_delete_fraction"),
+    ("bad initial_sync", with_("models.enrollments.initial_sync", "later"),
+     "models.enrollments.initial_sync"),
+    ("override for unconfigured model", with_("connectors", [
+        {"name": "a", "token": "x", "poll_interval_seconds": {"users": 5}}]), "connectors"),
+    ("malformed YAML", "bindbee: [unclosed\n", "config"),
+    ("not a mapping", "- 1\n- 2\n", "config"),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "field"), BAD, ids=[c[0] for c in BAD])
+def test_bad_config_exits_2_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, data: object, field: str
+) -> None:
+    path = write_config(tmp_path, data)
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert f"invalid config: {field}:" in err, err
+    assert "secret" not in err
+
+
+def test_unreadable_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "invalid config: config: cannot read" in capsys.readouterr().err
+
+
+def test_bad_config_as_a_process_prints_one_line_no_traceback(tmp_path: Path) -> None:
+    path = write_config(tmp_path, with_("bindbee.page_size", 101))
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon", "run", "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "lms-changefeed: invalid config: bindbee.page_size: Input should be less than or equal to 100"
+    ]
+
+
+def test_config_error_names_field() -> None:
+    error = ConfigError("kafka.partitions", "must be ≥ 1")
+    assert str(error) == "invalid config: kafka.partitions: must be ≥ 1"
