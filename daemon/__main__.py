@@ -51,14 +51,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     health = None
     if settings.http.enabled:
         health = HealthServer(
-            settings.http.host, settings.http.port,
-            liveness=scheduler.liveness, readiness=scheduler.readiness,
+            settings.http.host,
+            settings.http.port,
+            liveness=scheduler.liveness,
+            readiness=scheduler.readiness,
         )
         health.start()
         log.info("http_listening", host=settings.http.host, port=health.port)
     scheduler.start()
     runtime.stop.wait()
-    log.info("shutting_down", signal=signals.received, timeout_s=settings.scheduler.shutdown_timeout_seconds)
+    log.info(
+        "shutting_down",
+        signal=signals.received,
+        timeout_s=settings.scheduler.shutdown_timeout_seconds,
+    )
     clean = scheduler.shutdown(settings.scheduler.shutdown_timeout_seconds)
     runtime.close()
     if health is not None:
@@ -136,19 +142,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         store.close()
     table = Table(title=f"lms-changefeed streams ({settings.state.path})")
-    for column in ("stream", "watermark", "records", "last full scan", "scan in progress",
-                   "delete guard", "last error"):
+    for column in (
+        "stream",
+        "watermark",
+        "records",
+        "last full scan",
+        "scan in progress",
+        "delete guard",
+        "last error",
+    ):
         table.add_column(column)
     unhealthy = False
     for st in states:
         progress = (
             f"{st.scan_kind} #{st.scan_number} {st.scan_phase}, {st.scan_pages} pages"
-            if st.in_progress else "-"
+            if st.in_progress
+            else "-"
         )
         unhealthy |= bool(st.delete_guard or st.last_error)
         table.add_row(
-            str(st.key), st.watermark or "-", str(st.records), _ts(st.last_full_scan_at),
-            progress, st.delete_guard or "-",
+            str(st.key),
+            st.watermark or "-",
+            str(st.records),
+            _ts(st.last_full_scan_at),
+            progress,
+            st.delete_guard or "-",
             f"{st.last_error} ({_ts(st.last_error_at)})" if st.last_error else "-",
         )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
@@ -196,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--config", help=f"YAML config file (default: ${CONFIG_ENV})")
         p.set_defaults(func=func)

@@ -31,7 +31,9 @@ def _mutate(sim: object, stop: threading.Event, every: float, seed: int = 1) -> 
         elif action == "update" and ids:
             day = rng.randrange(1, 28)
             record = sim.update(  # type: ignore[attr-defined]
-                connector, "enrollments", rng.choice(ids),
+                connector,
+                "enrollments",
+                rng.choice(ids),
                 {"start_date": f"2026-01-{day:02d}T09:00:00Z"},
             )
         elif ids:
@@ -54,8 +56,13 @@ def run_dev(config_path: Path) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="lms-changefeed-dev-"))
     with (
         TansuBroker(log_path=workdir / "tansu.log") as broker,
-        SimServer(connectors=DEV_CONNECTORS, enrollments=200, seed=1,
-                  honor_modified_after=True, rate_limit=200) as sim,
+        SimServer(
+            connectors=DEV_CONNECTORS,
+            enrollments=200,
+            seed=1,
+            honor_modified_after=True,
+            rate_limit=200,
+        ) as sim,
     ):
         settings = load_settings(
             config_path,
@@ -65,8 +72,13 @@ def run_dev(config_path: Path) -> int:
         )
         logsetup.configure(settings.log.level, settings.log.format)
         log = structlog.get_logger("daemon.dev")
-        log.info("dev_stack_up", simulator=sim.base_url, kafka=broker.bootstrap,
-                 state=str(settings.state.path), hint="Ctrl-C to stop")
+        log.info(
+            "dev_stack_up",
+            simulator=sim.base_url,
+            kafka=broker.bootstrap,
+            state=str(settings.state.path),
+            hint="Ctrl-C to stop",
+        )
         runtime = Runtime.open(settings)
         scheduler = Scheduler(runtime)
         scheduler.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 
@@ -38,11 +39,16 @@ class Runtime:
     def passes(
         self, connectors: list[str] | None = None, models: list[str] | None = None
     ) -> list[StreamPass]:
-        """One StreamPass per configured connector × model, optionally filtered."""
+        """One StreamPass per configured connector x model, optionally filtered."""
         return [
             StreamPass(
-                self.settings, connector, model,
-                source=self.client, store=self.store, sink=self.sink, stop=self.stop,
+                self.settings,
+                connector,
+                model,
+                source=self.client,
+                store=self.store,
+                sink=self.sink,
+                stop=self.stop,
             )
             for connector in self.settings.connectors
             if connectors is None or connector.name in connectors
@@ -53,7 +59,6 @@ class Runtime:
     def close(self) -> None:
         """Flush and close everything; safe to call twice."""
         for close in (self.sink.close, self.client.close, self.store.close):
-            try:
+            # Closing must not mask why we are exiting.
+            with contextlib.suppress(Exception):
                 close()
-            except Exception:  # noqa: BLE001 - closing must not mask the original exit
-                pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -60,8 +61,9 @@ class Scheduler:
             interval = settings.poll_interval(key.connector, key.model)
             self._scheduler.add_job(
                 self._run,
-                IntervalTrigger(seconds=interval, jitter=min(settings.scheduler.jitter_seconds,
-                                                             interval / 2)),
+                IntervalTrigger(
+                    seconds=interval, jitter=min(settings.scheduler.jitter_seconds, interval / 2)
+                ),
                 args=[key],
                 id=str(key),
                 name=f"poll {key}",
@@ -93,7 +95,7 @@ class Scheduler:
             self._failed(key, exc, self._retry_delay(key, health.failures + 1))
         except ChangefeedError as exc:
             self._failed(key, exc, self._retry_delay(key, health.failures + 1))
-        except Exception as exc:  # noqa: BLE001 - a bug in one stream must not stop the rest
+        except Exception as exc:  # a bug in one stream must not stop the rest
             bound.exception("stream_crashed")
             self._failed(key, exc, self._retry_delay(key, health.failures + 1))
         else:
@@ -117,8 +119,12 @@ class Scheduler:
         health.last_error = f"{type(exc).__name__}: {exc}"
         metrics.STREAM_UP.labels(key.connector, key.model).set(0)
         log.error(
-            "scan_failed", connector=key.connector, model=key.model, error=health.last_error,
-            failures=health.failures, retry_in_s=round(delay, 1),
+            "scan_failed",
+            connector=key.connector,
+            model=key.model,
+            error=health.last_error,
+            failures=health.failures,
+            retry_in_s=round(delay, 1),
         )
         try:
             self.runtime.store.record_error(key, health.last_error, time.time())
@@ -127,10 +133,9 @@ class Scheduler:
         if self.runtime.stop.is_set():
             return
         next_run = datetime.now().astimezone() + timedelta(seconds=delay)
-        try:
+        # The job may be gone when shutdown races with this.
+        with contextlib.suppress(Exception):
             self._scheduler.modify_job(str(key), next_run_time=next_run)
-        except Exception:  # noqa: BLE001 - the job may be gone during shutdown
-            pass
 
     def liveness(self) -> tuple[bool, str]:
         """Alive: the scheduler runs and no scan has been stuck too long."""

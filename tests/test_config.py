@@ -52,10 +52,17 @@ def test_env_wins_over_file_and_nests(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_token_from_named_env_and_per_connector_interval(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = with_("connectors", [
-        {"name": "acme", "token_env": "ACME_TOKEN", "poll_interval_seconds": {"enrollments": 3}},
-        {"name": "globex", "token": "t2"},
-    ])
+    data = with_(
+        "connectors",
+        [
+            {
+                "name": "acme",
+                "token_env": "ACME_TOKEN",
+                "poll_interval_seconds": {"enrollments": 3},
+            },
+            {"name": "globex", "token": "t2"},
+        ],
+    )
     monkeypatch.setenv("ACME_TOKEN", "from-env")
     settings = load_settings(write_config(tmp_path, data))
     assert settings.connector("acme").token.get_secret_value() == "from-env"
@@ -64,28 +71,53 @@ def test_token_from_named_env_and_per_connector_interval(
 
 
 BAD = [
-    ("interval zero", with_("models.enrollments.poll_interval_seconds", 0),
-     "models.enrollments.poll_interval_seconds"),
-    ("interval negative", with_("models.enrollments.poll_interval_seconds", -5),
-     "models.enrollments.poll_interval_seconds"),
+    (
+        "interval zero",
+        with_("models.enrollments.poll_interval_seconds", 0),
+        "models.enrollments.poll_interval_seconds",
+    ),
+    (
+        "interval negative",
+        with_("models.enrollments.poll_interval_seconds", -5),
+        "models.enrollments.poll_interval_seconds",
+    ),
     ("page_size 0", with_("bindbee.page_size", 0), "bindbee.page_size"),
     ("page_size 101", with_("bindbee.page_size", 101), "bindbee.page_size"),
     ("unknown model", with_("models.grades", {}), "models"),
-    ("bad topic placeholder", with_("kafka.topic_template", "lms.{tenant}"), "kafka.topic_template"),
+    (
+        "bad topic placeholder",
+        with_("kafka.topic_template", "lms.{tenant}"),
+        "kafka.topic_template",
+    ),
     ("empty bootstrap", with_("kafka.bootstrap_servers", " , "), "kafka.bootstrap_servers"),
-    ("duplicate connectors", with_("connectors", [{"name": "a", "token": "x"},
-                                                  {"name": "a", "token": "y"}]), "connectors"),
+    (
+        "duplicate connectors",
+        with_("connectors", [{"name": "a", "token": "x"}, {"name": "a", "token": "y"}]),
+        "connectors",
+    ),
     ("missing token", with_("connectors", [{"name": "a"}]), "connectors.0"),
     ("unknown top-level key", with_("surprise", 1), "surprise"),
-    ("negative lookback", with_("models.enrollments.lookback_seconds", -1),
-     "models.enrollments.lookback_seconds"),
+    (
+        "negative lookback",
+        with_("models.enrollments.lookback_seconds", -1),
+        "models.enrollments.lookback_seconds",
+    ),
     ("missing api key", {k: v for k, v in GOOD.items() if k != "bindbee"}, "bindbee"),
-    ("bad delete fraction", with_("models.enrollments.max_delete_fraction", 1.5),
-     "models.enrollments.max_delete_fraction"),
-    ("bad initial_sync", with_("models.enrollments.initial_sync", "later"),
-     "models.enrollments.initial_sync"),
-    ("override for unconfigured model", with_("connectors", [
-        {"name": "a", "token": "x", "poll_interval_seconds": {"users": 5}}]), "connectors"),
+    (
+        "bad delete fraction",
+        with_("models.enrollments.max_delete_fraction", 1.5),
+        "models.enrollments.max_delete_fraction",
+    ),
+    (
+        "bad initial_sync",
+        with_("models.enrollments.initial_sync", "later"),
+        "models.enrollments.initial_sync",
+    ),
+    (
+        "override for unconfigured model",
+        with_("connectors", [{"name": "a", "token": "x", "poll_interval_seconds": {"users": 5}}]),
+        "connectors",
+    ),
     ("malformed YAML", "bindbee: [unclosed\n", "config"),
     ("not a mapping", "- 1\n- 2\n", "config"),
 ]
@@ -112,12 +144,13 @@ def test_bad_config_as_a_process_prints_one_line_no_traceback(tmp_path: Path) ->
     path = write_config(tmp_path, with_("bindbee.page_size", 101))
     proc = subprocess.run(
         [sys.executable, "-m", "daemon", "run", "--config", str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "lms-changefeed: invalid config: bindbee.page_size: Input should be less than or equal to 100"
-    ]
+    expected = "invalid config: bindbee.page_size: Input should be less than or equal to 100"
+    assert proc.stderr.strip().splitlines() == [f"lms-changefeed: {expected}"]
 
 
 def test_config_error_names_field() -> None:

@@ -93,8 +93,9 @@ def test_duplicate_id_in_one_page_counts_once() -> None:
 def test_ignore_fields_hide_changes() -> None:
     old = rec("a", grade=1, synced="x")
     new = rec("a", "2025-02-01T00:00:00Z", grade=1, synced="y")
-    row = StoredRow("a", normalize_time(old["modified_at"]),
-                    content_hash(old, ("modified_at", "synced")), old)
+    row = StoredRow(
+        "a", normalize_time(old["modified_at"]), content_hash(old, ("modified_at", "synced")), old
+    )
     result = diff_page(KEY, [new], {"a": row}, ignore_fields=("modified_at", "synced"))
     assert result.events == []
     assert field_changes(old, new, ("modified_at",)) == {"synced": {"old": "x", "new": "y"}}
@@ -120,8 +121,9 @@ def test_event_ids_are_stable_and_distinct() -> None:
 
 def test_cloudevent_shape() -> None:
     old = rec("a", grade=1)
-    event = diff_page(KEY, [rec("a", "2025-01-02T00:00:00+00:00", grade=2)],
-                      {"a": stored(old)}).events[0]
+    event = diff_page(
+        KEY, [rec("a", "2025-01-02T00:00:00+00:00", grade=2)], {"a": stored(old)}
+    ).events[0]
     body = cloudevent(event)
     assert body["specversion"] == "1.0"
     assert body["type"] == "bindbee.lms.enrollments.updated"
@@ -166,17 +168,22 @@ def test_replaying_events_of_full_scans_equals_last_snapshot(
         seen: set[str] = set()
         for start in range(0, len(items), page_size):
             page = items[start : start + page_size]
-            result = diff_page(KEY, page, {i["id"]: store[i["id"]] for i in page if i["id"] in store})
+            result = diff_page(
+                KEY, page, {i["id"]: store[i["id"]] for i in page if i["id"] in store}
+            )
             for event in result.events:
                 replica[event.record_id] = event.record
             for write in result.writes:
-                store[write.id] = StoredRow(write.id, write.modified_at, write.content_hash,
-                                           write.record)
+                store[write.id] = StoredRow(
+                    write.id, write.modified_at, write.content_hash, write.record
+                )
             seen.update(result.seen_ids)
         gone = [row for rid, row in sorted(store.items()) if rid not in seen]
         for event in deleted_events(KEY, gone):
             replica.pop(event.record_id)
             store.pop(event.record_id)
         expected = {i["id"]: {k: v for k, v in i.items() if k != "modified_at"} for i in items}
-        got = {rid: {k: v for k, v in r.items() if k != "modified_at"} for rid, r in replica.items()}
+        got = {
+            rid: {k: v for k, v in r.items() if k != "modified_at"} for rid, r in replica.items()
+        }
         assert got == expected

@@ -30,7 +30,10 @@ def store(tmp_path: Path):
 def test_page_commit_and_reload(store: SqliteSnapshotStore, tmp_path: Path) -> None:
     store.begin_scan(KEY, "full", None, 100.0)
     state = store.commit_page(
-        KEY, [write("a"), write("b", "2025-02-01T00:00:00.000000Z")], ["a", "b"], "c1",
+        KEY,
+        [write("a"), write("b", "2025-02-01T00:00:00.000000Z")],
+        ["a", "b"],
+        "c1",
         "2025-02-01T00:00:00.000000Z",
     )
     assert state.scan_cursor == "c1" and state.scan_pages == 1

@@ -1,0 +1,190 @@
+"""The Bindbee client against the simulator over loopback (no HTTP mocks)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from structlog.testing import capture_logs
+
+from daemon.bindbee import BindbeeClient
+from daemon.errors import (
+    ApiUnavailableError,
+    AuthError,
+    ChangefeedError,
+    InvalidRequestError,
+    MalformedResponseError,
+    NotFoundError,
+)
+from daemon.pagination import iter_pages
+from daemon.settings import BindbeeSettings, ConnectorSettings
+
+API_KEY = "sim-api-key-s3cr3t"
+TOKEN = "tok_acme_s3cr3t"
+
+
+def make_client(sim, **overrides) -> BindbeeClient:
+    values = {
+        "base_url": sim.base_url,
+        "api_key": sim.api_key,
+        "page_size": 100,
+        "timeout_seconds": 5,
+        "max_attempts": 4,
+        "backoff_base_seconds": 0.01,
+        "backoff_max_seconds": 0.05,
+        "rate_limit": {"requests": 10_000, "per_seconds": 60},
+    }
+    values.update(overrides)
+    return BindbeeClient(BindbeeSettings(**values))
+
+
+@pytest.fixture
+def acme(sim) -> ConnectorSettings:
+    return ConnectorSettings(name="acme", token=sim.tokens["acme"])
+
+
+@pytest.mark.parametrize("page_size", [1, 7, 50, 100])
+def test_walks_every_page_at_several_sizes(sim, acme, page_size: int) -> None:
+    with make_client(sim, page_size=page_size) as client:
+        pages = list(iter_pages(client, acme, "enrollments"))
+    total = len(sim.ids("acme", "enrollments"))
+    assert len(pages) == math.ceil(total / page_size)
+    assert [p.number for p in pages] == list(range(1, len(pages) + 1))
+    assert pages[-1].next_cursor is None
+    ids = [item["id"] for page in pages for item in page.items]
+    assert ids == sim.ids("acme", "enrollments")
+
+
+def test_250_records_come_as_100_100_50(sim, acme) -> None:
+    with make_client(sim) as client:
+        pages = list(iter_pages(client, acme, "enrollments"))
+    assert [len(p.items) for p in pages] == [100, 100, 50]
+
+
+def test_resume_from_a_cursor_and_extra_params(sim, acme) -> None:
+    with make_client(sim) as client:
+        first = client.fetch_page(acme, "enrollments")
+        assert "custom_fields" not in first.items[0]
+        rest = list(
+            iter_pages(
+                client,
+                acme,
+                "enrollments",
+                start_cursor=first.next_cursor,
+                start_page=2,
+                params={"include_custom_fields": True},
+            )
+        )
+    assert [p.number for p in rest] == [2, 3]
+    assert all("custom_fields" in item for page in rest for item in page.items)
+    assert rest[0].items[0]["id"] > first.items[-1]["id"]
+
+
+def test_invalid_request_is_not_retried_and_carries_detail(sim, acme) -> None:
+    with make_client(sim) as client, pytest.raises(InvalidRequestError) as info:
+        client.fetch_page(acme, "enrollments", params={"page_size": 101})
+    assert info.value.detail and "page_size" in str(info.value.detail)
+    assert sim.stats()["acme"].get("422") == 1
+
+
+def test_wrong_api_key_and_unknown_token_are_auth_errors(sim, acme) -> None:
+    with make_client(sim, api_key="wrong-key") as client, pytest.raises(AuthError):
+        client.fetch_page(acme, "enrollments")
+    bad = ConnectorSettings(name="acme", token="not-a-token")
+    with make_client(sim) as client, pytest.raises(AuthError) as info:
+        client.fetch_page(bad, "enrollments")
+    assert "not-a-token" not in str(info.value)
+
+
+def test_not_found(sim, acme) -> None:
+    with make_client(sim) as client:
+        rid = sim.ids("acme", "enrollments")[0]
+        assert client.get_record(acme, "enrollments", rid)["id"] == rid
+        with pytest.raises(NotFoundError):
+            client.get_record(acme, "enrollments", "00000000-0000-0000-0000-000000000000")
+
+
+def test_429_waits_retry_after_and_retries_the_same_request(sim, acme) -> None:
+    sim.set_rate_limit(2, 1.0)
+    with make_client(sim) as client:  # our own limiter is generous: the server says no
+        pages = list(iter_pages(client, acme, "enrollments"))
+    assert len(pages) == 3
+    stats = sim.stats()["acme"]
+    assert stats["200"] == 3 and stats.get("429", 0) >= 1
+
+
+def test_client_limiter_keeps_under_the_server_limit(sim, acme) -> None:
+    sim.set_rate_limit(4, 1.0)
+    with make_client(sim, page_size=25, rate_limit={"requests": 4, "per_seconds": 1.0}) as client:
+        pages = list(iter_pages(client, acme, "enrollments"))
+    assert len(pages) == 10
+    assert sim.stats()["acme"] == {"200": 10}  # no 429 at all
+
+
+def test_5xx_then_success(sim, acme) -> None:
+    sim.add_fault(status=503, count=2, connector="acme")
+    with make_client(sim) as client:
+        page = client.fetch_page(acme, "enrollments")
+    assert len(page.items) == 100
+    assert sim.stats()["acme"] == {"503": 2, "200": 1}
+
+
+def test_retries_exhausted_is_a_typed_error(sim, acme) -> None:
+    sim.add_fault(status=500, count=50, connector="acme")
+    with make_client(sim, max_attempts=3) as client, pytest.raises(ApiUnavailableError) as info:
+        client.fetch_page(acme, "enrollments")
+    assert "acme/enrollments page 1" in str(info.value) and "3 attempts" in str(info.value)
+    assert sim.stats()["acme"] == {"500": 3}
+
+
+@pytest.mark.parametrize("fault", [{"delay_ms": 1500}, {"disconnect": True}])
+def test_timeouts_and_dropped_connections_are_retried(sim, acme, fault: dict) -> None:
+    sim.add_fault(count=1, connector="acme", **fault)
+    with make_client(sim, timeout_seconds=0.5) as client:
+        page = client.fetch_page(acme, "enrollments")
+    assert len(page.items) == 100
+
+
+@pytest.mark.parametrize("kind", ["json", "missing_items", "item_without_id"])
+def test_malformed_once_is_retried(sim, acme, kind: str) -> None:
+    sim.add_fault(malformed=kind, count=1, connector="acme")
+    with make_client(sim) as client:
+        assert len(client.fetch_page(acme, "enrollments").items) == 100
+
+
+@pytest.mark.parametrize("kind", ["json", "missing_items", "item_without_id"])
+def test_malformed_for_good_names_connector_model_page(sim, acme, kind: str) -> None:
+    sim.add_fault(malformed=kind, count=50, connector="acme")
+    with make_client(sim, max_attempts=2) as client, pytest.raises(MalformedResponseError) as info:
+        client.fetch_page(acme, "enrollments")
+    assert "acme/enrollments page 1" in str(info.value)
+
+
+def test_cursor_loop_is_detected(sim, acme) -> None:
+    with make_client(sim) as client:
+        walk = iter_pages(client, acme, "enrollments")
+        next(walk)
+        sim.add_fault(malformed="cursor_loop", count=5, connector="acme")
+        with pytest.raises(MalformedResponseError, match="cursor loop"):
+            list(walk)
+
+
+def test_secrets_never_show(sim_secret) -> None:
+    sim = sim_secret
+    connector = ConnectorSettings(name="acme", token=TOKEN)
+    sim.add_fault(status=500, count=50, connector="acme")
+    texts: list[str] = []
+    with capture_logs() as logs, make_client(sim, max_attempts=2) as client:
+        texts += [repr(client), repr(client.settings), repr(connector), str(client.settings)]
+        with pytest.raises(ChangefeedError) as info:
+            client.fetch_page(connector, "enrollments")
+        texts.append(str(info.value))
+        bad = ConnectorSettings(name="acme", token=TOKEN + "x")
+        sim.clear_faults()
+        with pytest.raises(AuthError) as auth:
+            client.fetch_page(bad, "enrollments")
+        texts.append(str(auth.value))
+    texts += [str(entry) for entry in logs]
+    assert logs, "the retry should have logged"
+    for text in texts:
+        assert API_KEY not in text and TOKEN not in text
