@@ -13,10 +13,12 @@ from pathlib import Path
 from types import FrameType
 
 import structlog
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from daemon import log as logsetup
 from daemon.errors import ChangefeedError, ConfigError
 from daemon.settings import CONFIG_ENV, Settings, load_settings
+from daemon.stream import PassResult
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -101,13 +103,26 @@ def cmd_poll(args: argparse.Namespace) -> int:
     runtime = Runtime.open(settings)
     _StopOnSignal(runtime.stop)
     failed = 0
+    progress = _progress() if sys.stdout.isatty() else None
     try:
         passes = runtime.passes(
             [args.connector] if args.connector else None, [args.model] if args.model else None
         )
         for stream_pass in passes:
+            on_page = None
+            if progress is not None:
+                task = progress.add_task(str(stream_pass.key), total=None)
+
+                def on_page(result: PassResult, task: TaskID = task) -> None:
+                    progress.update(
+                        task,
+                        description=f"{result.key} {result.kind}: {result.stats.pages} pages, "
+                        f"{result.stats.items} items, {result.stats.created} created, "
+                        f"{result.stats.updated} updated",
+                    )
+
             try:
-                result = stream_pass.run(force_full=args.full)
+                result = stream_pass.run(force_full=args.full, on_page=on_page)
             except ChangefeedError as exc:
                 failed += 1
                 print(f"{stream_pass.key}: FAILED: {exc}", file=sys.stderr)
@@ -120,8 +135,16 @@ def cmd_poll(args: argparse.Namespace) -> int:
                 + (f"; DELETE GUARD: {result.delete_guard}" if result.delete_guard else "")
             )
     finally:
+        if progress is not None:
+            progress.stop()
         runtime.close()
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _progress() -> Progress:
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    progress.start()
+    return progress
 
 
 def _ts(value: float | None) -> str:

@@ -130,14 +130,14 @@ class BindbeeClient:
             f"{API_PREFIX}/{model}",
             query,
             where,
-            lambda body: self._parse_page(body, where, number, cursor),
+            lambda body, sent: self._parse_page(body, where, number, cursor, sent),
         )
 
     def get_record(self, connector: ConnectorSettings, model: str, record_id: str) -> Record:
         """Fetch one record by id."""
         where = f"{connector.name}/{model} record {record_id}"
 
-        def parse(body: Any) -> Record:
+        def parse(body: Any, _sent: int) -> Record:
             if not isinstance(body, dict) or not isinstance(body.get("id"), str):
                 raise _Retry(f"{where}: response is not a record", "malformed")
             return body
@@ -152,15 +152,17 @@ class BindbeeClient:
         path: str,
         query: Mapping[str, str | int | float],
         where: str,
-        parse: Callable[[Any], _T],
+        parse: Callable[[Any, int], _T],
     ) -> _T:
         assert connector.token is not None  # settings guarantee it
         headers = {"x-connector-token": connector.token.get_secret_value()}
         limiter = self.limiter(connector.name)
         failures = 0
         rate_limited = 0
+        sent = 0
         while True:
             limiter.acquire(self._stop)
+            sent += 1
             try:
                 response = self._http.get(path, params=query, headers=headers)
             except httpx.TimeoutException:
@@ -190,7 +192,7 @@ class BindbeeClient:
                     raise self._client_error(status, response, where)
                 else:
                     try:
-                        return parse(self._json(response, where))
+                        return parse(self._json(response, where), sent)
                     except _Retry as exc:
                         failure = exc
             if failure.status in ("timeout", "error"):
@@ -224,7 +226,7 @@ class BindbeeClient:
             raise _Retry(f"{where}: response is not JSON", "malformed") from None
 
     @staticmethod
-    def _parse_page(body: Any, where: str, number: int, cursor: str | None) -> Page:
+    def _parse_page(body: Any, where: str, number: int, cursor: str | None, requests: int) -> Page:
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             raise _Retry(f"{where}: response has no 'items' list", "malformed")
         items: list[Record] = body["items"]
@@ -243,7 +245,7 @@ class BindbeeClient:
         next_cursor = body.get("cursor")
         if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
             raise _Retry(f"{where}: cursor is not a string", "malformed")
-        return Page(number=number, items=items, cursor=cursor, next_cursor=next_cursor)
+        return Page(number, items, cursor, next_cursor, requests)
 
     def _observe_budget(
         self, connector: str, response: httpx.Response, limiter: RateLimiter

@@ -30,6 +30,7 @@ class Page:
     items: list[Record]
     cursor: str | None
     next_cursor: str | None
+    requests: int = 1  # HTTP requests it took, retries included
 
 
 @dataclass(frozen=True, slots=True)

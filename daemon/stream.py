@@ -73,8 +73,16 @@ class StreamPass:
         self.clock = clock
         self._labels = (connector.name, model)
 
-    def run(self, *, force_full: bool = False) -> PassResult:
-        """One pass: resume the scan in progress or start the one that is due."""
+    def run(
+        self,
+        *,
+        force_full: bool = False,
+        on_page: Callable[[PassResult], None] | None = None,
+    ) -> PassResult:
+        """One pass: resume the scan in progress or start the one that is due.
+
+        ``on_page`` is called after every committed page (progress display).
+        """
         started = time.monotonic()
         state = self._start_or_resume(force_full)
         assert state.scan_kind is not None
@@ -84,54 +92,55 @@ class StreamPass:
             state.scan_number,
             resumed=state.scan_pages > 0 or state.scan_phase == "deletes",
         )
-        log = structlog.get_logger("daemon.stream").bind(
+        # Bound for the whole pass, so client and sink lines carry the stream too.
+        with structlog.contextvars.bound_contextvars(
             connector=self.key.connector,
             model=self.key.model,
             scan=f"{self.key}#{state.scan_number}",
-            kind=state.scan_kind,
-        )
-        log.info(
-            "scan_started",
-            resumed=result.resumed,
-            cursor_set=state.scan_cursor is not None,
-            since=state.scan_since,
-            watermark=state.watermark,
-        )
-        try:
-            self.sink.ensure_topics([self.topic])
-            # Initial sync: until the first full scan completes, nothing is "changed".
-            initial = state.last_full_scan_at is None
-            if state.scan_phase == "pages" and not (
-                state.scan_pages > 0 and state.scan_cursor is None
-            ):
-                state = self._walk_pages(state, result, initial, log)
-            if state.scan_kind == "full":
-                state = self._deletes(state, result, log)
-            state = self.store.finish_scan(self.key, self.clock(), result.delete_guard)
-        except BaseException as exc:
+        ):
+            log = structlog.get_logger("daemon.stream").bind(kind=state.scan_kind)
+            log.info(
+                "scan_started",
+                resumed=result.resumed,
+                cursor_set=state.scan_cursor is not None,
+                since=state.scan_since,
+                watermark=state.watermark,
+            )
+            try:
+                self.sink.ensure_topics([self.topic])
+                # Initial sync: until the first full scan completes, nothing is "changed".
+                initial = state.last_full_scan_at is None
+                if state.scan_phase == "pages" and not (
+                    state.scan_pages > 0 and state.scan_cursor is None
+                ):
+                    state = self._walk_pages(state, result, initial, log, on_page)
+                if state.scan_kind == "full":
+                    state = self._deletes(state, result, log)
+                state = self.store.finish_scan(self.key, self.clock(), result.delete_guard)
+            except BaseException as exc:
+                result.duration = time.monotonic() - started
+                outcome = "interrupted" if isinstance(exc, ScanInterrupted) else "failed"
+                metrics.SCANS.labels(*self._labels, result.kind, outcome).inc()
+                raise
+            result.completed = True
+            result.watermark = state.watermark
             result.duration = time.monotonic() - started
-            outcome = "interrupted" if isinstance(exc, ScanInterrupted) else "failed"
-            metrics.SCANS.labels(*self._labels, result.kind, outcome).inc()
-            raise
-        result.completed = True
-        result.watermark = state.watermark
-        result.duration = time.monotonic() - started
-        self._record_success(result, state)
-        stats = result.stats
-        log.info(
-            "scan_finished",
-            pages=stats.pages,
-            items=stats.items,
-            created=stats.created,
-            updated=stats.updated,
-            deleted=stats.deleted,
-            unchanged=stats.unchanged,
-            stale=stats.stale,
-            requests=stats.requests,
-            duration_s=round(result.duration, 3),
-            watermark=state.watermark,
-            delete_guard=result.delete_guard,
-        )
+            self._record_success(result, state)
+            stats = result.stats
+            log.info(
+                "scan_finished",
+                pages=stats.pages,
+                items=stats.items,
+                created=stats.created,
+                updated=stats.updated,
+                deleted=stats.deleted,
+                unchanged=stats.unchanged,
+                stale=stats.stale,
+                requests=stats.requests,
+                duration_s=round(result.duration, 3),
+                watermark=state.watermark,
+                delete_guard=result.delete_guard,
+            )
         return result
 
     # -- phases ------------------------------------------------------------------
@@ -159,7 +168,12 @@ class StreamPass:
         return self.store.begin_scan(self.key, "full" if full_due else "incremental", since, now)
 
     def _walk_pages(
-        self, state: StreamState, result: PassResult, initial: bool, log: structlog.BoundLogger
+        self,
+        state: StreamState,
+        result: PassResult,
+        initial: bool,
+        log: structlog.BoundLogger,
+        on_page: Callable[[PassResult], None] | None,
     ) -> StreamState:
         params: dict[str, str | int | float | bool] = dict(self.model.params)
         if state.scan_kind == "incremental" and self.model.incremental_param and state.scan_since:
@@ -177,7 +191,7 @@ class StreamPass:
         )
         stats = result.stats
         for page in pages:
-            stats.requests += 1
+            stats.requests += page.requests
             ids = [item["id"] for item in page.items]
             stored = self.store.load_rows(self.key, ids)
             diff = diff_page(
@@ -216,6 +230,8 @@ class StreamPass:
                     created=stats.created,
                     updated=stats.updated,
                 )
+            if on_page is not None:
+                on_page(result)
             # Stop only at a page boundary: everything so far is published and committed.
             if page.next_cursor is not None and self.stop.is_set():
                 raise ScanInterrupted(

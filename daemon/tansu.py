@@ -17,11 +17,12 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 _POLL_SECONDS = 0.05
-_PROBE_TIMEOUT_SECONDS = 1.0
+_PROBE_TIMEOUT_SECONDS = 0.25  # a local broker answers in milliseconds; the loop retries
 _STOP_GRACE_SECONDS = 5.0
 _PORT_ATTEMPTS = 5
 _LOG_TAIL_LINES = 20
@@ -102,7 +103,9 @@ class TansuBroker:
             raise RuntimeError(f"tansu broker already running on {self.bootstrap}")
         binary = _broker_binary()
         deadline = time.monotonic() + timeout
-        for attempt in range(1, _PORT_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             port = self._requested_port or _free_port(self.host)
             proc = self._spawn(binary, port)
             problem = self._wait_ready(proc, port, deadline)
@@ -121,7 +124,6 @@ class TansuBroker:
             )
             if not retry:
                 raise RuntimeError(self._failure_message(port, problem, timeout))
-        raise AssertionError("unreachable")  # pragma: no cover - the loop raises or returns
 
     def stop(self) -> None:
         """Stop the broker: SIGTERM, then SIGKILL if it lingers. Safe to call twice."""
@@ -147,14 +149,19 @@ class TansuBroker:
             self._requested_port = saved
 
     def pause(self) -> None:
-        """Freeze the broker (SIGSTOP): connections stay open but nothing answers."""
-        os.kill(self.pid, signal.SIGSTOP)
-        self._paused = True
+        """Freeze the broker (SIGSTOP): connections stay open but nothing answers.
+
+        Returns once the process is stopped (signals are asynchronous).
+        """
+        if not self._paused:
+            self._signal_and_wait(signal.SIGSTOP, os.WUNTRACED, os.WIFSTOPPED)
+            self._paused = True
 
     def resume(self) -> None:
-        """Undo ``pause()`` (SIGCONT)."""
-        os.kill(self.pid, signal.SIGCONT)
-        self._paused = False
+        """Undo ``pause()`` (SIGCONT); returns once the process runs again."""
+        if self._paused:
+            self._signal_and_wait(signal.SIGCONT, os.WCONTINUED, os.WIFCONTINUED)
+            self._paused = False
 
     def __enter__(self) -> TansuBroker:
         self.start()
@@ -174,6 +181,16 @@ class TansuBroker:
         return f"TansuBroker({where}, {state}, storage={self.storage!r})"
 
     # -- internals -----------------------------------------------------------------------
+
+    def _signal_and_wait(self, signum: int, option: int, reached: Callable[[int], bool]) -> None:
+        pid = self.pid
+        os.kill(pid, signum)
+        # Stop/continue reports do not reap the child, so Popen's own bookkeeping still works.
+        _, status = os.waitpid(pid, option)
+        if not reached(status):
+            assert self._proc is not None
+            self._proc.returncode = os.waitstatus_to_exitcode(status)
+            raise RuntimeError(f"tansu broker {self.bootstrap} exited: {_tail(self._log_path)}")
 
     def _spawn(self, binary: str, port: int) -> subprocess.Popen[bytes]:
         if self._log_path is None:
@@ -203,6 +220,7 @@ class TansuBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, "NO_COLOR": "1"},  # plain text in the log, no ANSI codes
                 start_new_session=True,
             )
 
