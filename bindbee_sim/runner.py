@@ -1,0 +1,207 @@
+"""Serving the app: socket binding, the uvicorn server, and ``SimServer`` for tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from bindbee_sim.responses import quiet_disconnect_notices
+from bindbee_sim.server import build_app
+from bindbee_sim.state import SimState
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0 picks a free port).
+
+    Binding before uvicorn starts means the port is known (and accepts
+    connections into the backlog) as soon as this returns.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say
+    # so, and without it every response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def url_for(host: str, sock: socket.socket) -> str:
+    """``http://host:port`` of a bound socket."""
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def make_server(state: SimState, log_level: str = "warning",
+                access_log: bool = False) -> uvicorn.Server:
+    """A uvicorn server for the simulator app (not started)."""
+    config = uvicorn.Config(
+        build_app(state),
+        log_level=log_level,
+        access_log=access_log,
+        lifespan="off",
+        # A delay fault must not hold shutdown for its full length.
+        timeout_graceful_shutdown=1,
+    )
+    quiet_disconnect_notices()  # after Config: it (re)configures uvicorn's loggers
+    return uvicorn.Server(config)
+
+
+class SimServer:
+    """The simulator on a background thread, for in-process tests.
+
+    ``with SimServer(enrollments=250, seed=7) as sim: ...`` serves on a free
+    loopback port until the block ends. The record and fault helpers act on
+    the state directly (thread-safe), with the same semantics as ``/_sim``.
+    """
+
+    def __init__(
+        self,
+        connectors: Mapping[str, str] | None = None,
+        enrollments: int = 100,
+        seed: int = 1,
+        api_key: str = "test-api-key",
+        rate_limit: int = 0,
+        rate_window_seconds: float = 60.0,
+        honor_modified_after: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        start_timeout: float = 10.0,
+    ) -> None:
+        self.state = SimState(
+            dict(connectors) if connectors is not None else {"acme": "tok_acme"},
+            enrollments=enrollments,
+            seed=seed,
+            api_key=api_key,
+            rate_limit=rate_limit,
+            rate_window_seconds=rate_window_seconds,
+            honor_modified_after=honor_modified_after,
+        )
+        self.host = host
+        self.port = port
+        self._log_level = log_level
+        self._start_timeout = start_timeout
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url = ""
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    def start(self) -> SimServer:
+        """Serve in a background thread; returns once requests are being handled."""
+        if self._thread is not None:
+            raise RuntimeError("SimServer already started")
+        sock = bind_socket(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        self.base_url = url_for(self.host, sock)
+        server = self._server = make_server(self.state, self._log_level)
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="bindbee-sim", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + self._start_timeout
+        while not server.started:
+            if not self._thread.is_alive():
+                sock.close()
+                raise RuntimeError("bindbee-sim server thread exited during start-up")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("bindbee-sim did not start in time")
+            time.sleep(0.005)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Shut the server down and join its thread."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(timeout)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout)
+        self._server = self._thread = None
+
+    def __enter__(self) -> SimServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ---- identity --------------------------------------------------------------
+
+    @property
+    def api_key(self) -> str:
+        """The bearer key clients must send."""
+        return self.state.api_key
+
+    @property
+    def tokens(self) -> dict[str, str]:
+        """Connector name -> connector token."""
+        return {name: ds.token for name, ds in self.state.datasets.items()}
+
+    # ---- records ---------------------------------------------------------------
+
+    def create(self, connector: str, model: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a record (like ``POST /_sim/{connector}/{model}``); returns it in full."""
+        return self.state.create(connector, model, fields)
+
+    def update(self, connector: str, model: str, record_id: str,
+               fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge fields, bumping ``modified_at`` unless given (raises ``NotFound``)."""
+        return self.state.update(connector, model, record_id, fields)
+
+    def delete(self, connector: str, model: str, record_id: str) -> None:
+        """Delete a record (raises ``NotFound``)."""
+        self.state.delete(connector, model, record_id)
+
+    def get(self, connector: str, model: str, record_id: str) -> dict[str, Any] | None:
+        """A record in full, or None."""
+        return self.state.get(connector, model, record_id)
+
+    def records(self, connector: str, model: str) -> list[dict[str, Any]]:
+        """Every current record in full, in id order."""
+        return self.state.records(connector, model)
+
+    def ids(self, connector: str, model: str) -> list[str]:
+        """Every current id, in order."""
+        return self.state.ids(connector, model)
+
+    # ---- behaviour -------------------------------------------------------------
+
+    def add_fault(self, **fault: Any) -> dict[str, Any]:
+        """Arm a fault; keywords mirror the ``POST /_sim/faults`` body."""
+        return self.state.add_fault(fault)
+
+    def clear_faults(self) -> None:
+        """Disarm every fault."""
+        self.state.clear_faults()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Data responses per connector name and status code."""
+        return self.state.stats()
+
+    def reset(self) -> None:
+        """Seed data back; faults, stats and rate windows cleared."""
+        self.state.reset()
+
+    def set_rate_limit(self, limit: int, window_seconds: float) -> None:
+        """Change the rate limit (0 disables it); every window restarts."""
+        self.state.configure(rate_limit=limit, rate_window_seconds=window_seconds)
+
+    def set_honor_modified_after(self, flag: bool) -> None:
+        """Whether list endpoints filter on ``modified_after``."""
+        self.state.configure(honor_modified_after=flag)

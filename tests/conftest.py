@@ -1,0 +1,52 @@
+"""Shared fixtures: one tansu broker for the session, a fresh topic name per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from bindbee_sim import SimServer
+from daemon.tansu import TansuBroker
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[TansuBroker]:
+    """A tansu broker shared by the whole session: do not stop, pause or restart it."""
+    with TansuBroker() as started:
+        yield started
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic name no other test uses."""
+    return f"test-{uuid.uuid4().hex[:16]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sim(**kwargs): SimServer arguments for the `sim` fixture (e.g. enrollments=N)"
+    )
+
+
+@pytest.fixture
+def sim(request: pytest.FixtureRequest) -> Iterator[SimServer]:
+    """A fresh in-process Bindbee simulator (connector acme); size it with @pytest.mark.sim."""
+    options = {"connectors": {"acme": "tok_acme"}, "enrollments": 250, "seed": 7, "rate_limit": 0}
+    marker = request.node.get_closest_marker("sim")
+    if marker is not None:
+        options.update(marker.kwargs)
+    with SimServer(**options) as server:
+        yield server
+
+
+@pytest.fixture
+def sim_secret() -> Iterator[SimServer]:
+    """A simulator whose API key and token are recognisable, to hunt for leaks."""
+    from tests.test_client import API_KEY, TOKEN
+
+    with SimServer(
+        connectors={"acme": TOKEN}, enrollments=120, seed=7, rate_limit=0, api_key=API_KEY
+    ) as server:
+        yield server

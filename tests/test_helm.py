@@ -1,0 +1,614 @@
+"""The Helm chart, rendered by the real Helm engine (helm-python-sdk, no helm binary),
+validated against the Kubernetes schemas, and its config loaded by the daemon's own
+loader; plus config/example.yaml, which must document and load every setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from daemon.errors import ConfigError
+from daemon.settings import LMS_MODELS, ConnectorSettings, ModelSettings, Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "helm" / "lms-changefeed"
+THREE_CONNECTORS = CHART / "ci" / "three-connectors-values.yaml"
+EXAMPLE_CONFIG = REPO / "config" / "example.yaml"
+KUBE_VERSION = "1.34.0"
+RELEASE = "lcf"
+NAMESPACE = "lms"
+CONFIG_PATH = "/etc/lms-changefeed/config.yaml"
+
+# Settings fields that must never appear in the chart's config block.
+SECRET_FIELDS = {("bindbee", "api_key"), ("kafka", "sasl_plain_password"), ("connectors", "token")}
+# Settings the chart sets itself rather than taking from values.
+CHART_OWNED_SECTIONS = {"state"}
+
+
+@pytest.fixture(scope="module")
+def helm() -> Any:
+    return pytest.importorskip("helm_python", reason="helm-python-sdk is in the dev extra")
+
+
+@pytest.fixture(scope="module")
+def chart(helm: Any) -> Iterator[Any]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def three_values(helm: Any) -> dict[str, Any]:
+    values: dict[str, Any] = helm.values_from_yaml(THREE_CONNECTORS.read_text(encoding="utf-8"))
+    return values
+
+
+class Rendered:
+    """The manifests of one render, by kind (and name where several could exist)."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+        self.notes = next((text for path, text in files.items() if path.endswith("NOTES.txt")), "")
+        self.docs: list[dict[str, Any]] = []
+        for path, text in sorted(files.items()):
+            if path.endswith(".txt"):
+                continue
+            self.docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+
+    def kinds(self) -> list[str]:
+        return sorted(doc["kind"] for doc in self.docs)
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = [doc for doc in self.docs if doc["kind"] == kind]
+        assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+        return found[0]
+
+    def maybe(self, kind: str) -> dict[str, Any] | None:
+        found = [doc for doc in self.docs if doc["kind"] == kind]
+        return found[0] if found else None
+
+    def pod(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.one("Deployment")["spec"]["template"]["spec"]
+        return spec
+
+    def container(self) -> dict[str, Any]:
+        containers = self.pod()["containers"]
+        assert len(containers) == 1
+        container: dict[str, Any] = containers[0]
+        return container
+
+    def config_text(self) -> str:
+        text: str = self.one("ConfigMap")["data"]["config.yaml"]
+        return text
+
+    def pod_env(self, existing_secret: dict[str, str] | None = None) -> dict[str, str]:
+        """The container's env as Kubernetes would resolve it from the Secret."""
+        secret = self.maybe("Secret")
+        if existing_secret is not None:
+            assert secret is None, "the chart made a Secret although existingSecret is set"
+            data = existing_secret
+        else:
+            assert secret is not None
+            data = secret.get("stringData") or {}
+        env: dict[str, str] = {}
+        for entry in self.container()["env"]:
+            if "value" in entry:
+                env[entry["name"]] = entry["value"]
+                continue
+            ref = entry["valueFrom"]["secretKeyRef"]
+            if existing_secret is None:
+                assert ref["name"] == secret["metadata"]["name"]  # type: ignore[index]
+            if ref["key"] in data:
+                env[entry["name"]] = data[ref["key"]]
+            else:
+                assert ref.get("optional"), f"pod cannot start: Secret has no key {ref['key']}"
+        return env
+
+
+def render(chart: Any, values: dict[str, Any] | None = None) -> Rendered:
+    files = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return Rendered(files)
+
+
+@pytest.fixture(scope="module")
+def defaults(chart: Any) -> Rendered:
+    return render(chart)
+
+
+@pytest.fixture(scope="module")
+def three(chart: Any, three_values: dict[str, Any]) -> Rendered:
+    return render(chart, three_values)
+
+
+def existing_secret_values(three_values: dict[str, Any]) -> dict[str, Any]:
+    return {**three_values, "secrets": {"existingSecret": "lms-changefeed-creds"}}
+
+
+def load_rendered_config(
+    rendered: Rendered, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """Load the ConfigMap's config.yaml with the pod's env, as the container would."""
+    path = tmp_path / "config.yaml"
+    path.write_text(rendered.config_text(), encoding="utf-8")
+    for name in list(os.environ):
+        if name.startswith(("CHANGEFEED_", "BINDBEE_TOKEN_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name != "CHANGEFEED_CONFIG":  # the pod's path; here the file is elsewhere
+            monkeypatch.setenv(name, value)
+    assert env.get("CHANGEFEED_CONFIG") == CONFIG_PATH
+    return load_settings(path)
+
+
+# -- lint ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["defaults", "three-connectors"])
+def test_lint_strict_is_clean(helm: Any, three_values: dict[str, Any], which: str) -> None:
+    values = three_values if which == "three-connectors" else None
+    report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert report["errors"] == []
+    # Severity 1 is INFO ("icon is recommended"); warnings and errors fail --strict.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+# -- every manifest against the Kubernetes schemas -------------------------------------
+
+
+def _check_service_monitor(rendered: Rendered, monitor: dict[str, Any]) -> None:
+    # No Kubernetes schema for the Prometheus Operator's CRD: check what makes it scrape.
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = rendered.one("Service")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["port"] in port_names
+        assert endpoint["path"] == "/metrics"
+
+
+@pytest.mark.parametrize("which", ["defaults", "three", "existing-secret", "no-persistence"])
+def test_every_manifest_validates_against_kubernetes(
+    chart: Any, three_values: dict[str, Any], which: str
+) -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is in the dev extra"
+    )
+    values = {
+        "defaults": None,
+        "three": three_values,
+        "existing-secret": existing_secret_values(three_values),
+        "no-persistence": {**three_values, "persistence": {"enabled": False}},
+    }[which]
+    rendered = render(chart, values)
+    assert rendered.docs
+    for doc in rendered.docs:
+        if doc["kind"] == "ServiceMonitor":
+            _check_service_monitor(rendered, doc)
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {where}: {exc.message}")
+
+
+def test_rendered_kinds(defaults: Rendered, three: Rendered, chart: Any) -> None:
+    common = ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Secret", "Service"]
+    assert defaults.kinds() == sorted([*common, "ServiceAccount"])
+    assert three.kinds() == sorted([*common, "ServiceAccount", "ServiceMonitor"])
+    assert "StatefulSet" not in render(chart, {"persistence": {"enabled": False}}).kinds()
+
+
+# -- the config the pod runs with -----------------------------------------------------
+
+
+def test_three_connector_config_loads_through_the_daemon_loader(
+    three: Rendered, three_values: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_rendered_config(three, three.pod_env(), tmp_path, monkeypatch)
+
+    assert [c.name for c in settings.connectors] == ["acme", "globex-eu", "initech"]
+    assert set(settings.models) == {"enrollments", "users", "completions"}
+    tokens = three_values["secrets"]["connectorTokens"]
+    for connector in settings.connectors:
+        assert connector.token is not None
+        assert connector.token.get_secret_value() == tokens[connector.name]
+    assert settings.bindbee.api_key.get_secret_value() == three_values["secrets"]["apiKey"]
+    assert settings.kafka.sasl_plain_password is not None
+    assert settings.kafka.sasl_plain_password.get_secret_value() == "test-sasl-password"
+
+    # Per-connector overrides win; other streams take the model's interval.
+    assert settings.poll_interval("acme", "enrollments") == 900
+    assert settings.poll_interval("acme", "users") == 3600
+    assert settings.poll_interval("globex-eu", "enrollments") == 120
+    assert settings.poll_interval("globex-eu", "users") == 1800
+    assert settings.poll_interval("initech", "enrollments") == 300
+    assert settings.poll_interval("initech", "completions") == 600
+    assert settings.models["enrollments"].full_scan_interval_seconds == 43200
+    assert settings.models["users"].incremental_param is None
+    assert settings.models["users"].initial_sync == "baseline"
+    assert settings.models["users"].ignore_fields == ("modified_at", "raw_data")
+    assert settings.models["completions"].params == {"include_custom_fields": True}
+    assert settings.models["completions"].emit_tombstones is True
+
+    assert settings.state.path == Path("/data/changefeed.db")
+    assert settings.kafka.security_protocol == "SASL_SSL"
+    assert settings.kafka.topic_for("acme", "users") == "lms.acme.users"
+    assert settings.log.level == "DEBUG"
+    assert settings.scheduler.max_workers == 6
+    ports = three.container()["ports"]
+    assert ports == [{"name": "http", "containerPort": settings.http.port, "protocol": "TCP"}]
+
+
+def test_existing_secret_config_loads_with_the_users_secret(
+    chart: Any, three_values: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered = render(chart, existing_secret_values(three_values))
+    assert rendered.maybe("Secret") is None
+    refs = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in rendered.container()["env"]
+        if "valueFrom" in e
+    }
+    assert refs == {"lms-changefeed-creds"}
+    annotations = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/secret" not in annotations
+    # The keys the user's Secret must hold are the env var names.
+    existing = {
+        "CHANGEFEED_BINDBEE__API_KEY": "from-existing",
+        "BINDBEE_TOKEN_ACME": "t1",
+        "BINDBEE_TOKEN_GLOBEX_EU": "t2",
+        "INITECH_BINDBEE_TOKEN": "t3",
+    }
+    settings = load_rendered_config(rendered, rendered.pod_env(existing), tmp_path, monkeypatch)
+    assert settings.bindbee.api_key.get_secret_value() == "from-existing"
+    assert settings.kafka.sasl_plain_password is None
+    assert [c.token.get_secret_value() for c in settings.connectors if c.token] == [
+        "t1",
+        "t2",
+        "t3",
+    ]
+    for name in existing:
+        assert name in rendered.notes or name == "CHANGEFEED_BINDBEE__API_KEY"
+
+
+def test_default_config_is_refused_until_connectors_are_given(
+    defaults: Rendered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The defaults render (and lint) but hold no credentials and no connector:
+    # NOTES says so, and neither Kubernetes nor the daemon would start the pod.
+    assert "config.connectors is empty" in defaults.notes
+    with pytest.raises(AssertionError, match="Secret has no key CHANGEFEED_BINDBEE__API_KEY"):
+        defaults.pod_env()
+    env = {"CHANGEFEED_CONFIG": CONFIG_PATH, "CHANGEFEED_BINDBEE__API_KEY": "k"}
+    with pytest.raises(ConfigError) as caught:
+        load_rendered_config(defaults, env, tmp_path, monkeypatch)
+    assert caught.value.field == "connectors"
+
+
+def test_full_scans_only_survives_helms_null_handling(
+    chart: Any, three_values: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Helm drops a null that overrides a chart default; the chart must not default this.
+    values = copy.deepcopy(three_values)
+    values["config"]["models"]["enrollments"]["incremental_param"] = None
+    rendered = render(chart, values)
+    settings = load_rendered_config(rendered, rendered.pod_env(), tmp_path, monkeypatch)
+    assert settings.models["enrollments"].incremental_param is None
+
+
+def test_no_secret_in_the_configmap_or_the_pod_spec(
+    three: Rendered, three_values: dict[str, Any]
+) -> None:
+    secrets = three_values["secrets"]
+    values = [secrets["apiKey"], secrets["kafkaSaslPassword"], *secrets["connectorTokens"].values()]
+    configmap = yaml.safe_dump(three.one("ConfigMap"))
+    deployment = yaml.safe_dump(three.one("Deployment"))
+    for value in values:
+        assert value not in configmap
+        assert value not in deployment
+        assert value not in three.notes
+    config = yaml.safe_load(three.config_text())
+    assert "api_key" not in config["bindbee"]
+    assert all("token" not in c and c["token_env"] for c in config["connectors"])
+
+
+def test_token_env_names_match_between_configmap_deployment_and_secret(three: Rendered) -> None:
+    config = yaml.safe_load(three.config_text())
+    token_envs = [c["token_env"] for c in config["connectors"]]
+    assert token_envs == ["BINDBEE_TOKEN_ACME", "BINDBEE_TOKEN_GLOBEX_EU", "INITECH_BINDBEE_TOKEN"]
+    env = {e["name"]: e for e in three.container()["env"]}
+    secret_keys = set(three.one("Secret")["stringData"])
+    for name in [*token_envs, "CHANGEFEED_BINDBEE__API_KEY"]:
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == name and not ref.get("optional")
+        assert name in secret_keys
+        assert name in three.notes or name == "CHANGEFEED_BINDBEE__API_KEY"
+    assert env["CHANGEFEED_KAFKA__SASL_PLAIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["optional"]
+    assert env["CHANGEFEED_CONFIG"]["value"] == CONFIG_PATH
+    assert three.container()["args"] == ["run", "--config", CONFIG_PATH]
+
+
+# -- rolling on config change ---------------------------------------------------------
+
+
+def _checksum(rendered: Rendered, name: str) -> str:
+    annotations = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    value: str = annotations[name]
+    return value
+
+
+def test_a_config_change_changes_the_pod_template(
+    chart: Any, three: Rendered, three_values: dict[str, Any]
+) -> None:
+    again = render(chart, three_values)
+    assert _checksum(again, "checksum/config") == _checksum(three, "checksum/config")
+    assert _checksum(again, "checksum/secret") == _checksum(three, "checksum/secret")
+
+    changed_config = copy.deepcopy(three_values)
+    changed_config["config"]["models"]["enrollments"]["poll_interval_seconds"] = 301
+    rendered = render(chart, changed_config)
+    assert _checksum(rendered, "checksum/config") != _checksum(three, "checksum/config")
+
+    changed_secret = {**three_values, "secrets": {**three_values["secrets"], "apiKey": "rotated"}}
+    rendered = render(chart, changed_secret)
+    assert _checksum(rendered, "checksum/secret") != _checksum(three, "checksum/secret")
+    assert _checksum(rendered, "checksum/config") == _checksum(three, "checksum/config")
+
+
+# -- the pod ----------------------------------------------------------------------------
+
+
+def _dockerfile_user() -> tuple[int, int]:
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    users = re.findall(r"^USER\s+(\d+):(\d+)\s*$", text, flags=re.MULTILINE)
+    assert users, "Dockerfile has no numeric USER uid:gid"
+    uid, gid = users[-1]
+    return int(uid), int(gid)
+
+
+@pytest.mark.parametrize("which", ["defaults", "three"])
+def test_pod_is_hardened_and_single(defaults: Rendered, three: Rendered, which: str) -> None:
+    rendered = defaults if which == "defaults" else three
+    deployment = rendered.one("Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = rendered.pod()
+    uid, gid = _dockerfile_user()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == uid
+    assert pod["securityContext"]["runAsGroup"] == gid
+    assert pod["securityContext"]["fsGroup"] == gid
+    assert pod["automountServiceAccountToken"] is False
+    security = rendered.container()["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+
+    mounts = {m["mountPath"]: m for m in rendered.container()["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(mounts) == {"/etc/lms-changefeed", "/data", "/tmp"}
+    assert mounts["/etc/lms-changefeed"]["readOnly"] is True
+    assert "configMap" in volumes[mounts["/etc/lms-changefeed"]["name"]]
+    claim = volumes[mounts["/data"]["name"]]["persistentVolumeClaim"]["claimName"]
+    assert claim == rendered.one("PersistentVolumeClaim")["metadata"]["name"]
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+
+
+def test_persistence_options(chart: Any, three: Rendered) -> None:
+    pvc = three.one("PersistentVolumeClaim")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert pvc["spec"]["storageClassName"] == "fast-ssd"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+    existing = render(chart, {"persistence": {"existingClaim": "my-claim"}})
+    assert existing.maybe("PersistentVolumeClaim") is None
+    volumes = {v["name"]: v for v in existing.pod()["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "my-claim"
+
+    ephemeral = render(chart, {"persistence": {"enabled": False}})
+    assert ephemeral.maybe("PersistentVolumeClaim") is None
+    assert "emptyDir" in {v["name"]: v for v in ephemeral.pod()["volumes"]}["data"]
+    assert "persistence.enabled=false" in ephemeral.notes
+
+
+def test_probes_service_and_service_monitor_line_up(three: Rendered) -> None:
+    container = three.container()
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    service = three.one("Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    labels = three.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    monitor = three.one("ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    _check_service_monitor(three, monitor)
+
+
+def test_grace_period_covers_the_shutdown_timeout(
+    defaults: Rendered, three: Rendered, chart: Any
+) -> None:
+    assert defaults.pod()["terminationGracePeriodSeconds"] == 25 + 5
+    assert three.pod()["terminationGracePeriodSeconds"] == 40 + 5
+    explicit = render(chart, {"terminationGracePeriodSeconds": 120})
+    assert explicit.pod()["terminationGracePeriodSeconds"] == 120
+
+
+# -- values that must be refused --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "where"),
+    [
+        ({"bindbee": {"api_key": "oops"}}, "api_key"),
+        ({"kafka": {"sasl_plain_password": "oops"}}, "sasl_plain_password"),
+        ({"connectors": [{"name": "acme", "token": "oops"}]}, "token"),
+        ({"state": {"path": "/var/lib/x.db"}}, "state"),
+        ({"models": {"grades": {}}}, "grades"),
+        ({"http": {"enabled": False}}, "enabled"),
+        ({"models": {"enrollments": {"initial_sync": "silent"}}}, "initial_sync"),
+    ],
+)
+def test_schema_refuses(helm: Any, chart: Any, config: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=where):
+        chart.render({"config": config}, name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"config": {"connectors": [{"name": "acme"}]}, "secrets": {"apiKey": "k"}},
+            "secrets.connectorTokens.acme is required",
+        ),
+        (
+            {
+                "config": {"connectors": [{"name": "acme"}]},
+                "secrets": {"connectorTokens": {"acme": "t"}},
+            },
+            "secrets.apiKey is required",
+        ),
+        (
+            {
+                "config": {"connectors": [{"name": "acme"}]},
+                "secrets": {"apiKey": "k", "connectorTokens": {"acme": "t", "acne": "t"}},
+            },
+            "secrets.connectorTokens.acne: no connector of that name",
+        ),
+        (
+            {
+                "config": {"connectors": [{"name": "acme"}, {"name": "acme"}]},
+                "secrets": {"existingSecret": "s"},
+            },
+            'connector "acme" is listed twice',
+        ),
+        (
+            {
+                "config": {"connectors": [{"name": "a-b"}, {"name": "a.b"}]},
+                "secrets": {"existingSecret": "s"},
+            },
+            "two connectors read their token from BINDBEE_TOKEN_A_B",
+        ),
+    ],
+)
+def test_render_refuses_a_pod_that_could_not_start(
+    helm: Any, chart: Any, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def _model_fields(model: type[BaseModel]) -> set[str]:
+    return set(model.model_fields)
+
+
+def test_schema_covers_every_setting_except_secrets(chart: Any) -> None:
+    schema = chart.schema["properties"]["config"]["properties"]
+    sections = {name for name in Settings.model_fields if name not in CHART_OWNED_SECTIONS}
+    assert set(schema) == sections
+    for section, field in Settings.model_fields.items():
+        if section in CHART_OWNED_SECTIONS or section in {"connectors", "models"}:
+            continue
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        expected = {f for f in _model_fields(model) if (section, f) not in SECRET_FIELDS}
+        assert set(schema[section]["properties"]) == expected, section
+    connector = schema["connectors"]["items"]["properties"]
+    assert set(connector) == _model_fields(ConnectorSettings) - {"token"}
+    model_schema = schema["models"]["additionalProperties"]["anyOf"][0]["properties"]
+    assert set(model_schema) == _model_fields(ModelSettings)
+    assert schema["models"]["propertyNames"]["enum"] == list(LMS_MODELS)
+
+
+# -- config/example.yaml ----------------------------------------------------------------
+
+EXAMPLE_SECRETS = {
+    "CHANGEFEED_BINDBEE__API_KEY": "example-api-key",
+    "BINDBEE_TOKEN_ACME": "example-token-acme",
+    "BINDBEE_TOKEN_GLOBEX": "example-token-globex",
+    "BINDBEE_TOKEN_INITECH": "example-token-initech",
+}
+
+
+@pytest.fixture
+def example_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("CHANGEFEED_", "BINDBEE_TOKEN_")):
+            monkeypatch.delenv(name)
+    for name, value in EXAMPLE_SECRETS.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.usefixtures("example_env")
+def test_example_config_loads() -> None:
+    settings = load_settings(EXAMPLE_CONFIG)
+    assert settings.bindbee.api_key.get_secret_value() == "example-api-key"
+    assert [c.name for c in settings.connectors] == ["acme", "globex", "initech"]
+    assert settings.connector("acme").token is not None
+    assert settings.poll_interval("acme", "enrollments") == 900
+    assert settings.poll_interval("globex", "users") == 1800
+    assert settings.poll_interval("initech", "enrollments") == 300
+    assert settings.models["courses"].incremental_param is None
+    assert settings.models["users"].initial_sync == "baseline"
+    assert settings.models["courses"].emit_tombstones is True
+
+
+@pytest.mark.usefixtures("example_env")
+def test_example_config_shows_the_defaults() -> None:
+    # The example's default-valued sections must say what the daemon would do anyway.
+    example = load_settings(EXAMPLE_CONFIG)
+    bare = Settings.model_validate(
+        {"bindbee": {"api_key": "x"}, "connectors": [{"name": "x", "token": "x"}]}
+    )
+    for section in ("kafka", "state", "log", "http", "scheduler"):
+        assert getattr(example, section) == getattr(bare, section), section
+    assert example.models["enrollments"] == ModelSettings()
+    assert example.bindbee.model_dump(exclude={"api_key"}) == bare.bindbee.model_dump(
+        exclude={"api_key"}
+    )
+
+
+def test_example_config_documents_every_field() -> None:
+    text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
+
+    def documented(name: str) -> bool:
+        # As a key, or as a commented-out key for the secrets.
+        return (
+            re.search(rf"^\s*(#\s*)?(- )?{re.escape(name)}:", text, flags=re.MULTILINE) is not None
+        )
+
+    missing = []
+    for section, field in Settings.model_fields.items():
+        if not documented(section):
+            missing.append(section)
+        model = field.annotation
+        if section == "connectors":
+            model = ConnectorSettings
+        elif section == "models":
+            model = ModelSettings
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            for name, sub in model.model_fields.items():
+                if not documented(name):
+                    missing.append(f"{section}.{name}")
+                if isinstance(sub.annotation, type) and issubclass(sub.annotation, BaseModel):
+                    missing += [
+                        f"{section}.{name}.{n}"
+                        for n in sub.annotation.model_fields
+                        if not documented(n)
+                    ]
+    assert missing == []
+    # Secrets are only ever shown as env vars.
+    assert "CHANGEFEED_BINDBEE__API_KEY" in text
+    assert "CHANGEFEED_KAFKA__SASL_PLAIN_PASSWORD" in text
+    assert not re.search(r"^\s*(api_key|token|sasl_plain_password):", text, flags=re.MULTILINE)
