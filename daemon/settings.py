@@ -6,6 +6,7 @@ This is the only module that reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import string
 from contextvars import ContextVar
 from pathlib import Path
@@ -27,6 +28,7 @@ from daemon.errors import ConfigError
 
 LMS_MODELS = ("users", "courses", "contents", "enrollments", "completions")
 CONFIG_ENV = "CHANGEFEED_CONFIG"
+_NAMED_MESSAGE = re.compile(r"^([a-z_][a-z0-9_.]*): (.*)$", re.DOTALL)
 _TOPIC_PLACEHOLDERS = {"model", "connector"}
 
 
@@ -127,6 +129,16 @@ class KafkaSettings(_Section):
                 f"unknown placeholder(s) {sorted(unknown)}; allowed: {{model}}, {{connector}}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _delivery_covers_request(self) -> KafkaSettings:
+        # kafka-python refuses this only when a producer is built: catch it at start-up.
+        floor = self.linger_ms + self.request_timeout_ms
+        if self.delivery_timeout_ms < floor:
+            raise ValueError(
+                f"delivery_timeout_ms: must be at least linger_ms + request_timeout_ms ({floor})"
+            )
+        return self
 
     def topic_for(self, connector: str, model: str) -> str:
         """The topic a stream publishes to."""
@@ -284,8 +296,11 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
             message = "unknown key"
         elif message.startswith("Value error, "):
             message = message[len("Value error, ") :]
-        if field == "config" and message.startswith("connectors:"):
-            field, _, message = message.partition(": ")
+        # Cross-field validators name the field themselves: "name: what is wrong".
+        named = _NAMED_MESSAGE.match(message)
+        if named:
+            inner, message = named.groups()
+            field = inner if field == "config" else f"{field}.{inner}"
         raise ConfigError(field, message) from None
     finally:
         _yaml_path.reset(token)

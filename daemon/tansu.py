@@ -123,7 +123,9 @@ class TansuBroker:
                 and time.monotonic() < deadline
             )
             if not retry:
-                raise RuntimeError(self._failure_message(port, problem, timeout))
+                message = self._failure_message(port, problem, timeout)
+                self._drop_own_log()  # its tail is in the message
+                raise RuntimeError(message)
 
     def stop(self) -> None:
         """Stop the broker: SIGTERM, then SIGKILL if it lingers. Safe to call twice."""
@@ -132,9 +134,7 @@ class TansuBroker:
             _terminate(self._proc)
             self._proc = None
             self._paused = False
-        if self._own_log and self._log_path is not None:
-            self._log_path.unlink(missing_ok=True)
-            self._log_path = None
+        self._drop_own_log()
 
     def restart(self, timeout: float = 20.0) -> None:
         """Stop and start again on the same port (and with the same cluster id)."""
@@ -181,6 +181,11 @@ class TansuBroker:
         return f"TansuBroker({where}, {state}, storage={self.storage!r})"
 
     # -- internals -----------------------------------------------------------------------
+
+    def _drop_own_log(self) -> None:
+        if self._own_log and self._log_path is not None:
+            self._log_path.unlink(missing_ok=True)
+            self._log_path = None
 
     def _signal_and_wait(self, signum: int, option: int, reached: Callable[[int], bool]) -> None:
         pid = self.pid
@@ -252,8 +257,9 @@ class TansuBroker:
         }[problem]
         if problem == "exited" and "address in use" in tail.lower():
             reason = "exited: the port is already in use"
+        where = "" if self._own_log else f" (log: {self._log_path})"
         return (
-            f"tansu broker on {self.host}:{port} {reason} (log: {self._log_path})\n"
+            f"tansu broker on {self.host}:{port} {reason}{where}\n"
             f"--- last lines of the broker log ---\n{tail}"
         )
 

@@ -118,6 +118,11 @@ BAD = [
         with_("connectors", [{"name": "a", "token": "x", "poll_interval_seconds": {"users": 5}}]),
         "connectors",
     ),
+    (
+        "delivery timeout below request timeout",
+        with_("kafka.delivery_timeout_ms", 1000),
+        "kafka.delivery_timeout_ms",
+    ),
     ("malformed YAML", "bindbee: [unclosed\n", "config"),
     ("not a mapping", "- 1\n- 2\n", "config"),
 ]

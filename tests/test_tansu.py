@@ -91,6 +91,7 @@ def test_given_port_held_by_another_listener_is_a_clear_error(occupied_port: int
         broker.start(timeout=10)
     assert "AddrInUse" in str(info.value)  # the tail of the broker's own log
     assert not broker.running
+    assert broker.log_path is None  # the temporary log is not left behind
 
 
 def test_given_port_held_by_another_broker_is_a_clear_error() -> None:
