@@ -47,14 +47,6 @@ class KafkaSink:
     def __init__(
         self, settings: KafkaSettings, *, logger: FilteringBoundLogger | None = None
     ) -> None:
-        if settings.delivery_timeout_ms < settings.linger_ms + settings.request_timeout_ms:
-            # kafka-python refuses this combination, but only when the producer is built,
-            # which would turn a config mistake into an endless retry loop.
-            raise ConfigError(
-                "kafka.delivery_timeout_ms",
-                f"must be at least linger_ms + request_timeout_ms "
-                f"({settings.linger_ms + settings.request_timeout_ms})",
-            )
         codec = settings.compression_type
         if codec != "none" and not _CODEC_AVAILABLE[codec]():
             raise ConfigError(
