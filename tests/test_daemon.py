@@ -18,6 +18,7 @@ import orjson
 import pytest
 import yaml
 
+from bindbee_sim import SimServer
 from daemon.models import StreamKey
 from daemon.snapshot import SqliteSnapshotStore
 from tests.kafka_read import read_topic
@@ -152,3 +153,39 @@ def test_sigterm_mid_scan_commits_every_acknowledged_page(sim, broker, daemon_co
     published = read_topic(broker.bootstrap, topic, quiet_seconds=1.5)
     # Exactly the committed pages were published: nothing acknowledged is left uncommitted.
     assert len(published) == state.records == state.scan_pages * 100
+
+
+def test_example_config_runs_against_simulator_and_broker(broker, tmp_path: Path) -> None:
+    """The shipped example config, with only addresses and secrets given by environment."""
+    tokens = {"acme": "tok_a", "globex": "tok_g", "initech": "tok_i"}
+    with SimServer(connectors=tokens, enrollments=150, seed=5, rate_limit=0) as sim:
+        env = {
+            "CHANGEFEED_BINDBEE__BASE_URL": sim.base_url,
+            "CHANGEFEED_BINDBEE__API_KEY": sim.api_key,
+            "CHANGEFEED_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+            "CHANGEFEED_KAFKA__TOPIC_TEMPLATE": f"x{uuid.uuid4().hex[:8]}.{{model}}",
+            "CHANGEFEED_STATE__PATH": str(tmp_path / "state.db"),
+            "CHANGEFEED_HTTP__HOST": "127.0.0.1",
+            "CHANGEFEED_HTTP__PORT": "0",
+            "CHANGEFEED_LOG__FORMAT": "json",
+            **{f"BINDBEE_TOKEN_{name.upper()}": token for name, token in tokens.items()},
+        }
+        daemon = Daemon(Path("config/example.yaml"), env)
+        try:
+            port = daemon.wait_for("http_listening")["port"]
+            for connector in tokens:
+                for model in ("enrollments", "users", "courses"):
+                    daemon.wait_for("scan_finished", connector=connector, model=model)
+            base = f"http://127.0.0.1:{port}"
+            assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+            assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
+            metrics = httpx.get(f"{base}/metrics", timeout=10).text
+            assert 'changefeed_stream_up{connector="initech",model="courses"} 1.0' in metrics
+            for token in tokens.values():
+                assert token not in metrics
+        finally:
+            daemon.proc.send_signal(signal.SIGTERM)
+            code = daemon.proc.wait(30)
+        assert code == 0
+        daemon.wait_for("stopped", clean=True, timeout=5)
+        assert not any(line.get("log_level") == "error" for line in daemon.seen)

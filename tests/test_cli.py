@@ -1,0 +1,94 @@
+"""The remaining commands as a user runs them: `tail`, `dev`, and tombstones on the wire."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.runtime import Runtime
+from daemon.settings import load_settings
+from tests.kafka_read import read_topic
+from tests.test_feed import feed_config
+
+
+@pytest.mark.sim(enrollments=12)
+def test_tombstones_follow_deletes_and_tail_prints_events(sim, broker, tmp_path: Path) -> None:
+    settings = load_settings(None, **feed_config(sim, broker, tmp_path, emit_tombstones=True))
+    topic = settings.kafka.topic_for("acme", "enrollments")
+    runtime = Runtime.open(settings)
+    try:
+        (stream,) = runtime.passes()
+        stream.run()
+        gone = sim.ids("acme", "enrollments")[0]
+        sim.delete("acme", "enrollments", gone)
+        assert stream.run(force_full=True).stats.deleted == 1
+    finally:
+        runtime.close()
+    records = read_topic(broker.bootstrap, topic, expected=14)
+    for_gone = [r for r in records if r.key == gone.encode()]
+    assert [r.value is None for r in for_gone] == [False, False, True]  # created, deleted, null
+
+    tail = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "daemon",
+            "tail",
+            "--topic",
+            topic,
+            "--bootstrap",
+            broker.bootstrap,
+            "--from-beginning",
+            "--limit",
+            "14",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert tail.returncode == 0, tail.stderr
+    assert tail.stdout.count("created") == 12
+    assert "deleted" in tail.stdout and f"tombstone {gone}" in tail.stdout
+
+
+def test_dev_stack_shows_events_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """`make dev` runs this command: it must come up, show events, and stop on Ctrl-C."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "dev", "--config", "config/dev.yaml"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200", "TMPDIR": str(tmp_path)},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    selector.register(proc.stderr, selectors.EVENT_READ)
+    out, err = b"", b""
+    deadline = time.monotonic() + 90
+    try:
+        # Wait for demo events on the terminal and for a mutation the daemon then picks up.
+        while not (out.count(b"created") >= 10 and b"dev_mutation" in err):
+            assert proc.poll() is None, err.decode()[-3000:]
+            assert time.monotonic() < deadline, (out[-2000:], err[-2000:])
+            for key, _ in selector.select(timeout=1):
+                chunk = os.read(key.fd, 65536)
+                if key.fileobj is proc.stdout:
+                    out += chunk
+                else:
+                    err += chunk
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(45)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, err.decode()[-3000:]
+    assert b"acme/enrollments" in out and b"globex/enrollments" in out
