@@ -34,7 +34,7 @@ class Fault:
     status: int | None = None
     """Answer with this status and ``{"detail": ...}``."""
     retry_after: int | None = None
-    """``Retry-After`` seconds to send with ``status``."""
+    """``Retry-After`` seconds to send with ``status`` (a 429 gets 1 unless set)."""
     delay_ms: int | None = None
     """Wait this long (without blocking other requests) before answering."""
     malformed: Malformed | None = None

@@ -93,7 +93,8 @@ def encode_cursor(record_id: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     """The id a cursor points after; raises ``ValueError`` when it is not one of ours."""
-    text = cursor.strip()
+    # A '+' that reached us unescaped in a query string arrives as a space.
+    text = cursor.strip().replace(" ", "+")
     padded = text + "=" * (-len(text) % 4)
     try:
         raw = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)

@@ -106,7 +106,11 @@ class SimServer:
         sock = bind_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         self.base_url = url_for(self.host, sock)
-        server = self._server = make_server(self.state, self._log_level)
+        try:
+            server = self._server = make_server(self.state, self._log_level)
+        except Exception:
+            sock.close()
+            raise
         self._thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="bindbee-sim", daemon=True
         )

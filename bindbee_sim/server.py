@@ -110,7 +110,10 @@ def _fault_response(fault: Fault) -> Response | None:
     if fault.disconnect:
         return DisconnectResponse(b'{"cursor": null, "page_size": 100, "items": [{"id": "01')
     if fault.status is not None:
-        headers = None if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+        retry_after = fault.retry_after
+        if retry_after is None and fault.status == 429:
+            retry_after = 1  # a 429 without Retry-After would not look like Bindbee's
+        headers = None if retry_after is None else {"Retry-After": str(retry_after)}
         return json_response({"detail": f"simulated fault: HTTP {fault.status}"},
                              fault.status, headers)
     return None

@@ -515,6 +515,9 @@ def test_status_fault_counts_down(sim, client):
     first, second, third = (client.get(ENROLLMENTS) for _ in range(3))
     assert [first.status_code, second.status_code, third.status_code] == [503, 503, 200]
     assert first.headers["retry-after"] == "3" and "detail" in first.json()
+    sim.add_fault(status=429)
+    throttled = client.get(ENROLLMENTS)
+    assert throttled.status_code == 429 and throttled.headers["retry-after"] == "1"
 
 
 def test_faults_respect_connector_and_model_scope(sim, client):
