@@ -30,21 +30,32 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
         else structlog.processors.JSONRenderer()
     )
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    # Libraries log through stdlib logging; keep them quiet unless they warn.
-    logging.basicConfig(stream=out, level=max(numeric, logging.WARNING), force=True)
+    # Libraries log through stdlib logging: render their lines the same way (one JSON
+    # object per line in containers), and keep them quiet unless they warn.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    logging.basicConfig(handlers=[handler], level=max(numeric, logging.WARNING), force=True)
     for noisy in ("kafka", "httpx", "httpcore", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
     logging.getLogger("kafka").setLevel(logging.ERROR)
