@@ -166,10 +166,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from daemon.snapshot import SqliteSnapshotStore
+    from daemon.runtime import open_store
 
     settings = load_settings(args.config)
-    store = SqliteSnapshotStore(settings.state.path)
+    store = open_store(settings.state)
     try:
         states = store.states()
     finally:
@@ -209,13 +209,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_reset(args: argparse.Namespace) -> int:
     """Forget a stream's snapshot and watermark: its next pass is an initial sync."""
     from daemon.models import StreamKey
-    from daemon.snapshot import SqliteSnapshotStore
+    from daemon.runtime import open_store
 
     settings = load_settings(args.config)
     if not args.yes:
         print("refusing to reset without --yes", file=sys.stderr)
         return EXIT_FAILED
-    store = SqliteSnapshotStore(settings.state.path)
+    store = open_store(settings.state)
     try:
         store.reset(StreamKey(args.connector, args.model))
     finally:

@@ -7,10 +7,19 @@ import threading
 from dataclasses import dataclass, field
 
 from daemon.bindbee import BindbeeClient
-from daemon.settings import Settings
+from daemon.settings import Settings, StateSettings
 from daemon.sink import KafkaSink
-from daemon.snapshot import SqliteSnapshotStore
+from daemon.snapshot import SnapshotStore, SqliteSnapshotStore
 from daemon.stream import StreamPass
+
+
+def open_store(state: StateSettings) -> SnapshotStore:
+    """The configured state store: PostgreSQL when ``state.url`` is set, else SQLite."""
+    if state.url is not None:
+        from daemon.snapshot_pg import PostgresSnapshotStore
+
+        return PostgresSnapshotStore(state.url.get_secret_value())
+    return SqliteSnapshotStore(state.path)
 
 
 @dataclass
@@ -18,7 +27,7 @@ class Runtime:
     """Settings plus the store, API client and Kafka sink every stream shares."""
 
     settings: Settings
-    store: SqliteSnapshotStore
+    store: SnapshotStore
     client: BindbeeClient
     sink: KafkaSink
     stop: threading.Event = field(default_factory=threading.Event)
@@ -27,7 +36,7 @@ class Runtime:
     def open(cls, settings: Settings, stop: threading.Event | None = None) -> Runtime:
         """Open the state store and create (not connect) the client and the sink."""
         stop = stop or threading.Event()
-        store = SqliteSnapshotStore(settings.state.path)
+        store = open_store(settings.state)
         return cls(
             settings=settings,
             store=store,

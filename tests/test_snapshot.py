@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -20,14 +21,27 @@ def write(rid: str, modified: str = "2025-01-01T00:00:00.000000Z", grade: int = 
     return RowWrite(rid, modified, f"h-{rid}-{grade}", {"id": rid, "grade": grade})
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "sqlite":
+        s = SqliteSnapshotStore(tmp_path / "state" / "changefeed.db")
+    else:
+        from daemon.snapshot_pg import PostgresSnapshotStore
+
+        s = PostgresSnapshotStore(request.getfixturevalue("pg_schema"))
+    yield s
+    s.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path):
+def sqlite_store(tmp_path: Path):
     s = SqliteSnapshotStore(tmp_path / "state" / "changefeed.db")
     yield s
     s.close()
 
 
-def test_page_commit_and_reload(store: SqliteSnapshotStore, tmp_path: Path) -> None:
+def test_page_commit_and_reload(sqlite_store: SqliteSnapshotStore, tmp_path: Path) -> None:
+    store = sqlite_store
     store.begin_scan(KEY, "full", None, 100.0)
     state = store.commit_page(
         KEY,
@@ -96,7 +110,10 @@ def test_errors_are_recorded_and_cleared(store: SqliteSnapshotStore) -> None:
     assert store.finish_scan(KEY, 6.0, None).last_error is None
 
 
-def test_locked_database_is_a_state_store_error(store: SqliteSnapshotStore, tmp_path: Path) -> None:
+def test_locked_database_is_a_state_store_error(
+    sqlite_store: SqliteSnapshotStore, tmp_path: Path
+) -> None:
+    store = sqlite_store
     other = sqlite3.connect(tmp_path / "state" / "changefeed.db", timeout=0)
     other.execute("BEGIN EXCLUSIVE")
     try:
@@ -114,3 +131,30 @@ def test_unusable_path_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StateStoreError, match="cannot open state store"):
         SqliteSnapshotStore(blocker / "x.db")
+
+
+def test_postgres_claims_are_exclusive_between_replicas(pg_schema: str) -> None:
+    from daemon.snapshot_pg import PostgresSnapshotStore
+
+    first, second = PostgresSnapshotStore(pg_schema), PostgresSnapshotStore(pg_schema)
+    try:
+        assert first.claim(KEY) and first.claim(KEY)
+        assert not second.claim(KEY)
+        assert second.claim(OTHER)
+        first.close()
+        # A replica that dies releases its streams once the server notices the session end.
+        deadline = time.monotonic() + 10
+        while not second.claim(KEY):
+            assert time.monotonic() < deadline, "the claim was never released"
+            time.sleep(0.05)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_postgres_url_never_shows_its_password() -> None:
+    from daemon.snapshot_pg import PostgresSnapshotStore
+
+    with pytest.raises(StateStoreError) as info:
+        PostgresSnapshotStore("postgresql://postgres:pw-s3cret@127.0.0.1:1/test")
+    assert "pw-s3cret" not in str(info.value)

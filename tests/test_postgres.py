@@ -1,0 +1,43 @@
+"""The feed with its state on the machine's PostgreSQL instead of SQLite."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from daemon.runtime import Runtime
+from daemon.settings import load_settings
+from tests.kafka_read import read_topic
+from tests.test_feed import feed_config
+
+
+@pytest.mark.sim(enrollments=300)
+def test_feed_on_postgres_state(sim, broker, pg_schema: str, tmp_path: Path) -> None:
+    config = feed_config(sim, broker, tmp_path)
+    config["state"] = {"url": pg_schema}
+    settings = load_settings(None, **config)
+    topic = settings.kafka.topic_for("acme", "enrollments")
+
+    runtime = Runtime.open(settings)
+    try:
+        assert type(runtime.store).__name__ == "PostgresSnapshotStore"
+        (stream,) = runtime.passes()
+        assert stream.run().stats.created == 300
+        ids = sim.ids("acme", "enrollments")
+        sim.update("acme", "enrollments", ids[0], {"end_date": "2036-01-01T00:00:00Z"})
+        sim.delete("acme", "enrollments", ids[1])
+        sim.create("acme", "enrollments", {"user": None, "course": None})
+        result = stream.run(force_full=True)
+        assert (result.stats.created, result.stats.updated, result.stats.deleted) == (1, 1, 1)
+        assert runtime.store.state(stream.key).records == 300
+    finally:
+        runtime.close()
+    events = [orjson.loads(r.value) for r in read_topic(broker.bootstrap, topic, expected=303)]
+    assert Counter(e["type"].rsplit(".", 1)[1] for e in events) == {
+        "created": 301,
+        "updated": 1,
+        "deleted": 1,
+    }
