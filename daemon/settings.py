@@ -147,6 +147,17 @@ class KafkaSettings(_Section):
 
 class StateSettings(_Section):
     path: Path = Path("./data/changefeed.db")
+    # postgresql://user:pass@host/db: shared state for several replicas instead of SQLite.
+    url: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql:// URL")
+        return value
 
 
 class LogSettings(_Section):
