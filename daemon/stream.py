@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -190,6 +190,7 @@ class StreamPass:
             start_page=state.scan_pages + 1,
         )
         stats = result.stats
+        ceiling = _watermark_ceiling(state)
         for page in pages:
             stats.requests += page.requests
             ids = [item["id"] for item in page.items]
@@ -208,7 +209,7 @@ class StreamPass:
                 diff.writes,
                 diff.seen_ids if full else (),
                 page.next_cursor,
-                diff.max_modified_at,
+                _capped(diff.max_modified_at, ceiling),
             )
             stats.pages += 1
             stats.items += len(page.items)
@@ -298,3 +299,25 @@ class StreamPass:
         metrics.STREAM_UP.labels(*labels).set(1)
         if state.watermark is not None:
             metrics.WATERMARK.labels(*labels).set(parse_time(state.watermark).timestamp())
+
+
+def _watermark_ceiling(state: StreamState) -> str | None:
+    """The most a scan may move the watermark to: the moment it started.
+
+    Pages come in id order, so a record changed while the scan runs, behind its cursor, is
+    not seen, although a later page may carry a newer ``modified_at``. A watermark past the
+    scan's start would make the next incremental pass skip that change (and a record dated
+    in the future would make every later one skip everything). Capped, the next pass asks
+    from the scan's start (minus ``lookback_seconds``, which also absorbs clock skew).
+    """
+    if state.scan_started_at is None:
+        return None
+    started = datetime.fromtimestamp(state.scan_started_at, UTC)
+    return started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _capped(max_modified: str | None, ceiling: str | None) -> str | None:
+    # Both are normalised timestamps: fixed width, so text order is time order.
+    if max_modified is None or ceiling is None:
+        return max_modified
+    return min(max_modified, ceiling)

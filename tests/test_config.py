@@ -81,6 +81,14 @@ BAD = [
         with_("models.enrollments.poll_interval_seconds", -5),
         "models.enrollments.poll_interval_seconds",
     ),
+    (
+        "connector interval zero",
+        with_(
+            "connectors",
+            [{"name": "a", "token": "x", "poll_interval_seconds": {"enrollments": 0}}],
+        ),
+        "connectors.0",
+    ),
     ("page_size 0", with_("bindbee.page_size", 0), "bindbee.page_size"),
     ("page_size 101", with_("bindbee.page_size", 101), "bindbee.page_size"),
     ("unknown model", with_("models.grades", {}), "models"),
@@ -143,6 +151,12 @@ def test_bad_config_exits_2_naming_the_field(
 def test_unreadable_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "invalid config: config: cannot read" in capsys.readouterr().err
+
+
+def test_config_path_that_is_not_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "invalid config: config: cannot read" in err, err
 
 
 def test_bad_config_as_a_process_prints_one_line_no_traceback(tmp_path: Path) -> None:

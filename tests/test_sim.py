@@ -41,8 +41,12 @@ def unb64(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def shared_sim() -> Iterator[SimServer]:
-    with SimServer(connectors={"acme": "tok_acme", "globex": "tok_globex"},
-                   enrollments=250, seed=7, api_key=API_KEY) as server:
+    with SimServer(
+        connectors={"acme": "tok_acme", "globex": "tok_globex"},
+        enrollments=250,
+        seed=7,
+        api_key=API_KEY,
+    ) as server:
         yield server
 
 
@@ -115,8 +119,16 @@ def test_invalid_cursor_is_422(client):
 
 def test_generated_data_is_plausible(sim, client):
     item = client.get(ENROLLMENTS, params={"page_size": 1}).json()["items"][0]
-    assert set(item) == {"id", "remote_id", "modified_at", "user", "course",
-                         "start_date", "end_date", "completion"}
+    assert set(item) == {
+        "id",
+        "remote_id",
+        "modified_at",
+        "user",
+        "course",
+        "start_date",
+        "end_date",
+        "completion",
+    }
     modified = parse_us(item["modified_at"])
     assert item["modified_at"] == format_us(modified)  # canonical ...ffffffZ shape
     assert modified < parse_us("2026-01-01T00:00:00Z")
@@ -133,11 +145,14 @@ def test_generated_data_is_plausible(sim, client):
 # ---- auth -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers", [
-    {"x-connector-token": "tok_acme"},
-    {"x-connector-token": "tok_acme", "Authorization": "Bearer wrong"},
-    {"x-connector-token": "tok_acme", "Authorization": API_KEY},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-connector-token": "tok_acme"},
+        {"x-connector-token": "tok_acme", "Authorization": "Bearer wrong"},
+        {"x-connector-token": "tok_acme", "Authorization": API_KEY},
+    ],
+)
 def test_wrong_or_missing_api_key_is_401(sim, headers):
     response = httpx.get(sim.base_url + ENROLLMENTS, headers=headers)
     assert response.status_code == 401
@@ -145,8 +160,7 @@ def test_wrong_or_missing_api_key_is_401(sim, headers):
 
 
 def test_missing_connector_token_is_fastapi_422(sim):
-    response = httpx.get(sim.base_url + ENROLLMENTS,
-                         headers={"Authorization": f"Bearer {API_KEY}"})
+    response = httpx.get(sim.base_url + ENROLLMENTS, headers={"Authorization": f"Bearer {API_KEY}"})
     assert response.status_code == 422
     (error,) = response.json()["detail"]
     assert error["loc"] == ["header", "x-connector-token"]
@@ -154,8 +168,10 @@ def test_missing_connector_token_is_fastapi_422(sim):
 
 
 def test_unknown_connector_token_is_401(sim):
-    response = httpx.get(sim.base_url + ENROLLMENTS, headers={
-        "Authorization": f"Bearer {API_KEY}", "x-connector-token": "tok_nobody"})
+    response = httpx.get(
+        sim.base_url + ENROLLMENTS,
+        headers={"Authorization": f"Bearer {API_KEY}", "x-connector-token": "tok_nobody"},
+    )
     assert response.status_code == 401
 
 
@@ -169,8 +185,12 @@ def test_connector_token_selects_the_dataset(sim, client):
 # ---- rate limits --------------------------------------------------------------------
 
 
-RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
-                "x-ratelimit-reset-after")
+RATE_HEADERS = (
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "x-ratelimit-reset-after",
+)
 
 
 def test_rate_limit_headers_on_every_data_response(sim, client):
@@ -271,19 +291,18 @@ def test_date_range_filters_are_inclusive(sim, client, field):
     records = sim.records("acme", "enrollments")
     values = sorted(r[field] for r in records if r[field] is not None)
     low, high = values[len(values) // 4], values[3 * len(values) // 4]
-    expected = [r["id"] for r in records
-                if r[field] is not None and low <= r[field] <= high]
+    expected = [r["id"] for r in records if r[field] is not None and low <= r[field] <= high]
     items = walk(client, page_size=100, **{f"{field}_from": low, f"{field}_to": high})
     assert [i["id"] for i in items] == expected
     got = {i[field] for i in items}
     assert low in got and high in got  # both bounds included
     only_from = walk(client, page_size=100, **{f"{field}_from": high})
     assert [i["id"] for i in only_from] == [
-        r["id"] for r in records if r[field] is not None and r[field] >= high]
+        r["id"] for r in records if r[field] is not None and r[field] >= high
+    ]
     # The same instant written with an offset selects the same records.
     offset = datetime.fromisoformat(low).astimezone(PLUS_TWO).isoformat()
-    assert walk(client, page_size=100, **{f"{field}_from": offset,
-                                          f"{field}_to": high}) == items
+    assert walk(client, page_size=100, **{f"{field}_from": offset, f"{field}_to": high}) == items
 
 
 def test_invalid_date_filter_is_422(client):
@@ -297,10 +316,12 @@ def test_custom_fields_and_raw_data_only_when_asked(sim, client):
     assert all("custom_fields" not in i and "raw_data" not in i for i in plain)
     full = {r["id"]: r for r in sim.records("acme", "enrollments")}
     custom = client.get(ENROLLMENTS, params={"include_custom_fields": "true"}).json()["items"]
-    assert all("raw_data" not in i and i["custom_fields"] == full[i["id"]]["custom_fields"]
-               for i in custom)
-    both = client.get(ENROLLMENTS, params={"include_custom_fields": "true",
-                                           "include_raw_data": "true"}).json()["items"]
+    assert all(
+        "raw_data" not in i and i["custom_fields"] == full[i["id"]]["custom_fields"] for i in custom
+    )
+    both = client.get(
+        ENROLLMENTS, params={"include_custom_fields": "true", "include_raw_data": "true"}
+    ).json()["items"]
     assert both == [full[i["id"]] for i in both]
     assert any(i["custom_fields"] is None for i in both)
     assert all(isinstance(i["raw_data"], dict) and i["raw_data"] for i in both)
@@ -311,8 +332,9 @@ def test_expand_inlines_relations(sim, client):
     plain = client.get(ENROLLMENTS).json()["items"]
     for item, base in zip(items, plain, strict=True):
         user = sim.get("acme", "users", base["user"])
-        assert item["user"] == {k: v for k, v in user.items()
-                                if k not in ("custom_fields", "raw_data")}
+        assert item["user"] == {
+            k: v for k, v in user.items() if k not in ("custom_fields", "raw_data")
+        }
         assert item["course"]["id"] == base["course"]
         if base["completion"] is None:
             assert item["completion"] is None
@@ -326,8 +348,10 @@ def test_expand_with_field_picks(sim, client):
     plain = client.get(ENROLLMENTS, params={"page_size": 5}).json()["items"]
     for item, base in zip(items, plain, strict=True):
         user = sim.get("acme", "users", base["user"])
-        assert item["user"] == {"first_name": user["first_name"],
-                                "email_address": user["email_address"]}
+        assert item["user"] == {
+            "first_name": user["first_name"],
+            "email_address": user["email_address"],
+        }
         assert item["course"] == {"name": sim.get("acme", "courses", base["course"])["name"]}
         assert item["completion"] == base["completion"]  # not expanded: still an id
 
@@ -348,12 +372,15 @@ def test_other_models_list_and_filter(sim, client):
     assert completion["id"] in [i["id"] for i in by_user]
     assert all(i["user"] == completion["user"] for i in by_user)
     content = sim.records("acme", "contents")[0]
-    expanded = client.get("/api/lms/v1/contents", params={
-        "remote_id": content["remote_id"], "expand": "course[name]"}).json()["items"]
-    assert expanded == [{**{k: content[k] for k in content
-                            if k not in ("custom_fields", "raw_data")},
-                         "course": {"name": sim.get("acme", "courses",
-                                                    content["course"])["name"]}}]
+    expanded = client.get(
+        "/api/lms/v1/contents", params={"remote_id": content["remote_id"], "expand": "course[name]"}
+    ).json()["items"]
+    assert expanded == [
+        {
+            **{k: content[k] for k in content if k not in ("custom_fields", "raw_data")},
+            "course": {"name": sim.get("acme", "courses", content["course"])["name"]},
+        }
+    ]
 
 
 def test_unknown_model_is_404(client):
@@ -390,8 +417,7 @@ def test_modified_after_is_honoured_with_the_switch(sim, client):
     assert [i["id"] for i in walk(client, modified_after=stamps[-1])] == [edited["id"]]
     assert walk(client, modified_after=edited["modified_at"]) == []
     sim.set_honor_modified_after(False)
-    assert client.get(ENROLLMENTS, params={"modified_after": stamps[-1]}).json()[
-        "page_size"] == 50
+    assert client.get(ENROLLMENTS, params={"modified_after": stamps[-1]}).json()["page_size"] == 50
 
 
 # ---- get by id -------------------------------------------------------------------------
@@ -401,10 +427,12 @@ def test_get_by_id(sim, client):
     record = sim.records("acme", "enrollments")[42]
     response = client.get(f"{ENROLLMENTS}/{record['id']}")
     assert response.status_code == 200
-    assert response.json() == {k: v for k, v in record.items()
-                                if k not in ("custom_fields", "raw_data")}
-    full = client.get(f"{ENROLLMENTS}/{record['id']}",
-                      params={"include_raw_data": 1, "include_custom_fields": 1}).json()
+    assert response.json() == {
+        k: v for k, v in record.items() if k not in ("custom_fields", "raw_data")
+    }
+    full = client.get(
+        f"{ENROLLMENTS}/{record['id']}", params={"include_raw_data": 1, "include_custom_fields": 1}
+    ).json()
     assert full == record
     expanded = client.get(f"{ENROLLMENTS}/{record['id']}", params={"expand": "user"}).json()
     assert expanded["user"]["id"] == record["user"]
@@ -424,9 +452,16 @@ def test_control_api_create_patch_delete(sim, client):
     users = sim.ids("acme", "users")
     courses = sim.ids("acme", "courses")
     last_generated = sim.records("acme", "enrollments")[-1]
-    created = client.post("/_sim/acme/enrollments", json={
-        "user": users[0], "course": courses[0], "start_date": "2026-01-05T09:00:00+01:00",
-        "custom_fields": {"team": "blue"}, "remote_id": "ENR-NEW-1"})
+    created = client.post(
+        "/_sim/acme/enrollments",
+        json={
+            "user": users[0],
+            "course": courses[0],
+            "start_date": "2026-01-05T09:00:00+01:00",
+            "custom_fields": {"team": "blue"},
+            "remote_id": "ENR-NEW-1",
+        },
+    )
     assert created.status_code == 201
     record = created.json()
     assert record["id"] > last_generated["id"]  # minted now: sorts after generated ids
@@ -439,19 +474,22 @@ def test_control_api_create_patch_delete(sim, client):
     assert [i["id"] for i in page] == [record["id"]]
 
     target = sim.records("acme", "enrollments")[10]
-    patched = client.patch(f"/_sim/acme/enrollments/{target['id']}",
-                           json={"end_date": "2026-02-01T00:00:00Z"})
+    patched = client.patch(
+        f"/_sim/acme/enrollments/{target['id']}", json={"end_date": "2026-02-01T00:00:00Z"}
+    )
     assert patched.status_code == 200
     body = patched.json()
     assert body["end_date"] == "2026-02-01T00:00:00.000000Z"
     assert body["modified_at"] > record["modified_at"]  # bumped to now
     assert body["modified_at"].endswith("Z") and len(body["modified_at"]) == 27
     assert {k: v for k, v in body.items() if k not in ("end_date", "modified_at")} == {
-        k: v for k, v in target.items() if k not in ("end_date", "modified_at")}
+        k: v for k, v in target.items() if k not in ("end_date", "modified_at")
+    }
     assert client.get(f"{ENROLLMENTS}/{target['id']}").json()["end_date"] == body["end_date"]
 
-    pinned = client.patch(f"/_sim/acme/enrollments/{target['id']}",
-                          json={"modified_at": "2024-06-01T00:00:00Z"}).json()
+    pinned = client.patch(
+        f"/_sim/acme/enrollments/{target['id']}", json={"modified_at": "2024-06-01T00:00:00Z"}
+    ).json()
     assert pinned["modified_at"] == "2024-06-01T00:00:00.000000Z"
 
     assert client.delete(f"/_sim/acme/enrollments/{target['id']}").status_code == 204
@@ -467,12 +505,12 @@ def test_control_api_errors(sim, client):
     assert client.post("/_sim/nobody/enrollments", json={}).status_code == 404
     assert client.post("/_sim/acme/teachers", json={}).status_code == 404
     assert client.post("/_sim/acme/enrollments", json={"shoe_size": 9}).status_code == 422
-    assert client.post("/_sim/acme/enrollments",
-                       json={"start_date": "soon"}).status_code == 422
+    assert client.post("/_sim/acme/enrollments", json={"start_date": "soon"}).status_code == 422
     existing = sim.ids("acme", "enrollments")[0]
     assert client.post("/_sim/acme/enrollments", json={"id": existing}).status_code == 409
-    assert client.patch(f"/_sim/acme/enrollments/{existing}",
-                        json={"id": missing}).status_code == 422
+    assert (
+        client.patch(f"/_sim/acme/enrollments/{existing}", json={"id": missing}).status_code == 422
+    )
     assert client.post("/_sim/faults", json={"status": 200}).status_code == 422
     assert client.post("/_sim/faults", json={"count": 2}).status_code == 422
     assert client.post("/_sim/faults", json={"malformed": "xml"}).status_code == 422
@@ -482,8 +520,9 @@ def test_python_api_mirrors_the_control_api(sim):
     assert sim.tokens == {"acme": "tok_acme", "globex": "tok_globex"}
     assert sim.api_key == API_KEY and sim.base_url.startswith("http://127.0.0.1:")
     new_id = "01900000-0000-7000-8000-000000000001"
-    record = sim.create("acme", "users", {"id": new_id, "first_name": "Zoe",
-                                          "modified_at": "2025-01-01T00:00:00Z"})
+    record = sim.create(
+        "acme", "users", {"id": new_id, "first_name": "Zoe", "modified_at": "2025-01-01T00:00:00Z"}
+    )
     assert record["modified_at"] == "2025-01-01T00:00:00.000000Z"
     assert sim.get("acme", "users", new_id) == record
     assert new_id in sim.ids("acme", "users")  # placed by id, among generated ones
@@ -521,8 +560,9 @@ def test_status_fault_counts_down(sim, client):
 
 
 def test_faults_respect_connector_and_model_scope(sim, client):
-    client.post("/_sim/faults", json={"status": 500, "count": 1, "connector": "globex",
-                                      "model": "users"}).raise_for_status()
+    client.post(
+        "/_sim/faults", json={"status": 500, "count": 1, "connector": "globex", "model": "users"}
+    ).raise_for_status()
     assert client.get(ENROLLMENTS).status_code == 200
     assert client.get("/api/lms/v1/users").status_code == 200
     globex = {"x-connector-token": "tok_globex"}
@@ -596,12 +636,12 @@ def test_cursor_loop_fault(sim, client):
     sim.add_fault(malformed="cursor_loop", count=2)
     looped_first = client.get(ENROLLMENTS, params={"page_size": 10}).json()
     # The first page's cursor points back: following it shows the same page again.
-    again = client.get(ENROLLMENTS, params={"page_size": 10,
-                                            "cursor": looped_first["cursor"]}).json()
+    again = client.get(
+        ENROLLMENTS, params={"page_size": 10, "cursor": looped_first["cursor"]}
+    ).json()
     assert again["items"] == first["items"] == looped_first["items"]
     assert again["cursor"] == looped_first["cursor"]  # second use: echoes the request
-    normal = client.get(ENROLLMENTS, params={"page_size": 10,
-                                             "cursor": first["cursor"]}).json()
+    normal = client.get(ENROLLMENTS, params={"page_size": 10, "cursor": first["cursor"]}).json()
     assert normal["cursor"] != first["cursor"]
 
 
@@ -625,8 +665,11 @@ def test_stats_shape(sim, client):
     client.get(ENROLLMENTS, headers={"x-connector-token": "tok_unknown"})
     httpx.get(sim.base_url + ENROLLMENTS, headers={"Authorization": f"Bearer {API_KEY}"})
     client.get(CONNECTORS)  # not a data endpoint
-    expected = {"acme": {"503": 1, "200": 2}, "globex": {"200": 1},
-                "_unknown": {"401": 1, "422": 1}}
+    expected = {
+        "acme": {"503": 1, "200": 2},
+        "globex": {"200": 1},
+        "_unknown": {"401": 1, "422": 1},
+    }
     assert client.get("/_sim/stats").json() == expected
     assert sim.stats() == expected
 
@@ -650,12 +693,18 @@ def test_reset_restores_the_seed_state(sim, client):
 
 def test_same_seed_gives_byte_identical_pages():
     def pages(seed: int) -> list[bytes]:
-        with SimServer(enrollments=120, seed=seed) as server, httpx.Client(
-            base_url=server.base_url,
-            headers={"Authorization": f"Bearer {API_KEY}", "x-connector-token": "tok_acme"},
-        ) as c:
-            params = {"include_raw_data": "true", "include_custom_fields": "true",
-                      "expand": "user,course"}
+        with (
+            SimServer(enrollments=120, seed=seed) as server,
+            httpx.Client(
+                base_url=server.base_url,
+                headers={"Authorization": f"Bearer {API_KEY}", "x-connector-token": "tok_acme"},
+            ) as c,
+        ):
+            params = {
+                "include_raw_data": "true",
+                "include_custom_fields": "true",
+                "expand": "user,course",
+            }
             out = [c.get(ENROLLMENTS, params=params).content]
             cursor = json.loads(out[0])["cursor"]
             out.append(c.get(ENROLLMENTS, params={**params, "cursor": cursor}).content)
@@ -674,9 +723,21 @@ def test_connectors_endpoint(sim):
     with httpx.Client(base_url=sim.base_url, headers=headers) as c:
         body = c.get(CONNECTORS).json()
         assert body["page_size"] == 2 and body["cursor"] is None
-        fields = {"id", "is_active", "status", "integration_slug", "end_user", "sync_status",
-                  "last_sync_start_time", "next_sync_start_time", "completed_at",
-                  "created_at", "connector_token", "category", "is_test_connector"}
+        fields = {
+            "id",
+            "is_active",
+            "status",
+            "integration_slug",
+            "end_user",
+            "sync_status",
+            "last_sync_start_time",
+            "next_sync_start_time",
+            "completed_at",
+            "created_at",
+            "connector_token",
+            "category",
+            "is_test_connector",
+        }
         assert all(set(item) == fields for item in body["items"])
         assert {i["connector_token"] for i in body["items"]} == {"tok_acme", "tok_globex"}
         one = c.get(CONNECTORS, params={"connector_token": "tok_globex"}).json()["items"]
@@ -695,15 +756,17 @@ def test_connectors_endpoint(sim):
 
 
 _OPS = st.lists(
-    st.tuples(st.sampled_from(["create", "update", "delete"]),
-              st.integers(0, 30), st.integers(0, 10_000)),  # few targets: repeated edits
+    st.tuples(
+        st.sampled_from(["create", "update", "delete"]), st.integers(0, 30), st.integers(0, 10_000)
+    ),  # few targets: repeated edits
     max_size=25,
 )
 _BASE_US = parse_us("2024-03-01T00:00:00Z")
 
 
-def _apply(state: SimState, model: dict[str, dict], op: str, a: int, b: int,
-           users: list[str]) -> None:
+def _apply(
+    state: SimState, model: dict[str, dict], op: str, a: int, b: int, users: list[str]
+) -> None:
     """Apply one edit to the simulator and to a plain-dict model of what it should hold."""
     ids = sorted(model)
     if op == "create":
@@ -719,8 +782,10 @@ def _apply(state: SimState, model: dict[str, dict], op: str, a: int, b: int,
         model[record["id"]] = record
     elif op == "update":
         target = ids[a % len(ids)]
-        fields = {"user": users[b % len(users)],
-                  "start_date": None if b % 5 == 0 else format_us(_BASE_US + b * 10**9)}
+        fields = {
+            "user": users[b % len(users)],
+            "start_date": None if b % 5 == 0 else format_us(_BASE_US + b * 10**9),
+        }
         if b % 4 == 0:  # pinned, possibly older than before
             fields["modified_at"] = format_us(_BASE_US + b)
         record = state.update("acme", "enrollments", target, fields)
@@ -735,8 +800,9 @@ def _apply(state: SimState, model: dict[str, dict], op: str, a: int, b: int,
         del model[ids[a % len(ids)]]
 
 
-def _filter(which: str, pivot: int, records: list[dict], users: list[str]
-            ) -> tuple[dict, Callable[[dict], bool]]:
+def _filter(
+    which: str, pivot: int, records: list[dict], users: list[str]
+) -> tuple[dict, Callable[[dict], bool]]:
     """ListQuery keywords for one filter, and the same filter as a plain predicate."""
     if which == "user":
         user = users[pivot % len(users)]
@@ -748,8 +814,10 @@ def _filter(which: str, pivot: int, records: list[dict], users: list[str]
         return {"modified_after": bound}, lambda r: parse_us(r["modified_at"]) > bound
     if which == "start_date":
         low = _BASE_US + pivot * 10**9
-        return ({"ranges": {"start_date": (low, None)}},
-                lambda r: r["start_date"] is not None and parse_us(r["start_date"]) >= low)
+        return (
+            {"ranges": {"start_date": (low, None)}},
+            lambda r: r["start_date"] is not None and parse_us(r["start_date"]) >= low,
+        )
     if which == "remote_id":
         remote = f"R{pivot % 7}" if pivot % 2 else f"ENR-{pivot % 170:07d}"
         return {"remote_id": remote}, lambda r: r["remote_id"] == remote
@@ -757,11 +825,16 @@ def _filter(which: str, pivot: int, records: list[dict], users: list[str]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=_OPS, page_size=st.integers(1, 30), pivot=st.integers(0, 10_000),
-       which=st.sampled_from(["none", "user", "modified_after", "start_date", "remote_id"]))
+@given(
+    ops=_OPS,
+    page_size=st.integers(1, 30),
+    pivot=st.integers(0, 10_000),
+    which=st.sampled_from(["none", "user", "modified_after", "start_date", "remote_id"]),
+)
 def test_pages_match_a_brute_force_filter(ops, page_size, pivot, which):
-    state = SimState({"acme": "tok"}, enrollments=160, seed=5, api_key="k",
-                     honor_modified_after=True)
+    state = SimState(
+        {"acme": "tok"}, enrollments=160, seed=5, api_key="k", honor_modified_after=True
+    )
     users = state.ids("acme", "users")
     model = {r["id"]: r for r in state.records("acme", "enrollments")}
     for op, a, b in ops:
@@ -775,7 +848,8 @@ def test_pages_match_a_brute_force_filter(ops, page_size, pivot, which):
     for _ in range(1000):
         with state.lock:
             body = state.datasets["acme"].page(
-                "enrollments", ListQuery(page_size=page_size, after=after, **query_kw))
+                "enrollments", ListQuery(page_size=page_size, after=after, **query_kw)
+            )
         got += [i["id"] for i in body["items"]]
         if body["cursor"] is None:
             break
@@ -791,17 +865,34 @@ def test_cli_serves_and_exits_on_sigterm(tmp_path: Path):
     exe = Path(sys.executable).with_name("bindbee-sim")
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "bindbee_sim"]
     proc = subprocess.Popen(
-        [*command, "--port", "0", "--connectors", "acme:tok_acme,globex:tok_g",
-         "--enrollments", "120", "--seed", "3", "--rate-limit", "10"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *command,
+            "--port",
+            "0",
+            "--connectors",
+            "acme:tok_acme,globex:tok_g",
+            "--enrollments",
+            "120",
+            "--seed",
+            "3",
+            "--rate-limit",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         line = proc.stdout.readline()
         assert line.startswith("bindbee-sim listening on http://127.0.0.1:"), line
         base_url = line.split()[-1]
-        response = httpx.get(base_url + ENROLLMENTS, params={"page_size": 100}, headers={
-            "Authorization": f"Bearer {API_KEY}", "x-connector-token": "tok_g"}, timeout=10)
+        response = httpx.get(
+            base_url + ENROLLMENTS,
+            params={"page_size": 100},
+            headers={"Authorization": f"Bearer {API_KEY}", "x-connector-token": "tok_g"},
+            timeout=10,
+        )
         assert response.status_code == 200
         assert response.json()["page_size"] == 100
         assert response.headers["x-ratelimit-limit"] == "10"

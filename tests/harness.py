@@ -1,0 +1,324 @@
+"""Driving the daemon as a real process for fault scenarios: config, logs, state, waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import yaml
+
+POLL_SECONDS = 0.02  # between two looks at a condition, under a deadline
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(POLL_SECONDS)
+
+
+def base_config(
+    sim: Any,
+    bootstrap: str,
+    tmp_path: Path,
+    connectors: tuple[str, ...] = ("acme",),
+    **model: Any,
+) -> dict[str, Any]:
+    """A config for the daemon under test: fast retries, short Kafka timeouts, JSON logs."""
+    prefix = f"f{uuid.uuid4().hex[:10]}"
+    return {
+        "bindbee": {
+            "base_url": sim.base_url,
+            "api_key": sim.api_key,
+            "page_size": 100,
+            "timeout_seconds": 5,
+            "max_attempts": 3,
+            "backoff_base_seconds": 0.05,
+            "backoff_max_seconds": 0.2,
+            "rate_limit": {"requests": 100_000, "per_seconds": 60},
+        },
+        "connectors": [{"name": name, "token": sim.tokens[name]} for name in connectors],
+        "models": {
+            "enrollments": {
+                "poll_interval_seconds": 1,
+                "lookback_seconds": 0,
+                "full_scan_interval_seconds": 3600,
+                **model,
+            }
+        },
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "partitions": 2,
+            "topic_template": prefix + ".{connector}.{model}",
+            "request_timeout_ms": 2000,
+            "delivery_timeout_ms": 4000,
+        },
+        "state": {"path": str(tmp_path / "state.db")},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "scheduler": {"jitter_seconds": 0.05, "shutdown_timeout_seconds": 10},
+        "log": {"format": "json", "level": "INFO"},
+    }
+
+
+def write_config(tmp_path: Path, config: dict[str, Any], name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def topic_of(config: dict[str, Any], connector: str, model: str = "enrollments") -> str:
+    return str(config["kafka"]["topic_template"]).format(connector=connector, model=model)
+
+
+class Daemon:
+    """``python -m daemon COMMAND --config PATH`` as a process; its JSON log lines collected."""
+
+    def __init__(
+        self, config: Path, command: str = "run", *args: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.command = command
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", command, "--config", str(config), *args],
+            env={**os.environ, "CHANGEFEED_LOG__FORMAT": "json", **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.lines: list[dict[str, Any]] = []
+        self.stdout: list[str] = []
+        self._cond = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._read_stderr, daemon=True),
+            threading.Thread(target=self._read_stdout, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            try:
+                line = orjson.loads(raw)
+                if not isinstance(line, dict):
+                    raise ValueError
+            except ValueError:
+                line = {"event": "non-json", "text": raw.decode(errors="replace")}
+            line["_t"] = time.monotonic()
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.stdout.append(raw.decode(errors="replace"))
+
+    # -- logs ------------------------------------------------------------------------
+
+    def matching(self, event: str, since: float = 0.0, **fields: object) -> list[dict[str, Any]]:
+        """Log lines of ``event`` (``a|b``: either) with these field values, logged at or
+        after ``since``."""
+        events = event.split("|")
+        with self._cond:
+            return [
+                line
+                for line in self.lines
+                if line.get("event") in events
+                and line["_t"] >= since
+                and all(line.get(k) == v for k, v in fields.items())
+            ]
+
+    def wait_for(
+        self, event: str, timeout: float = 60.0, since: float = 0.0, **fields: object
+    ) -> dict[str, Any]:
+        """The first line of ``event`` with these fields (logged at or after ``since``)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = self.matching(event, since, **fields)
+                if found:
+                    return found[0]
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reading()):
+                    tail = [
+                        {k: v for k, v in line.items() if k != "_t"} for line in self.lines[-15:]
+                    ]
+                    raise AssertionError(
+                        f"no {event} {fields} within {timeout:g}s "
+                        f"(exit code {self.proc.poll()}); last lines: {tail}"
+                    )
+                self._cond.wait(min(left, 0.2))
+
+    def _reading(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def tracebacks(self) -> list[dict[str, Any]]:
+        """Lines that are not JSON log lines, or that carry an exception."""
+        with self._cond:
+            return [
+                line
+                for line in self.lines
+                if line.get("event") == "non-json" or "exception" in line
+            ]
+
+    # -- process -----------------------------------------------------------------------
+
+    def http(self, path: str, timeout: float = 15.0) -> httpx.Response:
+        port = self.wait_for("http_listening", timeout=30)["port"]
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up at all."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._join()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(10)
+        self._join()
+        return code
+
+    def wait(self, timeout: float = 120.0) -> int:
+        code = self.proc.wait(timeout)
+        self._join()
+        return code
+
+    def _join(self) -> None:
+        for thread in self._threads:
+            thread.join(10)
+
+
+def poll(config: Path, *args: str, timeout: float = 180.0) -> Daemon:
+    """Run ``poll`` to completion (e.g. ``poll(path, "--full")``); fails unless it exits 0."""
+    daemon = Daemon(config, "poll", *args)
+    code = daemon.wait(timeout)
+    assert code == 0, (daemon.stdout, daemon.lines[-15:])
+    return daemon
+
+
+def stream_state(db: Path, connector: str, model: str = "enrollments") -> dict[str, Any] | None:
+    """A stream's row in the state store, read without writing (None if unreadable)."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+    except sqlite3.Error:
+        return None
+    try:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute(
+            "SELECT * FROM streams WHERE connector=? AND model=?", (connector, model)
+        ).fetchone()
+        if row is None:
+            return None
+        state = dict(row)
+        state["records"] = conn.execute(
+            "SELECT count(*) FROM records WHERE sid=?", (state["sid"],)
+        ).fetchone()[0]
+        return state
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
+def scan_pages(db: Path, connector: str = "acme") -> int:
+    state = stream_state(db, connector)
+    return int(state["scan_pages"]) if state else 0
+
+
+def unread_bytes(port: int) -> int:
+    """Bytes received on ``port``'s connections that the listening process has not read yet.
+
+    (From /proc/net/tcp: the rx queue of established sockets whose local port is ``port``.)
+    A paused broker leaves a produce request there: proof it was sent and not answered.
+    """
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, queues = fields[1], fields[3], fields[4]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                total += int(queues.split(":")[1], 16)
+    return total
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one Prometheus sample in an exposition ``text``."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- the API fault table (scenario 4, reused by the soak) ------------------------------
+
+FAILURE_LINES = ("api_retry", "api_rate_limited", "scan_failed")
+# (fault, failures the daemon sees: one log line each). max_attempts is 3, so a count of 3
+# or more also fails a pass (two api_retry lines, then scan_failed) and the next pass
+# meets the rest.
+API_FAULTS = {
+    "429 storm with Retry-After": ({"status": 429, "retry_after": 1, "count": 4}, 4),
+    # Beyond the client's patience (10 in a row): the pass fails, the next one meets the rest.
+    "429 storm, longer": ({"status": 429, "retry_after": 0, "count": 12}, 12),
+    "500 burst": ({"status": 500, "count": 4}, 4),
+    "503 burst": ({"status": 503, "count": 2}, 2),
+    "timeouts": ({"delay_ms": 2500, "count": 2}, 2),  # the client gives up after 1 s
+    "dropped connections": ({"disconnect": True, "count": 3}, 3),
+    "malformed JSON": ({"malformed": "json", "count": 2}, 2),
+    "no items": ({"malformed": "missing_items", "count": 1}, 1),
+    "item without id": ({"malformed": "item_without_id", "count": 3}, 3),
+    # The first answer's cursor points back before the start (the walk follows it once);
+    # the second repeats its own cursor: the loop the walk detects.
+    "cursor loop": ({"malformed": "cursor_loop", "count": 2}, 1),
+}
+
+
+def wait_fresh_full_scan(daemon: Daemon, connector: str, since: float) -> dict:
+    """The end of the first full scan that started (not resumed) after ``since``."""
+    started = daemon.wait_for(
+        "scan_started", since=since, connector=connector, kind="full", resumed=False
+    )
+    return daemon.wait_for("scan_finished", since=started["_t"], connector=connector)
+
+
+def figures(name: str, **values: object) -> None:
+    """Print a scenario's measured figures on one line (shown with ``pytest -s``)."""
+    print(f"\nFIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
