@@ -5,19 +5,44 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 
-from daemon.models import ChangeEvent, Record, StoredRow, StreamKey
+from daemon.models import ChangeEvent, Record, StreamKey
 from daemon.timestamps import normalize_time
+
+
+class SnapshotRow(Protocol):
+    """What the differ reads of a stored row: ``models.StoredRow``, or the snapshot
+    store's own row type, which decodes ``record`` only when it is read."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def modified_at(self) -> str: ...
+    @property
+    def content_hash(self) -> str: ...
+    @property
+    def record(self) -> Record: ...
+
+
+# One blake2b state to copy: cheaper than building one with ``digest_size`` per record.
+_BLAKE2B_16 = hashlib.blake2b(digest_size=16)
+_SORT_KEYS = orjson.OPT_SORT_KEYS
 
 
 def content_hash(record: Record, ignore_fields: Iterable[str]) -> str:
     """Hash of a record's canonical JSON, leaving out fields whose changes are not events."""
-    ignored = set(ignore_fields)
-    content = {k: v for k, v in record.items() if k not in ignored} if ignored else record
-    canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+    content = record
+    for name in ignore_fields:
+        if name in content:
+            if content is record:
+                content = record.copy()
+            del content[name]
+    digest = _BLAKE2B_16.copy()
+    digest.update(orjson.dumps(content, option=_SORT_KEYS))
+    return digest.hexdigest()
 
 
 def field_changes(
@@ -58,7 +83,7 @@ class PageDiff:
 def diff_page(
     stream: StreamKey,
     items: Iterable[Record],
-    stored: Mapping[str, StoredRow],
+    stored: Mapping[str, SnapshotRow],
     *,
     ignore_fields: Iterable[str] = ("modified_at",),
     initial_sync: bool = False,
@@ -71,21 +96,25 @@ def diff_page(
     """
     ignore = tuple(ignore_fields)
     result = PageDiff()
+    events, writes = result.events, result.writes
+    unchanged = stale = 0
+    newest: str | None = None
     seen: dict[str, None] = {}
+    lookup = stored.get
     for record in items:
         record_id = record["id"]
         if record_id in seen:
             continue  # the same id twice in one page: the first copy wins
         seen[record_id] = None
         modified_at = normalize_time(record["modified_at"])
-        if result.max_modified_at is None or modified_at > result.max_modified_at:
-            result.max_modified_at = modified_at
-        digest = content_hash(record, ignore)
-        old = stored.get(record_id)
+        if newest is None or modified_at > newest:
+            newest = modified_at
+        old = lookup(record_id)
         if old is None:
-            result.writes.append(RowWrite(record_id, modified_at, digest, record))
+            digest = content_hash(record, ignore)
+            writes.append(RowWrite(record_id, modified_at, digest, record))
             if emit_created:
-                result.events.append(
+                events.append(
                     ChangeEvent(
                         "created",
                         stream,
@@ -96,17 +125,20 @@ def diff_page(
                         initial_sync=initial_sync,
                     )
                 )
-        elif modified_at < old.modified_at:
-            result.stale += 1
-        elif digest == old.content_hash:
-            result.unchanged += 1
+            continue
+        if modified_at < old.modified_at:
+            stale += 1  # an older copy: not even worth hashing
+            continue
+        digest = content_hash(record, ignore)
+        if digest == old.content_hash:
+            unchanged += 1
             if modified_at > old.modified_at:
                 # Remember the newer time (so older copies count as stale), keep the
                 # last published record: it is what a later `deleted` carries.
-                result.writes.append(RowWrite(record_id, modified_at, digest, old.record))
+                writes.append(RowWrite(record_id, modified_at, digest, old.record))
         else:
-            result.writes.append(RowWrite(record_id, modified_at, digest, record))
-            result.events.append(
+            writes.append(RowWrite(record_id, modified_at, digest, record))
+            events.append(
                 ChangeEvent(
                     "updated",
                     stream,
@@ -119,11 +151,12 @@ def diff_page(
                     previous_hash=old.content_hash,
                 )
             )
+    result.unchanged, result.stale, result.max_modified_at = unchanged, stale, newest
     result.seen_ids = list(seen)
     return result
 
 
-def deleted_events(stream: StreamKey, rows: Iterable[StoredRow]) -> list[ChangeEvent]:
+def deleted_events(stream: StreamKey, rows: Iterable[SnapshotRow]) -> list[ChangeEvent]:
     """``deleted`` events for rows a complete full scan did not see."""
     return [
         ChangeEvent("deleted", stream, row.id, row.record, row.modified_at, row.content_hash)

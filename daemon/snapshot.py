@@ -6,6 +6,7 @@ store at a page boundary.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -15,11 +16,11 @@ from typing import Protocol
 
 import orjson
 
-from daemon.diff import RowWrite
+from daemon.diff import RowWrite, SnapshotRow
 from daemon.errors import StateStoreError
-from daemon.models import ScanKind, StoredRow, StreamKey, StreamState
+from daemon.models import Record, ScanKind, StoredRow, StreamKey, StreamState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS streams (
@@ -49,10 +50,19 @@ CREATE TABLE IF NOT EXISTS records (
     modified_at TEXT NOT NULL,
     hash TEXT NOT NULL,
     record BLOB NOT NULL,
+    PRIMARY KEY (sid, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (
+    sid INTEGER NOT NULL,
+    id TEXT NOT NULL,
     scan INTEGER NOT NULL,
     PRIMARY KEY (sid, id)
 ) WITHOUT ROWID;
 """
+# Every row of ``records`` has one in ``seen``: the number of the last scan that saw (or
+# wrote) it. Kept apart from the records because a full scan marks every id it sees, and
+# on narrow rows marking a page rewrites a couple of b-tree pages instead of a dozen
+# (schema 1 kept it as ``records.scan``; opening such a store migrates it).
 _STATE_COLUMNS = (
     "watermark, scan_number, scan_kind, scan_phase, scan_cursor, scan_pages, scan_since, "
     "scan_started_at, scan_max_modified, last_full_scan_started_at, last_full_scan_at, "
@@ -60,6 +70,32 @@ _STATE_COLUMNS = (
 )
 # SQLite's default limit on host parameters is 32766; pages are ≤ 100 ids anyway.
 _CHUNK = 500
+
+
+# Statement texts per id count, built once (sqlite3 caches the compiled statements by text).
+@functools.lru_cache(maxsize=16)
+def _select_rows(count: int) -> str:
+    marks = ",".join("?" * count)
+    return f"SELECT id, modified_at, hash, record FROM records WHERE sid=? AND id IN ({marks})"
+
+
+# Multi-row VALUES: one statement per page instead of one step per row (executemany).
+@functools.lru_cache(maxsize=16)
+def _insert_rows(count: int) -> str:
+    values = ",".join(["(?,?,?,?,?)"] * count)
+    return f"INSERT OR REPLACE INTO records (sid, id, modified_at, hash, record) VALUES {values}"
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_seen(count: int) -> str:
+    values = ",".join(["(?,?,?)"] * count)
+    return f"INSERT OR REPLACE INTO seen (sid, id, scan) VALUES {values}"
+
+
+@functools.lru_cache(maxsize=16)
+def _mark_seen(count: int) -> str:
+    marks = ",".join("?" * count)
+    return f"UPDATE seen SET scan=? WHERE sid=? AND id IN ({marks})"
 
 
 class SnapshotStore(Protocol):
@@ -70,7 +106,7 @@ class SnapshotStore(Protocol):
     def begin_scan(
         self, key: StreamKey, kind: ScanKind, since: str | None, now: float
     ) -> StreamState: ...
-    def load_rows(self, key: StreamKey, ids: Sequence[str]) -> dict[str, StoredRow]: ...
+    def load_rows(self, key: StreamKey, ids: Sequence[str]) -> dict[str, SnapshotRow]: ...
     def commit_page(
         self,
         key: StreamKey,
@@ -91,6 +127,33 @@ class SnapshotStore(Protocol):
     def close(self) -> None: ...
 
 
+class LoadedRow:
+    """A stored row as ``load_rows`` returns it; the record is decoded on first read.
+
+    A steady-state scan compares only hashes and times: most rows never need their
+    record (only an ``updated`` event's changes or a time-only bump do).
+    """
+
+    __slots__ = ("_blob", "_record", "content_hash", "id", "modified_at")
+
+    def __init__(self, rid: str, modified_at: str, content_hash: str, blob: bytes) -> None:
+        self.id = rid
+        self.modified_at = modified_at
+        self.content_hash = content_hash
+        self._blob = blob
+        self._record: Record | None = None
+
+    @property
+    def record(self) -> Record:
+        """The last published record, as the API returned it."""
+        if self._record is None:
+            self._record = orjson.loads(self._blob)
+        return self._record
+
+    def __repr__(self) -> str:
+        return f"LoadedRow({self.id!r}, {self.modified_at!r}, {self.content_hash!r})"
+
+
 class SqliteSnapshotStore:
     """SQLite implementation; one connection shared by the worker threads under a lock."""
 
@@ -109,14 +172,31 @@ class SqliteSnapshotStore:
             # last commits, which only means pages get published again (same ids).
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+            self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise StateStoreError(f"cannot open state store {self.path}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"SqliteSnapshotStore({str(self.path)!r})"
+
+    def _migrate(self) -> None:
+        """Stamp a new store with the schema version; bring a schema-1 store up to date."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] == "1":
+                db.execute("INSERT INTO seen (sid, id, scan) SELECT sid, id, scan FROM records")
+                db.execute("ALTER TABLE records DROP COLUMN scan")
+                db.execute(
+                    "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
+                )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     @contextmanager
     def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -164,7 +244,7 @@ class SqliteSnapshotStore:
         row = db.execute(f"SELECT {_STATE_COLUMNS} FROM streams WHERE sid=?", (sid,)).fetchone()
         records = 0
         if count:
-            records = db.execute("SELECT count(*) FROM records WHERE sid=?", (sid,)).fetchone()[0]
+            records = db.execute("SELECT count(*) FROM seen WHERE sid=?", (sid,)).fetchone()[0]
         return StreamState(key, *row, records=records)
 
     def state(self, key: StreamKey) -> StreamState:
@@ -195,20 +275,15 @@ class SqliteSnapshotStore:
             )
             return self._state(db, key)
 
-    def load_rows(self, key: StreamKey, ids: Sequence[str]) -> dict[str, StoredRow]:
+    def load_rows(self, key: StreamKey, ids: Sequence[str]) -> dict[str, SnapshotRow]:
         """Stored rows for these ids (absent ids are simply missing from the result)."""
-        rows: dict[str, StoredRow] = {}
+        rows: dict[str, SnapshotRow] = {}
         with self._read("load rows") as db:
             sid = self._sid(db, key)
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for rid, modified_at, digest, blob in db.execute(
-                    f"SELECT id, modified_at, hash, record FROM records "
-                    f"WHERE sid=? AND id IN ({marks})",
-                    (sid, *chunk),
-                ):
-                    rows[rid] = StoredRow(rid, modified_at, digest, orjson.loads(blob))
+                for row in db.execute(_select_rows(len(chunk)), (sid, *chunk)):
+                    rows[row[0]] = LoadedRow(*row)
         return rows
 
     def commit_page(
@@ -223,23 +298,24 @@ class SqliteSnapshotStore:
         with self._tx("commit page") as db:
             sid = self._sid(db, key)
             scan = db.execute("SELECT scan_number FROM streams WHERE sid=?", (sid,)).fetchone()[0]
-            db.executemany(
-                "INSERT OR REPLACE INTO records (sid, id, modified_at, hash, record, scan) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (sid, w.id, w.modified_at, w.content_hash, orjson.dumps(w.record), scan)
-                    for w in writes
-                ],
-            )
-            written = {w.id for w in writes}
-            rest = [rid for rid in seen_ids if rid not in written]
+            if writes:
+                dumps = orjson.dumps
+                for start in range(0, len(writes), _CHUNK):
+                    chunk = writes[start : start + _CHUNK]
+                    rows: list[object] = []
+                    marks: list[object] = []
+                    for w in chunk:
+                        rows += (sid, w.id, w.modified_at, w.content_hash, dumps(w.record))
+                        marks += (sid, w.id, scan)
+                    db.execute(_insert_rows(len(chunk)), rows)
+                    db.execute(_insert_seen(len(chunk)), marks)
+                written = {w.id for w in writes}
+                rest: Sequence[str] = [rid for rid in seen_ids if rid not in written]
+            else:
+                rest = seen_ids
             for start in range(0, len(rest), _CHUNK):
                 chunk = rest[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                db.execute(
-                    f"UPDATE records SET scan=? WHERE sid=? AND id IN ({marks})",
-                    (scan, sid, *chunk),
-                )
+                db.execute(_mark_seen(len(chunk)), (scan, sid, *chunk))
             db.execute(
                 "UPDATE streams SET scan_cursor=?, scan_pages=scan_pages+1, "
                 "scan_max_modified=CASE WHEN scan_max_modified IS NULL OR ? > scan_max_modified "
@@ -263,7 +339,7 @@ class SqliteSnapshotStore:
             sid = self._sid(db, key)
             missing, total = db.execute(
                 "SELECT sum(scan != (SELECT scan_number FROM streams WHERE sid=?)), count(*) "
-                "FROM records WHERE sid=?",
+                "FROM seen WHERE sid=?",
                 (sid, sid),
             ).fetchone()
             return int(missing or 0), int(total)
@@ -275,8 +351,10 @@ class SqliteSnapshotStore:
             return [
                 StoredRow(rid, modified_at, digest, orjson.loads(blob))
                 for rid, modified_at, digest, blob in db.execute(
-                    "SELECT id, modified_at, hash, record FROM records WHERE sid=? AND "
-                    "scan != (SELECT scan_number FROM streams WHERE sid=?) ORDER BY id LIMIT ?",
+                    "SELECT r.id, r.modified_at, r.hash, r.record FROM seen s "
+                    "JOIN records r ON r.sid = s.sid AND r.id = s.id WHERE s.sid=? AND "
+                    "s.scan != (SELECT scan_number FROM streams WHERE sid=?) "
+                    "ORDER BY s.id LIMIT ?",
                     (sid, sid, limit),
                 )
             ]
@@ -288,7 +366,10 @@ class SqliteSnapshotStore:
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                db.execute(f"DELETE FROM records WHERE sid=? AND id IN ({marks})", (sid, *chunk))
+                for table in ("records", "seen"):
+                    db.execute(
+                        f"DELETE FROM {table} WHERE sid=? AND id IN ({marks})", (sid, *chunk)
+                    )
 
     def finish_scan(self, key: StreamKey, now: float, delete_guard: str | None) -> StreamState:
         """Close the scan and move the watermark to the newest ``modified_at`` it published."""
@@ -334,6 +415,7 @@ class SqliteSnapshotStore:
         with self._tx("reset stream") as db:
             sid = self._sid(db, key)
             db.execute("DELETE FROM records WHERE sid=?", (sid,))
+            db.execute("DELETE FROM seen WHERE sid=?", (sid,))
             db.execute("DELETE FROM streams WHERE sid=?", (sid,))
             self._sids.pop(key, None)
 

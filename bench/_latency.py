@@ -1,0 +1,138 @@
+"""End-to-end latency: a record changes in the simulator → its event is readable on Kafka.
+
+``lms-changefeed run`` polls every second with ``modified_after``; this module changes
+records at random moments (``PATCH /_sim/...``) and a consumer, reading the topic from
+the beginning (tansu misreports end offsets, so no seek to the end), notes when each
+change's ``updated`` event arrives.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from _harness import MODEL
+from kafka import KafkaConsumer, TopicPartition
+
+from daemon.timestamps import normalize_time
+
+# The consumer's long-poll: short, so the measurement adds little to what it measures.
+_FETCH_WAIT_MS = 20
+
+
+@dataclass
+class TopicWatcher:
+    """Reads a topic from the beginning in a thread; remembers when each (id, time) arrived."""
+
+    bootstrap: str
+    topic: str
+    arrivals: dict[tuple[str, str], float] = field(default_factory=dict)
+    count: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _error: BaseException | None = None
+
+    def __enter__(self) -> TopicWatcher:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def wait_for_count(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count < count:
+            if self._error is not None:
+                raise RuntimeError(f"consumer failed: {self._error!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"consumer read {self.count} of {count} events in time")
+            time.sleep(0.05)
+
+    def _run(self) -> None:
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=_FETCH_WAIT_MS,
+                client_id="bench-latency",
+            )
+        except BaseException as exc:
+            self._error = exc
+            return
+        try:
+            partitions: set[int] | None = None
+            while not partitions and not self._stop.is_set():
+                partitions = consumer.partitions_for_topic(self.topic)
+                if not partitions:
+                    time.sleep(0.1)
+            assigned = [TopicPartition(self.topic, p) for p in sorted(partitions or ())]
+            consumer.assign(assigned)
+            consumer.seek_to_beginning(*assigned)
+            while not self._stop.is_set():
+                for records in consumer.poll(timeout_ms=50).values():
+                    now = time.monotonic()
+                    for record in records:
+                        if record.value is None:
+                            continue
+                        event = orjson.loads(record.value)
+                        self.count += 1
+                        if event["type"].endswith(".updated"):
+                            self.arrivals.setdefault((event["subject"], event["time"]), now)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            consumer.close()
+
+
+def sample_ids(base_url: str, headers: dict[str, str], count: int, seed: int) -> list[str]:
+    """``count`` distinct record ids, chosen at random from the first pages."""
+    ids: list[str] = []
+    cursor = None
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
+        while len(ids) < count * 4:
+            params: dict[str, str | int] = {"page_size": 100}
+            if cursor:
+                params["cursor"] = cursor
+            body = orjson.loads(client.get(f"/api/lms/v1/{MODEL}", params=params).content)
+            ids += [item["id"] for item in body["items"]]
+            cursor = body["cursor"]
+            if cursor is None:
+                break
+    return random.Random(seed).sample(ids, min(count, len(ids)))
+
+
+def mutate_and_measure(
+    patch: Callable[[httpx.Client, str, dict[str, Any]], dict[str, Any]],
+    watcher: TopicWatcher,
+    ids: list[str],
+    *,
+    gap: tuple[float, float],
+    seed: int,
+    settle_seconds: float = 10.0,
+) -> tuple[list[float], int]:
+    """Change each record once, at random gaps; (latencies in s, changes never seen)."""
+    rng = random.Random(seed)
+    sent: list[tuple[tuple[str, str], float]] = []
+    with httpx.Client(timeout=30) as client:
+        for n, record_id in enumerate(ids):
+            time.sleep(rng.uniform(*gap))
+            started = time.monotonic()
+            new_start = f"2031-01-01T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}Z"
+            changed = patch(client, record_id, {"start_date": new_start})
+            sent.append(((record_id, normalize_time(changed["modified_at"])), started))
+    deadline = time.monotonic() + settle_seconds
+    while time.monotonic() < deadline and any(k not in watcher.arrivals for k, _ in sent):
+        time.sleep(0.05)
+    latencies = [watcher.arrivals[k] - t for k, t in sent if k in watcher.arrivals]
+    return latencies, len(sent) - len(latencies)
