@@ -16,7 +16,7 @@ import structlog
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from daemon import log as logsetup
-from daemon.errors import ChangefeedError, ConfigError
+from daemon.errors import ChangefeedError, ConfigError, StreamHeldElsewhere
 from daemon.settings import CONFIG_ENV, Settings, load_settings
 from daemon.stream import PassResult
 
@@ -133,6 +133,9 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
             try:
                 result = stream_pass.run(force_full=args.full, on_page=on_page)
+            except StreamHeldElsewhere as exc:
+                print(f"{stream_pass.key}: skipped: {exc}")
+                continue
             except ChangefeedError as exc:
                 failed += 1
                 print(f"{stream_pass.key}: FAILED: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@
     │   ├── SinkError               Kafka did not acknowledge a page
     │   ├── StateStoreError         the snapshot store could not be read or written
     │   └── ScanInterrupted         shutdown asked the pass to stop at a page boundary
+    ├── StreamHeldElsewhere         another replica runs this stream now (shared state)
     └── DeleteGuardError            a full scan would delete too much; nothing deleted
 
 The scheduler decides from the class alone: fatal errors back off long, retriable
@@ -77,6 +78,10 @@ class SinkError(RetriableError):
 
 class StateStoreError(RetriableError):
     """The snapshot store could not be read or written."""
+
+
+class StreamHeldElsewhere(ChangefeedError):
+    """Another replica sharing the PostgreSQL state runs this stream; not an error."""
 
 
 class DeleteGuardError(ChangefeedError):

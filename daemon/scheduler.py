@@ -19,6 +19,7 @@ from daemon.errors import (
     RetriableError,
     ScanInterrupted,
     StreamFatalError,
+    StreamHeldElsewhere,
 )
 from daemon.models import StreamKey
 from daemon.runtime import Runtime
@@ -89,6 +90,8 @@ class Scheduler:
             self.passes[key].run()
         except ScanInterrupted as exc:
             bound.info("scan_interrupted", reason=str(exc))
+        except StreamHeldElsewhere as exc:
+            bound.debug("stream_held_elsewhere", reason=str(exc))
         except StreamFatalError as exc:
             self._failed(key, exc, self.runtime.settings.scheduler.fatal_backoff_seconds)
         except RetriableError as exc:

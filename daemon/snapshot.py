@@ -18,7 +18,7 @@ import orjson
 
 from daemon.diff import RowWrite, SnapshotRow
 from daemon.errors import StateStoreError
-from daemon.models import Record, ScanKind, StoredRow, StreamKey, StreamState
+from daemon.models import Message, Record, ScanKind, StoredRow, StreamKey, StreamState
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -58,7 +58,19 @@ CREATE TABLE IF NOT EXISTS seen (
     scan INTEGER NOT NULL,
     PRIMARY KEY (sid, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    sid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB,
+    headers BLOB NOT NULL,
+    PRIMARY KEY (sid, seq)
+) WITHOUT ROWID;
 """
+# ``outbox`` holds the messages of the last committed page until Kafka acknowledged them:
+# a page's rows and its events are committed together, then published, then cleared, so
+# the store never describes a page Kafka may not have, nor Kafka one the store does not.
 # Every row of ``records`` has one in ``seen``: the number of the last scan that saw (or
 # wrote) it. Kept apart from the records because a full scan marks every id it sees, and
 # on narrow rows marking a page rewrites a couple of b-tree pages instead of a dozen
@@ -114,11 +126,17 @@ class SnapshotStore(Protocol):
         seen_ids: Sequence[str],
         next_cursor: str | None,
         max_modified: str | None,
+        outbox: Sequence[Message] = (),
     ) -> StreamState: ...
+    def pending(self, key: StreamKey) -> list[Message]: ...
+    def clear_pending(self, key: StreamKey) -> None: ...
+    def claim(self, key: StreamKey) -> bool: ...
     def begin_deletes(self, key: StreamKey) -> StreamState: ...
     def count_missing(self, key: StreamKey) -> tuple[int, int]: ...
     def missing_rows(self, key: StreamKey, limit: int) -> list[StoredRow]: ...
-    def commit_deletes(self, key: StreamKey, ids: Sequence[str]) -> None: ...
+    def commit_deletes(
+        self, key: StreamKey, ids: Sequence[str], outbox: Sequence[Message] = ()
+    ) -> None: ...
     def finish_scan(self, key: StreamKey, now: float, delete_guard: str | None) -> StreamState: ...
     def record_error(self, key: StreamKey, message: str, now: float) -> None: ...
     def abandon_scan(self, key: StreamKey) -> None: ...
@@ -293,10 +311,13 @@ class SqliteSnapshotStore:
         seen_ids: Sequence[str],
         next_cursor: str | None,
         max_modified: str | None,
+        outbox: Sequence[Message] = (),
     ) -> StreamState:
-        """Write a page's rows, mark its ids seen by this scan, move the cursor: one transaction."""
+        """Write a page's rows, its messages to publish, mark its ids seen by this scan and
+        move the cursor: one transaction."""
         with self._tx("commit page") as db:
             sid = self._sid(db, key)
+            _write_outbox(db, sid, outbox)
             scan = db.execute("SELECT scan_number FROM streams WHERE sid=?", (sid,)).fetchone()[0]
             if writes:
                 dumps = orjson.dumps
@@ -359,10 +380,13 @@ class SqliteSnapshotStore:
                 )
             ]
 
-    def commit_deletes(self, key: StreamKey, ids: Sequence[str]) -> None:
-        """Forget rows whose ``deleted`` events Kafka acknowledged."""
+    def commit_deletes(
+        self, key: StreamKey, ids: Sequence[str], outbox: Sequence[Message] = ()
+    ) -> None:
+        """Forget deleted rows and keep their ``deleted`` messages to publish: one transaction."""
         with self._tx("commit deletes") as db:
             sid = self._sid(db, key)
+            _write_outbox(db, sid, outbox)
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -416,8 +440,35 @@ class SqliteSnapshotStore:
             sid = self._sid(db, key)
             db.execute("DELETE FROM records WHERE sid=?", (sid,))
             db.execute("DELETE FROM seen WHERE sid=?", (sid,))
+            db.execute("DELETE FROM outbox WHERE sid=?", (sid,))
             db.execute("DELETE FROM streams WHERE sid=?", (sid,))
             self._sids.pop(key, None)
+
+    def pending(self, key: StreamKey) -> list[Message]:
+        """Messages committed with the last page but not yet acknowledged by Kafka."""
+        with self._read("read outbox") as db:
+            sid = self._sid(db, key)
+            return [
+                Message(
+                    topic,
+                    bytes(rkey),
+                    None if value is None else bytes(value),
+                    load_headers(headers),
+                )
+                for topic, rkey, value, headers in db.execute(
+                    "SELECT topic, key, value, headers FROM outbox WHERE sid=? ORDER BY seq",
+                    (sid,),
+                )
+            ]
+
+    def clear_pending(self, key: StreamKey) -> None:
+        """Kafka acknowledged the outbox: forget it."""
+        with self._tx("clear outbox") as db:
+            db.execute("DELETE FROM outbox WHERE sid=?", (self._sid(db, key),))
+
+    def claim(self, key: StreamKey) -> bool:
+        """SQLite state belongs to one process: every stream is always ours."""
+        return True
 
     def ping(self) -> None:
         """Raise StateStoreError unless the store answers a query."""
@@ -428,3 +479,26 @@ class SqliteSnapshotStore:
         """Close the database."""
         with self._lock:
             self._db.close()
+
+
+def dump_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
+    """Message headers as stored in an outbox row."""
+    return orjson.dumps([[name, value.hex()] for name, value in headers])
+
+
+def load_headers(blob: bytes) -> tuple[tuple[str, bytes], ...]:
+    """Inverse of ``dump_headers``."""
+    return tuple((name, bytes.fromhex(value)) for name, value in orjson.loads(blob))
+
+
+def _write_outbox(db: sqlite3.Connection, sid: int, outbox: Sequence[Message]) -> None:
+    # Replaces the stream's outbox: the pass publishes (and clears) it before going on.
+    db.execute("DELETE FROM outbox WHERE sid=?", (sid,))
+    if outbox:
+        db.executemany(
+            "INSERT INTO outbox (sid, seq, topic, key, value, headers) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (sid, seq, m.topic, m.key, m.value, dump_headers(m.headers))
+                for seq, m in enumerate(outbox)
+            ],
+        )

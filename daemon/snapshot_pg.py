@@ -17,7 +17,8 @@ from psycopg.rows import TupleRow
 
 from daemon.diff import RowWrite
 from daemon.errors import StateStoreError
-from daemon.models import ScanKind, StoredRow, StreamKey, StreamState
+from daemon.models import Message, ScanKind, StoredRow, StreamKey, StreamState
+from daemon.snapshot import dump_headers, load_headers
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changefeed_streams (
@@ -49,6 +50,15 @@ CREATE TABLE IF NOT EXISTS changefeed_records (
     record BYTEA NOT NULL,
     scan INTEGER NOT NULL,
     PRIMARY KEY (sid, id)
+);
+CREATE TABLE IF NOT EXISTS changefeed_outbox (
+    sid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    key BYTEA NOT NULL,
+    value BYTEA,
+    headers BYTEA NOT NULL,
+    PRIMARY KEY (sid, seq)
 );
 """
 _STATE_COLUMNS = (
@@ -190,10 +200,12 @@ class PostgresSnapshotStore:
         seen_ids: Sequence[str],
         next_cursor: str | None,
         max_modified: str | None,
+        outbox: Sequence[Message] = (),
     ) -> StreamState:
-        """Write a page's rows, mark its ids seen by this scan, move the cursor: one transaction."""
+        """Write a page's rows and messages, mark its ids seen, move the cursor: one transaction."""
         with self._tx("commit page") as db:
             sid = self._sid(db, key)
+            _write_outbox(db, sid, outbox)
             row = db.execute(
                 "SELECT scan_number FROM changefeed_streams WHERE sid=%s", (sid,)
             ).fetchone()
@@ -262,10 +274,13 @@ class PostgresSnapshotStore:
                 )
             ]
 
-    def commit_deletes(self, key: StreamKey, ids: Sequence[str]) -> None:
-        """Forget rows whose ``deleted`` events Kafka acknowledged."""
+    def commit_deletes(
+        self, key: StreamKey, ids: Sequence[str], outbox: Sequence[Message] = ()
+    ) -> None:
+        """Forget deleted rows and keep their ``deleted`` messages to publish: one transaction."""
         with self._tx("commit deletes") as db:
             sid = self._sid(db, key)
+            _write_outbox(db, sid, outbox)
             db.execute(
                 "DELETE FROM changefeed_records WHERE sid=%s AND id = ANY(%s)", (sid, list(ids))
             )
@@ -315,8 +330,32 @@ class PostgresSnapshotStore:
         with self._tx("reset stream") as db:
             sid = self._sid(db, key)
             db.execute("DELETE FROM changefeed_records WHERE sid=%s", (sid,))
+            db.execute("DELETE FROM changefeed_outbox WHERE sid=%s", (sid,))
             db.execute("DELETE FROM changefeed_streams WHERE sid=%s", (sid,))
             self._sids.pop(key, None)
+
+    def pending(self, key: StreamKey) -> list[Message]:
+        """Messages committed with the last page but not yet acknowledged by Kafka."""
+        with self._tx("read outbox") as db:
+            sid = self._sid(db, key)
+            return [
+                Message(
+                    topic,
+                    bytes(rkey),
+                    None if value is None else bytes(value),
+                    load_headers(bytes(headers)),
+                )
+                for topic, rkey, value, headers in db.execute(
+                    "SELECT topic, key, value, headers FROM changefeed_outbox "
+                    "WHERE sid=%s ORDER BY seq",
+                    (sid,),
+                )
+            ]
+
+    def clear_pending(self, key: StreamKey) -> None:
+        """Kafka acknowledged the outbox: forget it."""
+        with self._tx("clear outbox") as db:
+            db.execute("DELETE FROM changefeed_outbox WHERE sid=%s", (self._sid(db, key),))
 
     def ping(self) -> None:
         """Raise StateStoreError unless the store answers a query."""
@@ -333,3 +372,17 @@ def _reason(exc: psycopg.Error) -> str:
     # The first line of the server's message; psycopg never includes the password.
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text
+
+
+def _write_outbox(db: psycopg.Connection[TupleRow], sid: int, outbox: Sequence[Message]) -> None:
+    db.execute("DELETE FROM changefeed_outbox WHERE sid=%s", (sid,))
+    if outbox:
+        with db.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO changefeed_outbox (sid, seq, topic, key, value, headers) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                [
+                    (sid, seq, m.topic, m.key, m.value, dump_headers(m.headers))
+                    for seq, m in enumerate(outbox)
+                ],
+            )

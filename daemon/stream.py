@@ -12,7 +12,7 @@ import structlog
 
 from daemon import metrics
 from daemon.diff import deleted_events, diff_page
-from daemon.errors import ScanInterrupted
+from daemon.errors import ScanInterrupted, StreamHeldElsewhere
 from daemon.events import to_messages
 from daemon.models import ChangeEvent, Message, ScanKind, ScanStats, StreamKey, StreamState
 from daemon.pagination import PageSource, iter_pages
@@ -84,6 +84,8 @@ class StreamPass:
         ``on_page`` is called after every committed page (progress display).
         """
         started = time.monotonic()
+        if not self.store.claim(self.key):
+            raise StreamHeldElsewhere(f"{self.key} is being polled by another replica")
         state = self._start_or_resume(force_full)
         assert state.scan_kind is not None
         result = PassResult(
@@ -108,6 +110,7 @@ class StreamPass:
             )
             try:
                 self.sink.ensure_topics([self.topic])
+                self._publish_pending(log)
                 # Initial sync: until the first full scan completes, nothing is "changed".
                 initial = state.last_full_scan_at is None
                 if state.scan_phase == "pages" and not (
@@ -203,14 +206,16 @@ class StreamPass:
                 initial_sync=initial,
                 emit_created=emit_created,
             )
-            self._publish(diff.events)
+            messages = self._messages(diff.events)
             state = self.store.commit_page(
                 self.key,
                 diff.writes,
                 diff.seen_ids if full else (),
                 page.next_cursor,
                 _capped(diff.max_modified_at, ceiling),
+                messages,
             )
+            self._publish(diff.events, messages)
             stats.pages += 1
             stats.items += len(page.items)
             stats.unchanged += diff.unchanged
@@ -258,8 +263,9 @@ class StreamPass:
             if not rows:
                 return state
             events = deleted_events(self.key, rows)
-            self._publish(events)
-            self.store.commit_deletes(self.key, [row.id for row in rows])
+            messages = self._messages(events)
+            self.store.commit_deletes(self.key, [row.id for row in rows], messages)
+            self._publish(events, messages)
             result.stats.deleted += len(rows)
             if self.stop.is_set():
                 raise ScanInterrupted(f"{self.key}: stop requested during deletes")
@@ -277,14 +283,28 @@ class StreamPass:
             )
         return None
 
-    def _publish(self, events: list[ChangeEvent]) -> None:
-        if not events:
-            return
+    def _messages(self, events: list[ChangeEvent]) -> list[Message]:
         tombstones = self.model.emit_tombstones
         messages: list[Message] = []
         for event in events:
             messages.extend(to_messages(event, self.topic, tombstone=tombstones))
+        return messages
+
+    def _publish_pending(self, log: structlog.BoundLogger) -> None:
+        """Send what the last pass committed but Kafka may not have acknowledged."""
+        pending = self.store.pending(self.key)
+        if pending:
+            self.sink.publish(pending)
+            self.store.clear_pending(self.key)
+            log.info("outbox_published", messages=len(pending))
+
+    def _publish(self, events: list[ChangeEvent], messages: list[Message]) -> None:
+        # The page is committed with its messages in the outbox: send, then forget them.
+        # A failure here leaves them in the outbox for the next pass to send first.
+        if not messages:
+            return
         self.sink.publish(messages)
+        self.store.clear_pending(self.key)
         counts: dict[str, int] = {}
         for event in events:
             counts[event.type] = counts.get(event.type, 0) + 1

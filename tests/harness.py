@@ -237,6 +237,9 @@ def stream_state(db: Path, connector: str, model: str = "enrollments") -> dict[s
         state["records"] = conn.execute(
             "SELECT count(*) FROM records WHERE sid=?", (state["sid"],)
         ).fetchone()[0]
+        state["outbox"] = conn.execute(
+            "SELECT count(*) FROM outbox WHERE sid=?", (state["sid"],)
+        ).fetchone()[0]
         return state
     except sqlite3.Error:
         return None

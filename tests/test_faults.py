@@ -64,8 +64,8 @@ def kill_while_publishing(
     and the kill comes once the page's produce request sits unread in the broker's socket
     (call it after the process published a page: its first publish creates the producer,
     whose bootstrap request would be what sits there).
-    When the broker resumes it appends that page: a page published but never committed.
-    Returns the ids of that page.
+    When the broker resumes it appends that page. The page was committed first, with its
+    events in the outbox, so the store knows what Kafka may have. Returns the page's ids.
     """
     sim.add_fault(delay_ms=1500, count=1, connector=connector)
     wait_until(lambda: not sim.state.pending_faults(), 60, "the held-back page request")
@@ -81,7 +81,9 @@ def kill_while_publishing(
     finally:
         broker.resume()
     after_kill = stream_state(db, connector)
-    assert after_kill is not None and after_kill["scan_cursor"] == cursor, "page committed"
+    assert after_kill is not None
+    assert after_kill["scan_cursor"] != cursor, "the page in flight was not committed first"
+    assert after_kill["outbox"] > 0, "the unacknowledged page is not in the outbox"
     return in_flight
 
 
@@ -156,15 +158,9 @@ def test_sigkill_during_initial_sync_at_three_points(sim, own_broker, tmp_path: 
     )
 
 
-# -- a gap the suite found: the source changes under a page published but not committed -------
+# -- the source changes under a page Kafka got but did not acknowledge (fixed by the outbox) --
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: rows are committed only after Kafka acked, so a page that reached "
-    "Kafka but was never committed is unknown to the store; a source change to one of its "
-    "records before the retry is never corrected (needs an outbox in daemon/snapshot.py)",
-)
 @pytest.mark.parametrize(
     ("events_in_flight", "change"),
     [
@@ -219,12 +215,13 @@ def test_broker_frozen_mid_scan_then_back(sim, own_broker, tmp_path: Path) -> No
         # Freeze the broker while a page request is held back, so that page is on the wire.
         sim.add_fault(delay_ms=1500, count=1, connector="acme")
         wait_until(lambda: not sim.state.pending_faults(), 60, "the held-back page request")
-        frozen_at = stream_state(db, "acme")
-        assert frozen_at is not None
         broker.pause()
         paused = time.monotonic()
         try:
             wait_until(lambda: unread_bytes(broker.port) > 0, 30, "a produce request")
+            # That page is committed, its events in the outbox; nothing may follow it.
+            frozen_at = stream_state(db, "acme")
+            assert frozen_at is not None and frozen_at["outbox"] > 0
             daemon.wait_for("scan_failed", timeout=30, since=paused)
             assert daemon.http("/healthz").status_code == 200
             assert daemon.http("/readyz").status_code == 503

@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from daemon.errors import StreamHeldElsewhere
 from daemon.runtime import Runtime
 from daemon.settings import load_settings
 from tests.kafka_read import read_topic
@@ -41,3 +42,20 @@ def test_feed_on_postgres_state(sim, broker, pg_schema: str, tmp_path: Path) -> 
         "updated": 1,
         "deleted": 1,
     }
+
+
+@pytest.mark.sim(enrollments=50)
+def test_two_replicas_never_poll_the_same_stream(sim, broker, pg_schema: str, tmp_path) -> None:
+    config = feed_config(sim, broker, tmp_path)
+    config["state"] = {"url": pg_schema}
+    settings = load_settings(None, **config)
+    first, second = Runtime.open(settings), Runtime.open(settings)
+    try:
+        (mine,) = first.passes()
+        (theirs,) = second.passes()
+        assert mine.run().stats.created == 50
+        with pytest.raises(StreamHeldElsewhere):
+            theirs.run()
+    finally:
+        first.close()
+        second.close()
