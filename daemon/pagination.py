@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from daemon.errors import MalformedResponseError
@@ -43,6 +45,10 @@ class CursorWalk:
         self._seen.add(cursor)
         return cursor
 
+    def seen(self, cursor: str) -> bool:
+        """True if the walk already followed ``cursor`` (``next`` would refuse it)."""
+        return cursor in self._seen
+
 
 def iter_pages(
     source: PageSource,
@@ -53,13 +59,33 @@ def iter_pages(
     start_cursor: str | None = None,
     start_page: int = 1,
 ) -> Iterator[Page]:
-    """Yield pages from ``start_cursor`` (None: the first page) until the cursor is null."""
+    """Yield pages from ``start_cursor`` (None: the first page) until the cursor is null.
+
+    The next page is fetched in the background while the caller works on this one (one
+    page ahead, same requests): the API's latency overlaps the diff, publish and commit.
+    """
     walk = CursorWalk(f"{connector.name}/{model}", start_cursor)
-    cursor, number = start_cursor, start_page
-    while True:
-        page = source.fetch_page(connector, model, params=params, cursor=cursor, number=number)
-        yield page
-        next_cursor = walk.next(page)
-        if next_cursor is None:
-            return
-        cursor, number = next_cursor, number + 1
+    number = start_page
+
+    def fetch(cursor: str | None, number: int) -> Future[Page]:
+        # A copy of the context, so the client's log lines keep the stream's bound fields.
+        run = contextvars.copy_context().run
+        return pool.submit(
+            run, source.fetch_page, connector, model, params=params, cursor=cursor, number=number
+        )
+
+    with ThreadPoolExecutor(1, thread_name_prefix="page-prefetch") as pool:
+        ahead = fetch(start_cursor, number)
+        try:
+            while True:
+                page = ahead.result()
+                cursor = page.next_cursor
+                if cursor is not None and not walk.seen(cursor):
+                    ahead = fetch(cursor, number + 1)
+                yield page
+                next_cursor = walk.next(page)  # raises on a cursor loop, after the page
+                if next_cursor is None:
+                    return
+                number += 1
+        finally:
+            ahead.cancel()  # a page fetched ahead and never used costs one request
