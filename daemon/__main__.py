@@ -232,7 +232,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from daemon.tail import tail
 
     bootstrap = args.bootstrap or load_settings(args.config).kafka.bootstrap_servers
-    return tail(bootstrap, args.topic, from_beginning=args.from_beginning, limit=args.limit)
+    stop = threading.Event()
+    _StopOnSignal(stop)
+    return tail(
+        bootstrap, args.topic, from_beginning=args.from_beginning, limit=args.limit, stop=stop
+    )
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -80,6 +81,10 @@ def run_dev(config_path: Path) -> int:
             hint="Ctrl-C to stop",
         )
         runtime = Runtime.open(settings)
+        # Ctrl-C sets the stop event rather than raising KeyboardInterrupt wherever the main
+        # thread happens to be (inside the Kafka client, a KeyboardInterrupt can be lost).
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: runtime.stop.set())
         scheduler = Scheduler(runtime)
         scheduler.start()
         mutator = threading.Thread(target=_mutate, args=(sim, runtime.stop, 3.0), daemon=True)
@@ -87,9 +92,7 @@ def run_dev(config_path: Path) -> int:
         try:
             topic = settings.kafka.topic_for("acme", "enrollments")
             runtime.sink.ensure_topics([topic])
-            tail(broker.bootstrap, topic, from_beginning=True)
-        except KeyboardInterrupt:
-            pass
+            tail(broker.bootstrap, topic, from_beginning=True, stop=runtime.stop)
         finally:
             scheduler.shutdown(settings.scheduler.shutdown_timeout_seconds)
             runtime.close()

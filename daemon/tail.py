@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console
 
 
-def tail(bootstrap: str, topic: str, *, from_beginning: bool, limit: int | None = None) -> int:
-    """Print events until Ctrl-C (or ``limit`` events); returns the exit code."""
+def tail(
+    bootstrap: str,
+    topic: str,
+    *,
+    from_beginning: bool,
+    limit: int | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Print events until Ctrl-C, ``stop`` or ``limit`` events; returns the exit code."""
+    stop = stop or threading.Event()
     console = Console()
     # assign() instead of a consumer group: no join delay, no offsets committed.
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -24,7 +34,7 @@ def tail(bootstrap: str, topic: str, *, from_beginning: bool, limit: int | None 
         else:
             consumer.seek_to_end(*assigned)
         shown = 0
-        while limit is None or shown < limit:
+        while (limit is None or shown < limit) and not stop.is_set():
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
                     shown += 1

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from daemon.diff import content_hash, deleted_events, diff_page, field_changes
 from daemon.events import cloudevent, event_id, to_messages
@@ -140,50 +138,5 @@ def test_cloudevent_shape() -> None:
     assert dict(message.headers)["content-type"] == b"application/cloudevents+json"
 
 
-# -- property: replaying the events of consecutive full scans gives the last snapshot ----------
-
-records_st = st.dictionaries(
-    keys=st.sampled_from([f"id{i}" for i in range(12)]),
-    values=st.tuples(st.integers(0, 3), st.integers(0, 2)),  # (grade, day offset)
-    max_size=12,
-)
-
-
-def _snapshot(raw: dict[str, tuple[int, int]], generation: int) -> list[dict]:
-    return [
-        rec(rid, f"2025-01-{1 + generation:02d}T00:00:0{day}Z", grade=grade)
-        for rid, (grade, day) in sorted(raw.items())
-    ]
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(records_st, min_size=1, max_size=6), st.integers(1, 5))
-def test_replaying_events_of_full_scans_equals_last_snapshot(
-    snapshots: list[dict[str, tuple[int, int]]], page_size: int
-) -> None:
-    store: dict[str, StoredRow] = {}
-    replica: dict[str, dict] = {}
-    for generation, raw in enumerate(snapshots):
-        items = _snapshot(raw, generation)
-        seen: set[str] = set()
-        for start in range(0, len(items), page_size):
-            page = items[start : start + page_size]
-            result = diff_page(
-                KEY, page, {i["id"]: store[i["id"]] for i in page if i["id"] in store}
-            )
-            for event in result.events:
-                replica[event.record_id] = event.record
-            for write in result.writes:
-                store[write.id] = StoredRow(
-                    write.id, write.modified_at, write.content_hash, write.record
-                )
-            seen.update(result.seen_ids)
-        gone = [row for rid, row in sorted(store.items()) if rid not in seen]
-        for event in deleted_events(KEY, gone):
-            replica.pop(event.record_id)
-            store.pop(event.record_id)
-        expected = {i["id"]: {k: v for k, v in i.items() if k != "modified_at"} for i in items}
-        got = {
-            rid: {k: v for k, v in r.items() if k != "modified_at"} for rid, r in replica.items()
-        }
-        assert got == expected
+# The replay property (consecutive full scans, replayed, equal the last snapshot) lives in
+# tests/test_replay_property.py.
