@@ -19,6 +19,7 @@ import orjson
 from daemon.diff import RowWrite, SnapshotRow
 from daemon.errors import StateStoreError
 from daemon.models import Message, Record, ScanKind, StoredRow, StreamKey, StreamState
+from daemon.stream_sql import StreamSql
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -80,6 +81,7 @@ _STATE_COLUMNS = (
     "scan_started_at, scan_max_modified, last_full_scan_started_at, last_full_scan_at, "
     "last_scan_at, delete_guard, last_error, last_error_at"
 )
+_SQL = StreamSql.for_store("streams", "?")
 # SQLite's default limit on host parameters is 32766; pages are ≤ 100 ids anyway.
 _CHUNK = 500
 
@@ -286,9 +288,7 @@ class SqliteSnapshotStore:
         with self._tx("begin scan") as db:
             sid = self._sid(db, key)
             db.execute(
-                "UPDATE streams SET scan_number=scan_number+1, scan_kind=?, scan_phase='pages', "
-                "scan_cursor=NULL, scan_pages=0, scan_since=?, scan_started_at=?, "
-                "scan_max_modified=NULL WHERE sid=?",
+                _SQL.begin_scan,
                 (kind, since, now, sid),
             )
             return self._state(db, key)
@@ -338,9 +338,7 @@ class SqliteSnapshotStore:
                 chunk = rest[start : start + _CHUNK]
                 db.execute(_mark_seen(len(chunk)), (scan, sid, *chunk))
             db.execute(
-                "UPDATE streams SET scan_cursor=?, scan_pages=scan_pages+1, "
-                "scan_max_modified=CASE WHEN scan_max_modified IS NULL OR ? > scan_max_modified "
-                "THEN ? ELSE scan_max_modified END WHERE sid=?",
+                _SQL.advance,
                 (next_cursor, max_modified, max_modified, sid),
             )
             return self._state(db, key)
@@ -349,9 +347,7 @@ class SqliteSnapshotStore:
         """Every page of a full scan is committed: move on to the delete phase."""
         with self._tx("begin deletes") as db:
             sid = self._sid(db, key)
-            db.execute(
-                "UPDATE streams SET scan_phase='deletes', scan_cursor=NULL WHERE sid=?", (sid,)
-            )
+            db.execute(_SQL.begin_deletes, (sid,))
             return self._state(db, key)
 
     def count_missing(self, key: StreamKey) -> tuple[int, int]:
@@ -400,17 +396,7 @@ class SqliteSnapshotStore:
         with self._tx("finish scan") as db:
             sid = self._sid(db, key)
             db.execute(
-                "UPDATE streams SET "
-                "watermark=CASE WHEN watermark IS NULL OR scan_max_modified > watermark "
-                "  THEN coalesce(scan_max_modified, watermark) ELSE watermark END, "
-                "last_full_scan_started_at=CASE WHEN scan_kind='full' THEN scan_started_at "
-                "  ELSE last_full_scan_started_at END, "
-                "last_full_scan_at=CASE WHEN scan_kind='full' THEN ? ELSE last_full_scan_at END, "
-                "delete_guard=CASE WHEN scan_kind='full' THEN ? ELSE delete_guard END, "
-                "last_scan_at=?, last_error=NULL, last_error_at=NULL, "
-                "scan_kind=NULL, scan_phase=NULL, scan_cursor=NULL, "
-                "scan_pages=0, scan_since=NULL, scan_started_at=NULL, scan_max_modified=NULL "
-                "WHERE sid=?",
+                _SQL.finish_scan,
                 (now, delete_guard, now, sid),
             )
             return self._state(db, key)
@@ -419,18 +405,14 @@ class SqliteSnapshotStore:
         """Remember why the last pass failed (shown by ``status``); the scan stays resumable."""
         with self._tx("record error") as db:
             sid = self._sid(db, key)
-            db.execute(
-                "UPDATE streams SET last_error=?, last_error_at=? WHERE sid=?", (message, now, sid)
-            )
+            db.execute(_SQL.record_error, (message, now, sid))
 
     def abandon_scan(self, key: StreamKey) -> None:
         """Drop the scan in progress without moving the watermark."""
         with self._tx("abandon scan") as db:
             sid = self._sid(db, key)
             db.execute(
-                "UPDATE streams SET scan_kind=NULL, scan_phase=NULL, scan_cursor=NULL, "
-                "scan_pages=0, scan_since=NULL, scan_started_at=NULL, scan_max_modified=NULL "
-                "WHERE sid=?",
+                _SQL.abandon_scan,
                 (sid,),
             )
 

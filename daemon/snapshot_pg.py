@@ -19,6 +19,7 @@ from daemon.diff import RowWrite
 from daemon.errors import StateStoreError
 from daemon.models import Message, ScanKind, StoredRow, StreamKey, StreamState
 from daemon.snapshot import dump_headers, load_headers
+from daemon.stream_sql import StreamSql
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changefeed_streams (
@@ -66,6 +67,7 @@ _STATE_COLUMNS = (
     "scan_started_at, scan_max_modified, last_full_scan_started_at, last_full_scan_at, "
     "last_scan_at, delete_guard, last_error, last_error_at"
 )
+_SQL = StreamSql.for_store("changefeed_streams", "%s")
 # Advisory lock keys live in one shared namespace: tag ours.
 _LOCK_NAMESPACE = 0x4C4D5343  # "LMSC"
 
@@ -173,9 +175,7 @@ class PostgresSnapshotStore:
         with self._tx("begin scan") as db:
             sid = self._sid(db, key)
             db.execute(
-                "UPDATE changefeed_streams SET scan_number=scan_number+1, scan_kind=%s, "
-                "scan_phase='pages', scan_cursor=NULL, scan_pages=0, scan_since=%s, "
-                "scan_started_at=%s, scan_max_modified=NULL WHERE sid=%s",
+                _SQL.begin_scan,
                 (kind, since, now, sid),
             )
             return self._state(db, key)
@@ -231,9 +231,7 @@ class PostgresSnapshotStore:
                     (scan, sid, rest),
                 )
             db.execute(
-                "UPDATE changefeed_streams SET scan_cursor=%s, scan_pages=scan_pages+1, "
-                "scan_max_modified=CASE WHEN scan_max_modified IS NULL OR %s > scan_max_modified "
-                "THEN %s ELSE scan_max_modified END WHERE sid=%s",
+                _SQL.advance,
                 (next_cursor, max_modified, max_modified, sid),
             )
             return self._state(db, key)
@@ -243,7 +241,7 @@ class PostgresSnapshotStore:
         with self._tx("begin deletes") as db:
             sid = self._sid(db, key)
             db.execute(
-                "UPDATE changefeed_streams SET scan_phase='deletes', scan_cursor=NULL WHERE sid=%s",
+                _SQL.begin_deletes,
                 (sid,),
             )
             return self._state(db, key)
@@ -290,17 +288,7 @@ class PostgresSnapshotStore:
         with self._tx("finish scan") as db:
             sid = self._sid(db, key)
             db.execute(
-                "UPDATE changefeed_streams SET "
-                "watermark=CASE WHEN watermark IS NULL OR scan_max_modified > watermark "
-                "  THEN coalesce(scan_max_modified, watermark) ELSE watermark END, "
-                "last_full_scan_started_at=CASE WHEN scan_kind='full' THEN scan_started_at "
-                "  ELSE last_full_scan_started_at END, "
-                "last_full_scan_at=CASE WHEN scan_kind='full' THEN %s ELSE last_full_scan_at END, "
-                "delete_guard=CASE WHEN scan_kind='full' THEN %s ELSE delete_guard END, "
-                "last_scan_at=%s, last_error=NULL, last_error_at=NULL, "
-                "scan_kind=NULL, scan_phase=NULL, scan_cursor=NULL, "
-                "scan_pages=0, scan_since=NULL, scan_started_at=NULL, scan_max_modified=NULL "
-                "WHERE sid=%s",
+                _SQL.finish_scan,
                 (now, delete_guard, now, sid),
             )
             return self._state(db, key)
@@ -310,7 +298,7 @@ class PostgresSnapshotStore:
         with self._tx("record error") as db:
             sid = self._sid(db, key)
             db.execute(
-                "UPDATE changefeed_streams SET last_error=%s, last_error_at=%s WHERE sid=%s",
+                _SQL.record_error,
                 (message, now, sid),
             )
 
@@ -319,9 +307,7 @@ class PostgresSnapshotStore:
         with self._tx("abandon scan") as db:
             sid = self._sid(db, key)
             db.execute(
-                "UPDATE changefeed_streams SET scan_kind=NULL, scan_phase=NULL, scan_cursor=NULL, "
-                "scan_pages=0, scan_since=NULL, scan_started_at=NULL, scan_max_modified=NULL "
-                "WHERE sid=%s",
+                _SQL.abandon_scan,
                 (sid,),
             )
 
