@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -227,6 +230,7 @@ class TansuBroker:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "NO_COLOR": "1"},  # plain text in the log, no ANSI codes
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], port: int, deadline: float) -> str | None:
@@ -344,3 +348,17 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
             raise ConnectionError("connection closed mid-answer")
         chunks += chunk
     return bytes(chunks)
+
+
+# Loaded in the parent: the child between fork and exec must only call it.
+_LIBC = (
+    ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
+)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM the broker if its parent dies (even by SIGKILL),
+    so a killed test run or `dev` stack leaves no orphan broker holding a port."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
