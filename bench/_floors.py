@@ -21,7 +21,7 @@ from daemon.diff import diff_page
 from daemon.events import to_messages
 from daemon.models import Message, Record, StreamKey
 from daemon.settings import KafkaSettings
-from daemon.sink import _BATCH_SIZE, KafkaSink
+from daemon.sink import KafkaSink, producer_configs
 
 
 @dataclass
@@ -73,17 +73,7 @@ def raw_produce(settings: KafkaSettings, topic: str, messages: Sequence[Message]
     connected before the clock starts; one flush at the end.
     """
     KafkaSink(settings).ensure_topics([topic])
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id="bench-floor",
-        acks="all",
-        enable_idempotence=True,
-        compression_type=None if settings.compression_type == "none" else settings.compression_type,
-        linger_ms=settings.linger_ms,
-        batch_size=_BATCH_SIZE,
-        request_timeout_ms=settings.request_timeout_ms,
-        delivery_timeout_ms=settings.delivery_timeout_ms,
-    )
+    producer = KafkaProducer(**{**producer_configs(settings), "client_id": "bench-floor"})
     try:
         producer.partitions_for(topic)  # metadata, outside the timing
         started = time.perf_counter()

@@ -70,8 +70,10 @@ class DataResponses:
                 started = True
                 decision: RateDecision | None = scope.get(_RATE_KEY)
                 if decision is not None:
-                    message = {**message,
-                               "headers": [*message.get("headers", ()), *decision.headers()]}
+                    message = {
+                        **message,
+                        "headers": [*message.get("headers", ()), *decision.headers()],
+                    }
                 self.state.record_status(who, message["status"])
             await send(message)
 
@@ -105,8 +107,13 @@ def _projection(spec: ModelSpec, raw: bool, custom: bool, expand: str | None) ->
     return Projection(include_custom_fields=custom, include_raw_data=raw, expand=relations)
 
 
-def _fault_response(fault: Fault) -> Response | None:
-    """The response of a status or disconnect fault (None for other kinds)."""
+async def _fault_response(fault: Fault | None) -> Response | None:
+    """Wait a fault's delay, then its response if it is a status or disconnect fault
+    (None for no fault and for the kinds that shape a normal answer)."""
+    if fault is None:
+        return None
+    if fault.delay_ms:
+        await asyncio.sleep(fault.delay_ms / 1000)
     if fault.disconnect:
         return DisconnectResponse(b'{"cursor": null, "page_size": 100, "items": [{"id": "01')
     if fault.status is not None:
@@ -114,8 +121,9 @@ def _fault_response(fault: Fault) -> Response | None:
         if retry_after is None and fault.status == 429:
             retry_after = 1  # a 429 without Retry-After would not look like Bindbee's
         headers = None if retry_after is None else {"Retry-After": str(retry_after)}
-        return json_response({"detail": f"simulated fault: HTTP {fault.status}"},
-                             fault.status, headers)
+        return json_response(
+            {"detail": f"simulated fault: HTTP {fault.status}"}, fault.status, headers
+        )
     return None
 
 
@@ -138,11 +146,11 @@ def build_app(state: SimState) -> FastAPI:
 
     async def require_api_key(authorization: Annotated[str | None, Header()] = None) -> None:
         if not state.authorized(authorization):
-            raise HTTPException(401, "Invalid or missing API key",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "Invalid or missing API key", headers={"WWW-Authenticate": "Bearer"}
+            )
 
-    async def connector(request: Request,
-                        x_connector_token: Annotated[str, Header()]) -> Dataset:
+    async def connector(request: Request, x_connector_token: Annotated[str, Header()]) -> Dataset:
         ds = state.dataset_for_token(x_connector_token)
         if ds is None:
             raise HTTPException(401, "Unknown connector token")
@@ -204,17 +212,13 @@ def build_app(state: SimState) -> FastAPI:
                 if low is not None or high is not None
             },
             # Unknown to the documented endpoint: ignored unless the switch is on.
-            modified_after=_modified_after(modified_after) if state.honor_modified_after
-            else None,
+            modified_after=_modified_after(modified_after) if state.honor_modified_after else None,
             projection=_projection(spec, include_raw_data, include_custom_fields, expand),
         )
         fault = state.take_fault(ds.name, model, is_page=True)
-        if fault is not None:
-            if fault.delay_ms:
-                await asyncio.sleep(fault.delay_ms / 1000)
-            broken = _fault_response(fault)
-            if broken is not None:
-                return broken
+        broken = await _fault_response(fault)
+        if broken is not None:
+            return broken
         with state.lock:
             body = ds.page(model, query)
             if fault is not None and fault.malformed is not None:
@@ -236,12 +240,9 @@ def build_app(state: SimState) -> FastAPI:
         spec = _spec(model)
         projection = _projection(spec, include_raw_data, include_custom_fields, expand)
         fault = state.take_fault(ds.name, model, is_page=False)
-        if fault is not None:
-            if fault.delay_ms:
-                await asyncio.sleep(fault.delay_ms / 1000)
-            broken = _fault_response(fault)
-            if broken is not None:
-                return broken
+        broken = await _fault_response(fault)
+        if broken is not None:
+            return broken
         with state.lock:
             record = ds.get(model, record_id, projection)
             if record is None:
@@ -276,5 +277,6 @@ def _modified_after(value: str | None) -> int | None:
     try:
         return parse_us(value)
     except ValueError as exc:
-        raise _invalid("query", "modified_after", "Input should be a valid datetime",
-                       value) from exc
+        raise _invalid(
+            "query", "modified_after", "Input should be a valid datetime", value
+        ) from exc
