@@ -18,10 +18,10 @@ from _harness import DATA_PATH, PAGE_SIZE, api_headers
 from kafka import KafkaProducer
 
 from daemon.diff import diff_page
-from daemon.events import to_messages
 from daemon.models import Message, Record, StreamKey
 from daemon.settings import KafkaSettings
-from daemon.sink import KafkaSink, producer_configs
+from daemon.sink.events import to_messages
+from daemon.sink.kafka import KafkaSink, producer_configs
 
 
 @dataclass

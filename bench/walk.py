@@ -17,9 +17,9 @@ from contextlib import contextmanager
 
 import httpx
 
-from daemon.bindbee import BindbeeClient
-from daemon.pagination import iter_pages
 from daemon.settings import BindbeeSettings, ConnectorSettings
+from daemon.source.client import BindbeeClient
+from daemon.source.pagination import iter_pages
 
 API_KEY = "bench-key"
 TOKEN = "tok_bench"

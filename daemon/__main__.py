@@ -42,9 +42,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """The daemon: every stream on its schedule until SIGTERM/SIGINT."""
     settings = _settings(args)
-    from daemon.health import HealthServer
+    from daemon.ops.health import HealthServer
     from daemon.runtime import Runtime
-    from daemon.scheduler import Scheduler
+    from daemon.schedule.scheduler import Scheduler
 
     log = structlog.get_logger("daemon")
     runtime = Runtime.open(settings)
@@ -229,7 +229,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     """Pretty-print the events of a topic."""
-    from daemon.tail import tail
+    from daemon.dev.tail import tail
 
     bootstrap = args.bootstrap or load_settings(args.config).kafka.bootstrap_servers
     stop = threading.Event()
@@ -241,7 +241,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Broker + simulator + daemon + a mutator + tail, until Ctrl-C."""
-    from daemon.devstack import run_dev
+    from daemon.dev.stack import run_dev
 
     return run_dev(Path(args.config) if args.config else Path("config/dev.yaml"))
 

@@ -5,27 +5,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import orjson
 
-from daemon.models import ChangeEvent, Record, StreamKey
+from daemon.models import ChangeEvent, Record, RowWrite, SnapshotRow, StreamKey
 from daemon.timestamps import normalize_time
-
-
-class SnapshotRow(Protocol):
-    """What the differ reads of a stored row: ``models.StoredRow``, or the snapshot
-    store's own row type, which decodes ``record`` only when it is read."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def modified_at(self) -> str: ...
-    @property
-    def content_hash(self) -> str: ...
-    @property
-    def record(self) -> Record: ...
-
 
 # One blake2b state to copy: cheaper than building one with ``digest_size`` per record.
 _BLAKE2B_16 = hashlib.blake2b(digest_size=16)
@@ -56,16 +40,6 @@ def field_changes(
         if before != after:
             changes[name] = {"old": before, "new": after}
     return changes
-
-
-@dataclass(frozen=True, slots=True)
-class RowWrite:
-    """A snapshot row to insert or replace after the page's events are acknowledged."""
-
-    id: str
-    modified_at: str
-    content_hash: str
-    record: Record
 
 
 @dataclass(slots=True)

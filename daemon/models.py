@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Record = dict[str, Any]
 EventType = Literal["created", "updated", "deleted"]
@@ -46,6 +46,30 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class StoredRow:
     """What the snapshot store remembers of one record."""
+
+    id: str
+    modified_at: str
+    content_hash: str
+    record: Record
+
+
+class SnapshotRow(Protocol):
+    """What the differ reads of a stored row: ``models.StoredRow``, or the snapshot
+    store's own row type, which decodes ``record`` only when it is read."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def modified_at(self) -> str: ...
+    @property
+    def content_hash(self) -> str: ...
+    @property
+    def record(self) -> Record: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RowWrite:
+    """A snapshot row to write, committed in the same transaction as the page's events."""
 
     id: str
     modified_at: str

@@ -6,17 +6,17 @@ import contextlib
 import threading
 from dataclasses import dataclass, field
 
-from daemon.bindbee import BindbeeClient
 from daemon.settings import Settings, StateSettings
-from daemon.sink import KafkaSink
-from daemon.snapshot import SnapshotStore, SqliteSnapshotStore
+from daemon.sink.kafka import KafkaSink
+from daemon.source.client import BindbeeClient
+from daemon.state.sqlite import SnapshotStore, SqliteSnapshotStore
 from daemon.stream import StreamPass
 
 
 def open_store(state: StateSettings) -> SnapshotStore:
     """The configured state store: PostgreSQL when ``state.url`` is set, else SQLite."""
     if state.url is not None:
-        from daemon.snapshot_pg import PostgresSnapshotStore
+        from daemon.state.postgres import PostgresSnapshotStore
 
         return PostgresSnapshotStore(state.url.get_secret_value())
     return SqliteSnapshotStore(state.path)

@@ -149,6 +149,8 @@ class StateSettings(_Section):
     path: Path = Path("./data/changefeed.db")
     # postgresql://user:pass@host/db: shared state for several replicas instead of SQLite.
     url: SecretStr | None = None
+    # run/poll apply pending schema migrations at start (under a lock); off: `migrate` does.
+    auto_migrate: bool = True
 
     @field_validator("url")
     @classmethod

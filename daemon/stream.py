@@ -10,19 +10,19 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from daemon import metrics
 from daemon.diff import deleted_events, diff_page
 from daemon.errors import ScanInterrupted, StreamHeldElsewhere
-from daemon.events import to_messages
 from daemon.models import ChangeEvent, Message, ScanKind, ScanStats, StreamKey, StreamState
-from daemon.pagination import PageSource, iter_pages
+from daemon.ops import metrics
 from daemon.settings import ConnectorSettings, ModelSettings, Settings
-from daemon.snapshot import SnapshotStore
+from daemon.sink.events import to_messages
+from daemon.source.pagination import PageSource, iter_pages
+from daemon.state import SnapshotStore
 from daemon.timestamps import parse_time
 
 
 class EventSink:
-    """What a pass needs from Kafka (``daemon.sink.KafkaSink``)."""
+    """What a pass needs from Kafka (``daemon.sink.kafka.KafkaSink``)."""
 
     def publish(self, messages: Sequence[Message]) -> None:  # pragma: no cover - protocol
         raise NotImplementedError

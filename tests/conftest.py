@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from bindbee_sim import SimServer
-from daemon.tansu import TansuBroker
+from daemon.dev.tansu import TansuBroker
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.bindbee import BindbeeClient
 from daemon.errors import (
     ApiUnavailableError,
     AuthError,
@@ -17,8 +16,9 @@ from daemon.errors import (
     MalformedResponseError,
     NotFoundError,
 )
-from daemon.pagination import iter_pages
 from daemon.settings import BindbeeSettings, ConnectorSettings
+from daemon.source.client import BindbeeClient
+from daemon.source.pagination import iter_pages
 
 API_KEY = "sim-api-key-s3cr3t"
 TOKEN = "tok_acme_s3cr3t"

@@ -20,7 +20,7 @@ import yaml
 
 from bindbee_sim import SimServer
 from daemon.models import StreamKey
-from daemon.snapshot import SqliteSnapshotStore
+from daemon.state.sqlite import SqliteSnapshotStore
 from tests.kafka_read import read_topic
 
 

@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from daemon.diff import content_hash, deleted_events, diff_page, field_changes
-from daemon.events import cloudevent, event_id, to_messages
 from daemon.models import StoredRow, StreamKey
+from daemon.sink.events import cloudevent, event_id, to_messages
 from daemon.timestamps import normalize_time
 
 KEY = StreamKey("acme", "enrollments")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.health import HealthServer
+from daemon.ops.health import HealthServer
 from daemon.settings import HttpSettings
 
 REPO = Path(__file__).resolve().parent.parent

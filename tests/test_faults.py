@@ -21,7 +21,7 @@ import pytest
 
 from bindbee_sim import SimServer
 from bindbee_sim.ids import decode_cursor
-from daemon.tansu import TansuBroker
+from daemon.dev.tansu import TansuBroker
 from tests.harness import (
     API_FAULTS,
     FAILURE_LINES,

@@ -14,9 +14,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import metrics
 from daemon.errors import ConfigError
-from daemon.health import HealthServer
+from daemon.ops import metrics
+from daemon.ops.health import HealthServer
 from daemon.settings import load_settings
 
 API_KEY = "bb-live-key-do-not-leak-7f3a"

@@ -15,11 +15,11 @@ from kafka_read import read_topic
 from pydantic import SecretStr, ValidationError
 from structlog.testing import capture_logs
 
+from daemon.dev.tansu import TansuBroker
 from daemon.errors import SinkError
 from daemon.models import Message
 from daemon.settings import KafkaSettings
-from daemon.sink import KafkaSink
-from daemon.tansu import TansuBroker
+from daemon.sink.kafka import KafkaSink
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.diff import RowWrite
 from daemon.errors import StateStoreError
-from daemon.models import StreamKey
-from daemon.snapshot import SqliteSnapshotStore
+from daemon.models import RowWrite, StreamKey
+from daemon.state.sqlite import SqliteSnapshotStore
 
 KEY = StreamKey("acme", "enrollments")
 OTHER = StreamKey("globex", "enrollments")
@@ -26,7 +25,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "sqlite":
         s = SqliteSnapshotStore(tmp_path / "state" / "changefeed.db")
     else:
-        from daemon.snapshot_pg import PostgresSnapshotStore
+        from daemon.state.postgres import PostgresSnapshotStore
 
         s = PostgresSnapshotStore(request.getfixturevalue("pg_schema"))
     yield s
@@ -134,7 +133,7 @@ def test_unusable_path_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_postgres_claims_are_exclusive_between_replicas(pg_schema: str) -> None:
-    from daemon.snapshot_pg import PostgresSnapshotStore
+    from daemon.state.postgres import PostgresSnapshotStore
 
     first, second = PostgresSnapshotStore(pg_schema), PostgresSnapshotStore(pg_schema)
     try:
@@ -153,7 +152,7 @@ def test_postgres_claims_are_exclusive_between_replicas(pg_schema: str) -> None:
 
 
 def test_postgres_url_never_shows_its_password() -> None:
-    from daemon.snapshot_pg import PostgresSnapshotStore
+    from daemon.state.postgres import PostgresSnapshotStore
 
     with pytest.raises(StateStoreError) as info:
         PostgresSnapshotStore("postgresql://postgres:pw-s3cret@127.0.0.1:1/test")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.models import StreamKey
-from daemon.snapshot import SqliteSnapshotStore
+from daemon.state.sqlite import SqliteSnapshotStore
 from daemon.timestamps import normalize_time
 
 KEY = StreamKey("acme", "enrollments")
@@ -67,7 +67,7 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path: Path) -> None:
 
 
 def test_deletes_and_reset_clear_the_scan_marks_too(tmp_path: Path) -> None:
-    from daemon.diff import RowWrite
+    from daemon.models import RowWrite
 
     store = SqliteSnapshotStore(tmp_path / "s.db")
     try:

@@ -13,7 +13,6 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from daemon import metrics
 from daemon.errors import (
     ChangefeedError,
     RetriableError,
@@ -22,10 +21,11 @@ from daemon.errors import (
     StreamHeldElsewhere,
 )
 from daemon.models import StreamKey
+from daemon.ops import metrics
 from daemon.runtime import Runtime
 from daemon.stream import StreamPass
 
-log = structlog.get_logger("daemon.scheduler")
+log = structlog.get_logger("daemon.schedule.scheduler")
 
 
 @dataclass(slots=True)

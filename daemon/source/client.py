@@ -1,21 +1,26 @@
 """HTTP client for the Bindbee LMS API: auth, rate budget, retries and the status policy.
 
-No ``httpx`` type or exception leaves this module; callers see ``daemon.errors``.
+The status policy lives in ``_call``: 2xx is parsed (a malformed answer is retried like a
+5xx), 429 waits the server's Retry-After and asks again without spending a try, 5xx,
+timeouts and dropped connections are retried with jittered exponential back-off (tenacity,
+``daemon.backoff``) up to ``max_attempts``, and any other 4xx is raised at once
+(``_client_error``). No ``httpx`` type or exception leaves this module; callers see
+``daemon.errors``.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import orjson
 import structlog
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from daemon import metrics
+from daemon.backoff import full_jitter
 from daemon.errors import (
     ApiUnavailableError,
     AuthError,
@@ -26,11 +31,12 @@ from daemon.errors import (
     ScanInterrupted,
 )
 from daemon.models import Page, Record
-from daemon.ratelimit import RateLimiter
+from daemon.ops import metrics
 from daemon.settings import BindbeeSettings, ConnectorSettings
+from daemon.source.ratelimit import RateLimiter
 from daemon.timestamps import normalize_time
 
-log = structlog.get_logger("daemon.bindbee")
+log = structlog.get_logger("daemon.source.client")
 
 API_PREFIX = "/api/lms/v1"
 QueryParams = Mapping[str, str | int | float | bool]
@@ -77,6 +83,7 @@ class BindbeeClient:
         self.settings = settings
         self._stop = stop or threading.Event()
         self._sleep = sleep or self._interruptible_sleep
+        self._wait = full_jitter(settings.backoff_base_seconds, settings.backoff_max_seconds)
         self._http = httpx.Client(
             base_url=settings.base_url,
             timeout=settings.timeout_seconds,
@@ -157,66 +164,81 @@ class BindbeeClient:
         assert connector.token is not None  # settings guarantee it
         headers = {"x-connector-token": connector.token.get_secret_value()}
         limiter = self.limiter(connector.name)
-        failures = 0
-        rate_limited = 0
+        # Across the attempts of this call: requests sent (the page reports them) and 429s.
         sent = 0
-        while True:
-            limiter.acquire(self._stop)
-            sent += 1
-            try:
-                response = self._http.get(path, params=query, headers=headers)
-            except httpx.TimeoutException:
-                failure = _Retry(
-                    f"{where}: timed out after {self.settings.timeout_seconds}s", "timeout"
-                )
-            except httpx.TransportError as exc:
-                failure = _Retry(f"{where}: connection failed ({type(exc).__name__})", "error")
-            else:
+        rate_limited = 0
+
+        def attempt() -> _T:
+            """One try; a 429 is not a failed try: it waits the server out and asks again."""
+            nonlocal sent, rate_limited
+            while True:
+                limiter.acquire(self._stop)
+                sent += 1
+                try:
+                    response = self._http.get(path, params=query, headers=headers)
+                except httpx.TimeoutException:
+                    raise self._transport_failure(
+                        connector,
+                        f"{where}: timed out after {self.settings.timeout_seconds}s",
+                        "timeout",
+                    ) from None
+                except httpx.TransportError as exc:
+                    raise self._transport_failure(
+                        connector, f"{where}: connection failed ({type(exc).__name__})", "error"
+                    ) from None
                 status = response.status_code
                 metrics.API_REQUESTS.labels(connector.name, str(status)).inc()
                 self._observe_budget(connector.name, response, limiter)
-                if status == 429:
-                    rate_limited += 1
-                    metrics.API_RATE_LIMITED.labels(connector.name).inc()
-                    if rate_limited > max(self.settings.max_attempts, 10):
-                        raise RateLimitedError(
-                            f"{where}: still rate limited after {rate_limited} tries"
-                        )
-                    wait = self._retry_after(response)
-                    log.warning("api_rate_limited", where=where, retry_after=round(wait, 3))
-                    limiter.block_for(wait)
-                    continue
-                if status >= 500:
-                    failure = _Retry(f"{where}: server error {status}", str(status))
-                elif status >= 400:
-                    raise self._client_error(status, response, where)
-                else:
-                    try:
-                        return parse(self._json(response, where), sent)
-                    except _Retry as exc:
-                        failure = exc
-            if failure.status in ("timeout", "error"):
-                metrics.API_REQUESTS.labels(connector.name, failure.status).inc()
-            failures += 1
-            if failures >= self.settings.max_attempts:
-                if failure.status == "malformed":
-                    raise MalformedResponseError(f"{failure.reason} ({failures} attempts)")
-                raise ApiUnavailableError(f"{failure.reason}; gave up after {failures} attempts")
-            delay = random.uniform(
-                0,
-                min(
-                    self.settings.backoff_max_seconds,
-                    self.settings.backoff_base_seconds * 2 ** (failures - 1),
-                ),
-            )
+                if status != 429:
+                    break
+                rate_limited += 1
+                metrics.API_RATE_LIMITED.labels(connector.name).inc()
+                if rate_limited > max(self.settings.max_attempts, 10):
+                    raise RateLimitedError(
+                        f"{where}: still rate limited after {rate_limited} tries"
+                    )
+                wait = self._retry_after(response)
+                log.warning("api_rate_limited", where=where, retry_after=round(wait, 3))
+                # The limiter holds every stream of this connector back, interruptibly.
+                limiter.block_for(wait)
+            if status >= 500:
+                raise _Retry(f"{where}: server error {status}", str(status))
+            if status >= 400:
+                raise self._client_error(status, response, where)
+            return parse(self._json(response, where), sent)
+
+        def before_sleep(state: RetryCallState) -> None:
+            failure = state.outcome.exception() if state.outcome else None
             log.warning(
                 "api_retry",
                 where=where,
-                reason=failure.reason,
-                attempt=failures,
-                delay=round(delay, 3),
+                reason=getattr(failure, "reason", str(failure)),
+                attempt=state.attempt_number,
+                delay=round(state.upcoming_sleep, 3),
             )
-            self._sleep(delay)
+
+        def give_up(state: RetryCallState) -> NoReturn:
+            failure = state.outcome.exception() if state.outcome else None
+            assert isinstance(failure, _Retry)
+            attempts = state.attempt_number
+            if failure.status == "malformed":
+                raise MalformedResponseError(f"{failure.reason} ({attempts} attempts)")
+            raise ApiUnavailableError(f"{failure.reason}; gave up after {attempts} attempts")
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(_Retry),
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=self._wait,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            retry_error_callback=give_up,
+        )
+        return retrying(attempt)
+
+    @staticmethod
+    def _transport_failure(connector: ConnectorSettings, reason: str, status: str) -> _Retry:
+        metrics.API_REQUESTS.labels(connector.name, status).inc()
+        return _Retry(reason, status)
 
     @staticmethod
     def _json(response: httpx.Response, where: str) -> Any:

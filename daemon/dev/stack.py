@@ -49,10 +49,10 @@ def _mutate(sim: object, stop: threading.Event, every: float, seed: int = 1) -> 
 def run_dev(config_path: Path) -> int:
     """Run the dev stack until Ctrl-C; returns the exit code."""
     from bindbee_sim import SimServer
+    from daemon.dev.tail import tail
+    from daemon.dev.tansu import TansuBroker
     from daemon.runtime import Runtime
-    from daemon.scheduler import Scheduler
-    from daemon.tail import tail
-    from daemon.tansu import TansuBroker
+    from daemon.schedule.scheduler import Scheduler
 
     workdir = Path(tempfile.mkdtemp(prefix="lms-changefeed-dev-"))
     with (

@@ -15,11 +15,10 @@ import orjson
 import psycopg
 from psycopg.rows import TupleRow
 
-from daemon.diff import RowWrite
 from daemon.errors import StateStoreError
-from daemon.models import Message, ScanKind, StoredRow, StreamKey, StreamState
-from daemon.snapshot import dump_headers, load_headers
-from daemon.stream_sql import StreamSql
+from daemon.models import Message, RowWrite, ScanKind, StoredRow, StreamKey, StreamState
+from daemon.state.sqlite import dump_headers, load_headers
+from daemon.state.stream_sql import StreamSql
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changefeed_streams (

@@ -16,10 +16,18 @@ from typing import Protocol
 
 import orjson
 
-from daemon.diff import RowWrite, SnapshotRow
 from daemon.errors import StateStoreError
-from daemon.models import Message, Record, ScanKind, StoredRow, StreamKey, StreamState
-from daemon.stream_sql import StreamSql
+from daemon.models import (
+    Message,
+    Record,
+    RowWrite,
+    ScanKind,
+    SnapshotRow,
+    StoredRow,
+    StreamKey,
+    StreamState,
+)
+from daemon.state.stream_sql import StreamSql
 
 SCHEMA_VERSION = 2
 _SCHEMA = """

@@ -1,0 +1,1 @@
+"""What operators see: /healthz, /readyz and /metrics."""

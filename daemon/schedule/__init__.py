@@ -1,0 +1,1 @@
+"""When passes run: the APScheduler loop over every stream."""

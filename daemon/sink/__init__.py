@@ -1,0 +1,1 @@
+"""Where changes go: CloudEvent building and the Kafka publisher."""

@@ -1,0 +1,1 @@
+"""Where records come from: the Bindbee API client, its pagination and its rate limiter."""
