@@ -7,12 +7,29 @@ Prints exactly one line on stdout once the port is bound,
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from types import FrameType
 
-from bindbee_sim.runner import bind_socket, make_server, url_for
+from bindbee_sim.runner import bind_socket, make_server, url_for, webhook_policy
 from bindbee_sim.state import SimState
+from bindbee_sim.syncs import SYNC_MODES
+from bindbee_sim.webhooks import ENCODINGS
+
+_EPILOG = """\
+sync modes:
+  live       (default) every /_sim change is visible at once and counts as an
+             instant sync: last_sync_start_time moves, sync_status stays Done.
+  scheduled  /_sim creates, patches and deletes are staged; they become visible
+             when a sync of that connector completes (POST /_sim/syncs, or every
+             --sync-interval-seconds), with modified_at = the sync's end.
+
+webhooks (with --webhook-url): connector_sync_started, connector_synced,
+connector_sync_error and connector_data_modified, signed in the
+X-Bindbee-Webhook-Signature header (HMAC-SHA256 of the body), retried on
+errors and non-2xx answers, then given up.
+"""
 
 
 def parse_connectors(text: str) -> dict[str, str]:
@@ -30,21 +47,103 @@ def parse_connectors(text: str) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = argparse.ArgumentParser(prog="bindbee-sim", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="bindbee-sim",
+        description="Run the Bindbee LMS API simulator until SIGTERM or SIGINT.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--api-key", default="test-api-key")
-    p.add_argument("--connectors", type=parse_connectors, default={"acme": "tok_acme"},
-                   metavar="NAME:TOKEN[,NAME:TOKEN...]")
+    p.add_argument(
+        "--connectors",
+        type=parse_connectors,
+        default={"acme": "tok_acme"},
+        metavar="NAME:TOKEN[,NAME:TOKEN...]",
+    )
     p.add_argument("--enrollments", type=int, default=1000, help="per connector")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--rate-limit", type=int, default=200,
-                   help="requests per window per connector token; 0 disables limiting")
+    p.add_argument(
+        "--rate-limit",
+        type=int,
+        default=200,
+        help="requests per window per connector token; 0 disables limiting",
+    )
     p.add_argument("--rate-window-seconds", type=float, default=60.0)
-    p.add_argument("--honor-modified-after", action="store_true",
-                   help="filter list endpoints on ?modified_after= (ignored by default)")
-    p.add_argument("--log-level", default="warning",
-                   choices=["critical", "error", "warning", "info", "debug", "trace"])
+    p.add_argument(
+        "--honor-modified-after",
+        action="store_true",
+        help="filter list endpoints on ?modified_after= (ignored by default)",
+    )
+    s = p.add_argument_group("syncs")
+    s.add_argument(
+        "--sync-mode",
+        choices=SYNC_MODES,
+        default="live",
+        help="live: changes show at once; scheduled: changes wait for a sync "
+        "(default: %(default)s)",
+    )
+    s.add_argument(
+        "--sync-interval-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="sync every connector every S seconds; 0: only on demand (default: %(default)s)",
+    )
+    s.add_argument(
+        "--sync-duration-seconds",
+        type=float,
+        default=1.0,
+        metavar="D",
+        help="how long sync_status stays Syncing (default: %(default)s)",
+    )
+    s.add_argument(
+        "--sync-touches-all",
+        action="store_true",
+        help="every sync moves every record's modified_at (content unchanged)",
+    )
+    w = p.add_argument_group("webhooks")
+    w.add_argument("--webhook-url", metavar="URL", help="POST sync events here")
+    w.add_argument(
+        "--webhook-secret",
+        metavar="SECRET",
+        default=os.environ.get("BINDBEE_SIM_WEBHOOK_SECRET"),
+        help="the organisation's signature key, required with --webhook-url "
+        "(default: $BINDBEE_SIM_WEBHOOK_SECRET)",
+    )
+    w.add_argument(
+        "--webhook-signature-encoding",
+        choices=ENCODINGS,
+        default="base64url",
+        help="encoding of the HMAC-SHA256 signature (default: %(default)s)",
+    )
+    w.add_argument(
+        "--webhook-timeout-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="per attempt (default: %(default)s)",
+    )
+    w.add_argument(
+        "--webhook-retry-window-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="no retry starts later than this after the first attempt (default: %(default)s)",
+    )
+    w.add_argument(
+        "--webhook-retries",
+        type=int,
+        default=4,
+        metavar="N",
+        help="retries after the first attempt (default: %(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
 
@@ -69,6 +168,18 @@ def main(argv: list[str] | None = None) -> int:
             rate_limit=args.rate_limit,
             rate_window_seconds=args.rate_window_seconds,
             honor_modified_after=args.honor_modified_after,
+            sync_mode=args.sync_mode,
+            sync_interval_seconds=args.sync_interval_seconds,
+            sync_duration_seconds=args.sync_duration_seconds,
+            sync_touches_all=args.sync_touches_all,
+            webhook=webhook_policy(
+                args.webhook_url,
+                args.webhook_secret,
+                args.webhook_signature_encoding,
+                args.webhook_timeout_seconds,
+                args.webhook_retry_window_seconds,
+                args.webhook_retries,
+            ),
         )
         sock = bind_socket(args.host, args.port)
     except (ValueError, OSError) as exc:
@@ -76,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server = make_server(state, args.log_level, args.access_log)
     print(f"bindbee-sim listening on {url_for(args.host, sock)}", flush=True)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        state.close()
     return 0
 
 

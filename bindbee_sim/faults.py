@@ -21,8 +21,7 @@ PAGE_ONLY_KINDS = frozenset({"missing_items", "cursor_loop"})
 """Kinds that only make sense for a page, so a get-by-id never consumes them."""
 
 _KEYS = frozenset(
-    {"status", "delay_ms", "malformed", "disconnect", "retry_after", "count",
-     "connector", "model"}
+    {"status", "delay_ms", "malformed", "disconnect", "retry_after", "count", "connector", "model"}
 )
 
 

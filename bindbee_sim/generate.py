@@ -27,6 +27,9 @@ _SPAN_MS = 546 * 86_400_000  # creation times spread until 2025-06-30
 _MAX_EDIT_US = 120 * US_PER_DAY  # modified_at lands at most this long after creation
 _DETAIL_SALT = 0x5851F42D4C957F2D
 
+SEED_SYNC_US = (_START_MS + _SPAN_MS) * 1000 + _MAX_EDIT_US
+"""When the seed sync ran: after every generated ``modified_at`` (2025-10-28)."""
+
 
 class _LazyIds:
     """A read-only sequence of a table's ids, computed on access (for ``bisect``)."""
@@ -94,7 +97,7 @@ class BaseTable:
     def index_of_remote(self, remote_id: str) -> int | None:
         """The index whose generated remote id is ``remote_id``, if any."""
         prefix = self.spec.remote_prefix + "-"
-        digits = remote_id[len(prefix):]
+        digits = remote_id[len(prefix) :]
         if not remote_id.startswith(prefix) or not digits.isdigit():
             return None
         index = int(digits) - 1
@@ -133,7 +136,7 @@ class BaseTable:
     def modified_after(self, after_us: int) -> list[int]:
         """Indexes (ascending, i.e. id order) with ``modified_at`` strictly after ``after_us``."""
         mod_sorted, mod_order = self.mod_index()
-        return sorted(mod_order[bisect_right(mod_sorted, after_us):])
+        return sorted(mod_order[bisect_right(mod_sorted, after_us) :])
 
     def referencing(self, field: str, target_index: int) -> array[int]:
         """Indexes (ascending) whose relation ``field`` points at ``target_index``."""
@@ -172,13 +175,65 @@ class Sizes:
 
 
 # Word lists for plausible-looking generated text.
-_FIRST = ("Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas",
-          "Kemi", "Luis", "Maya", "Nils", "Olga", "Priya", "Quinn", "Rosa", "Sami", "Tara")
-_LAST = ("Ahmed", "Berg", "Costa", "Dubois", "Eze", "Fischer", "Garcia", "Haddad", "Ito",
-         "Jensen", "Kowalski", "Lopez", "Moreau", "Novak", "Okafor", "Park", "Rossi", "Silva")
-_TOPICS = ("Workplace Safety", "Data Privacy", "Leadership", "Python", "Negotiation",
-           "First Aid", "Excel", "Customer Service", "Cloud Security", "Project Management",
-           "Diversity and Inclusion", "Anti-Bribery", "Time Management", "SQL", "Onboarding")
+_FIRST = (
+    "Ada",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jonas",
+    "Kemi",
+    "Luis",
+    "Maya",
+    "Nils",
+    "Olga",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tara",
+)
+_LAST = (
+    "Ahmed",
+    "Berg",
+    "Costa",
+    "Dubois",
+    "Eze",
+    "Fischer",
+    "Garcia",
+    "Haddad",
+    "Ito",
+    "Jensen",
+    "Kowalski",
+    "Lopez",
+    "Moreau",
+    "Novak",
+    "Okafor",
+    "Park",
+    "Rossi",
+    "Silva",
+)
+_TOPICS = (
+    "Workplace Safety",
+    "Data Privacy",
+    "Leadership",
+    "Python",
+    "Negotiation",
+    "First Aid",
+    "Excel",
+    "Customer Service",
+    "Cloud Security",
+    "Project Management",
+    "Diversity and Inclusion",
+    "Anti-Bribery",
+    "Time Management",
+    "SQL",
+    "Onboarding",
+)
 _LEVELS = ("Foundations", "Essentials", "Advanced", "Refresher", "Masterclass", "101")
 _LANGS = ("en", "fr", "de", "es", "pt", "ja", "nl")
 _USER_STATUS = ("ACTIVE",) * 8 + ("PENDING", "INACTIVE")
@@ -199,12 +254,20 @@ def _duration(rng: random.Random) -> str:
 def _custom(rng: random.Random) -> dict[str, Any] | None:
     if rng.random() < 0.3:
         return None
-    return {"cost_center": rng.choice(_COST_CENTERS), "mandatory": rng.random() < 0.5,
-            "region": rng.choice(_REGIONS)}
+    return {
+        "cost_center": rng.choice(_COST_CENTERS),
+        "mandatory": rng.random() < 0.5,
+        "region": rng.choice(_REGIONS),
+    }
 
 
-def _tail(out: dict[str, Any], rng: random.Random, with_custom: bool, with_raw: bool,
-          raw: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _tail(
+    out: dict[str, Any],
+    rng: random.Random,
+    with_custom: bool,
+    with_raw: bool,
+    raw: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
     # custom_fields is drawn first so that raw data can be left out safely.
     if with_custom or with_raw:
         custom = _custom(rng)
@@ -220,7 +283,8 @@ def _ref(tables: dict[str, BaseTable], model: str, index: int) -> str | None:
 
 
 def _make_details(
-    tables: dict[str, BaseTable], label: str,
+    tables: dict[str, BaseTable],
+    label: str,
 ) -> dict[str, Callable[[BaseTable, int, random.Random, bool, bool], dict[str, Any]]]:
     """Per-model builders of everything beyond id/remote_id/modified_at."""
     host = f"https://{label}.lms.example"
@@ -228,70 +292,138 @@ def _make_details(
     def users(t: BaseTable, i: int, rng: random.Random, wc: bool, wr: bool) -> dict[str, Any]:
         first, last = rng.choice(_FIRST), rng.choice(_LAST)
         email = f"{first}.{last}.{i + 1}@{label}.example".lower()
-        out = {"first_name": first, "last_name": last, "email_address": email,
-               "status": rng.choice(_USER_STATUS)}
-        return _tail(out, rng, wc, wr, lambda: {
-            "userId": i + 1, "login": email, "displayName": f"{first} {last}",
-            "department": rng.choice(_TOPICS), "locale": rng.choice(_LANGS)})
+        out = {
+            "first_name": first,
+            "last_name": last,
+            "email_address": email,
+            "status": rng.choice(_USER_STATUS),
+        }
+        return _tail(
+            out,
+            rng,
+            wc,
+            wr,
+            lambda: {
+                "userId": i + 1,
+                "login": email,
+                "displayName": f"{first} {last}",
+                "department": rng.choice(_TOPICS),
+                "locale": rng.choice(_LANGS),
+            },
+        )
 
     def courses(t: BaseTable, i: int, rng: random.Random, wc: bool, wr: bool) -> dict[str, Any]:
         name = f"{rng.choice(_TOPICS)} {rng.choice(_LEVELS)}"
-        out = {"name": name, "description": f"{name}: a self-paced course.",
-               "url": f"{host}/courses/{i + 1}", "duration": _duration(rng),
-               "languages": sorted(rng.sample(_LANGS, rng.randrange(1, 3))),
-               "status": rng.choice(_COURSE_STATUS)}
-        return _tail(out, rng, wc, wr, lambda: {
-            "courseId": i + 1, "code": t.remote_id_of(i), "title": name,
-            "credits": rng.randrange(1, 10)})
+        out = {
+            "name": name,
+            "description": f"{name}: a self-paced course.",
+            "url": f"{host}/courses/{i + 1}",
+            "duration": _duration(rng),
+            "languages": sorted(rng.sample(_LANGS, rng.randrange(1, 3))),
+            "status": rng.choice(_COURSE_STATUS),
+        }
+        return _tail(
+            out,
+            rng,
+            wc,
+            wr,
+            lambda: {
+                "courseId": i + 1,
+                "code": t.remote_id_of(i),
+                "title": name,
+                "credits": rng.randrange(1, 10),
+            },
+        )
 
     def contents(t: BaseTable, i: int, rng: random.Random, wc: bool, wr: bool) -> dict[str, Any]:
         kind = rng.choice(_CONTENT_TYPES)
         name = f"{rng.choice(_TOPICS)} {kind.lower()} {i + 1}"
-        out = {"course": _ref(tables, "courses", t.rel["course"][i]), "name": name,
-               "description": f"{kind.title()} material.", "url": f"{host}/content/{i + 1}",
-               "duration": _duration(rng), "type": kind, "status": rng.choice(_COURSE_STATUS)}
-        return _tail(out, rng, wc, wr, lambda: {
-            "contentId": i + 1, "format": kind, "sizeKb": rng.randrange(10, 90_000)})
+        out = {
+            "course": _ref(tables, "courses", t.rel["course"][i]),
+            "name": name,
+            "description": f"{kind.title()} material.",
+            "url": f"{host}/content/{i + 1}",
+            "duration": _duration(rng),
+            "type": kind,
+            "status": rng.choice(_COURSE_STATUS),
+        }
+        return _tail(
+            out,
+            rng,
+            wc,
+            wr,
+            lambda: {"contentId": i + 1, "format": kind, "sizeKb": rng.randrange(10, 90_000)},
+        )
 
-    def completions(t: BaseTable, i: int, rng: random.Random, wc: bool, wr: bool
-                    ) -> dict[str, Any]:
+    def completions(t: BaseTable, i: int, rng: random.Random, wc: bool, wr: bool) -> dict[str, Any]:
         # A completion starts when its enrollment (number 20*i) does, if it has a start.
         enrollment_start = tables["enrollments"].dates["start_date"][20 * i]
-        started = (enrollment_start if enrollment_start != NULL_US
-                   else t.created_us(i) - rng.randrange(1, 30) * US_PER_DAY)
+        started = (
+            enrollment_start
+            if enrollment_start != NULL_US
+            else t.created_us(i) - rng.randrange(1, 30) * US_PER_DAY
+        )
         spent_s = rng.randrange(300, 40_000)
         finished = started + spent_s * US_PER_SECOND
         scored = rng.random() < 0.8
-        out = {"user": _ref(tables, "users", t.rel["user"][i]),
-               "course": _ref(tables, "courses", t.rel["course"][i]),
-               "content": _ref(tables, "contents", t.rel["content"][i]),
-               "score": round(rng.uniform(40, 100), 1) if scored else None,
-               "grade": rng.choice(_GRADES) if scored else None,
-               "started_at": format_us(started), "completed_at": format_us(finished),
-               "time_duration": f"PT{spent_s}S"}
-        return _tail(out, rng, wc, wr, lambda: {
-            "completionId": i + 1, "passed": rng.random() < 0.9, "attempts": rng.randrange(1, 4)})
+        out = {
+            "user": _ref(tables, "users", t.rel["user"][i]),
+            "course": _ref(tables, "courses", t.rel["course"][i]),
+            "content": _ref(tables, "contents", t.rel["content"][i]),
+            "score": round(rng.uniform(40, 100), 1) if scored else None,
+            "grade": rng.choice(_GRADES) if scored else None,
+            "started_at": format_us(started),
+            "completed_at": format_us(finished),
+            "time_duration": f"PT{spent_s}S",
+        }
+        return _tail(
+            out,
+            rng,
+            wc,
+            wr,
+            lambda: {
+                "completionId": i + 1,
+                "passed": rng.random() < 0.9,
+                "attempts": rng.randrange(1, 4),
+            },
+        )
 
-    def enrollments(t: BaseTable, i: int, rng: random.Random, wc: bool, wr: bool
-                    ) -> dict[str, Any]:
+    def enrollments(t: BaseTable, i: int, rng: random.Random, wc: bool, wr: bool) -> dict[str, Any]:
         start, end = t.dates["start_date"][i], t.dates["end_date"][i]
         user_i, course_i = t.rel["user"][i], t.rel["course"][i]
-        out = {"user": _ref(tables, "users", user_i),
-               "course": _ref(tables, "courses", course_i),
-               "start_date": None if start == NULL_US else format_us(start),
-               "end_date": None if end == NULL_US else format_us(end),
-               "completion": _ref(tables, "completions", t.rel["completion"][i])}
-        return _tail(out, rng, wc, wr, lambda: {
-            "enrollmentId": i + 1, "learnerId": tables["users"].remote_id_of(user_i),
-            "courseCode": tables["courses"].remote_id_of(course_i),
-            "state": rng.choice(_ENROLLMENT_STATES), "progressPct": rng.randrange(0, 101)})
+        out = {
+            "user": _ref(tables, "users", user_i),
+            "course": _ref(tables, "courses", course_i),
+            "start_date": None if start == NULL_US else format_us(start),
+            "end_date": None if end == NULL_US else format_us(end),
+            "completion": _ref(tables, "completions", t.rel["completion"][i]),
+        }
+        return _tail(
+            out,
+            rng,
+            wc,
+            wr,
+            lambda: {
+                "enrollmentId": i + 1,
+                "learnerId": tables["users"].remote_id_of(user_i),
+                "courseCode": tables["courses"].remote_id_of(course_i),
+                "state": rng.choice(_ENROLLMENT_STATES),
+                "progressPct": rng.randrange(0, 101),
+            },
+        )
 
-    return {"users": users, "courses": courses, "contents": contents,
-            "completions": completions, "enrollments": enrollments}
+    return {
+        "users": users,
+        "courses": courses,
+        "contents": contents,
+        "completions": completions,
+        "enrollments": enrollments,
+    }
 
 
-def _fill_columns(t: BaseTable, rng: random.Random, tables: dict[str, BaseTable],
-                  sizes: Sizes) -> None:
+def _fill_columns(
+    t: BaseTable, rng: random.Random, tables: dict[str, BaseTable], sizes: Sizes
+) -> None:
     """Draw, in index order, the columns that filters and indexes read."""
     mod = t.mod_us
     name = t.spec.name
@@ -328,8 +460,9 @@ def _fill_columns(t: BaseTable, rng: random.Random, tables: dict[str, BaseTable]
         t.rel["user"] = array("i", [enr.rel["user"][20 * j] for j in range(t.n)])
         t.rel["course"] = array("i", [enr.rel["course"][20 * j] for j in range(t.n)])
         t.rel["content"] = array(
-            "i", [rng.randrange(sizes.contents) if rng.random() < 0.7 else NO_REF
-                  for _ in range(t.n)])
+            "i",
+            [rng.randrange(sizes.contents) if rng.random() < 0.7 else NO_REF for _ in range(t.n)],
+        )
 
 
 def generate_tables(seed: int, label: str, enrollments: int) -> dict[str, BaseTable]:

@@ -14,11 +14,13 @@ from starlette.types import Receive, Scope, Send
 _INCOMPLETE_MESSAGE = "ASGI callable returned without completing response."
 
 
-def json_response(body: Any, status_code: int = 200,
-                  headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    body: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     """A JSON response serialised with orjson (several times faster than the default)."""
-    return Response(orjson.dumps(body), status_code=status_code, headers=headers,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(body), status_code=status_code, headers=headers, media_type="application/json"
+    )
 
 
 class DisconnectResponse(Response):
@@ -36,12 +38,16 @@ class DisconnectResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the head and a fraction of the promised body, then return."""
         declared = len(self.partial) * 4 + 1024
-        await send({
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(declared).encode())],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(declared).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": self.partial, "more_body": True})
 
 

@@ -14,6 +14,7 @@ import uvicorn
 from bindbee_sim.responses import quiet_disconnect_notices
 from bindbee_sim.server import build_app
 from bindbee_sim.state import SimState
+from bindbee_sim.webhooks import WebhookPolicy
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -43,8 +44,9 @@ def url_for(host: str, sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
-def make_server(state: SimState, log_level: str = "warning",
-                access_log: bool = False) -> uvicorn.Server:
+def make_server(
+    state: SimState, log_level: str = "warning", access_log: bool = False
+) -> uvicorn.Server:
     """A uvicorn server for the simulator app (not started)."""
     config = uvicorn.Config(
         build_app(state),
@@ -62,8 +64,9 @@ class SimServer:
     """The simulator on a background thread, for in-process tests.
 
     ``with SimServer(enrollments=250, seed=7) as sim: ...`` serves on a free
-    loopback port until the block ends. The record and fault helpers act on
-    the state directly (thread-safe), with the same semantics as ``/_sim``.
+    loopback port until the block ends. The record, fault, sync and connector
+    helpers act on the state directly (thread-safe), with the same semantics
+    as ``/_sim``. The keyword arguments mirror the ``bindbee-sim`` options.
     """
 
     def __init__(
@@ -75,6 +78,16 @@ class SimServer:
         rate_limit: int = 0,
         rate_window_seconds: float = 60.0,
         honor_modified_after: bool = False,
+        sync_mode: str = "live",
+        sync_interval_seconds: float = 0.0,
+        sync_duration_seconds: float = 1.0,
+        sync_touches_all: bool = False,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        webhook_signature_encoding: str = "base64url",
+        webhook_timeout_seconds: float = 10.0,
+        webhook_retry_window_seconds: float = 60.0,
+        webhook_retries: int = 4,
         host: str = "127.0.0.1",
         port: int = 0,
         log_level: str = "warning",
@@ -88,6 +101,18 @@ class SimServer:
             rate_limit=rate_limit,
             rate_window_seconds=rate_window_seconds,
             honor_modified_after=honor_modified_after,
+            sync_mode=sync_mode,
+            sync_interval_seconds=sync_interval_seconds,
+            sync_duration_seconds=sync_duration_seconds,
+            sync_touches_all=sync_touches_all,
+            webhook=webhook_policy(
+                webhook_url,
+                webhook_secret,
+                webhook_signature_encoding,
+                webhook_timeout_seconds,
+                webhook_retry_window_seconds,
+                webhook_retries,
+            ),
         )
         self.host = host
         self.port = port
@@ -127,7 +152,8 @@ class SimServer:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Shut the server down and join its thread."""
+        """Shut the server down and join its thread; sync and webhook threads stop too."""
+        self.state.close()
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
@@ -141,8 +167,12 @@ class SimServer:
     def __enter__(self) -> SimServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # ---- identity --------------------------------------------------------------
@@ -159,12 +189,19 @@ class SimServer:
 
     # ---- records ---------------------------------------------------------------
 
-    def create(self, connector: str, model: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """Create a record (like ``POST /_sim/{connector}/{model}``); returns it in full."""
-        return self.state.create(connector, model, fields)
+    def create(
+        self, connector: str, model: str, fields: Mapping[str, Any], unchecked: bool = False
+    ) -> dict[str, Any]:
+        """Create a record (like ``POST /_sim/{connector}/{model}``); returns it in full.
 
-    def update(self, connector: str, model: str, record_id: str,
-               fields: Mapping[str, Any]) -> dict[str, Any]:
+        In scheduled mode the change is staged and the staged copy comes back.
+        ``unchecked`` stores ``fields`` as given (``?unchecked=true``).
+        """
+        return self.state.create(connector, model, fields, unchecked)
+
+    def update(
+        self, connector: str, model: str, record_id: str, fields: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """Merge fields, bumping ``modified_at`` unless given (raises ``NotFound``)."""
         return self.state.update(connector, model, record_id, fields)
 
@@ -172,9 +209,11 @@ class SimServer:
         """Delete a record (raises ``NotFound``)."""
         self.state.delete(connector, model, record_id)
 
-    def get(self, connector: str, model: str, record_id: str) -> dict[str, Any] | None:
-        """A record in full, or None."""
-        return self.state.get(connector, model, record_id)
+    def get(
+        self, connector: str, model: str, record_id: str, staged: bool = False
+    ) -> dict[str, Any] | None:
+        """A record in full as the API serves it (``staged``: after the next sync), or None."""
+        return self.state.get(connector, model, record_id, staged)
 
     def records(self, connector: str, model: str) -> list[dict[str, Any]]:
         """Every current record in full, in id order."""
@@ -209,3 +248,71 @@ class SimServer:
     def set_honor_modified_after(self, flag: bool) -> None:
         """Whether list endpoints filter on ``modified_after``."""
         self.state.configure(honor_modified_after=flag)
+
+    def configure_syncs(self, **changes: Any) -> dict[str, Any]:
+        """Change ``sync_mode``, ``sync_interval_seconds``, ``sync_duration_seconds`` or
+        ``sync_touches_all`` (like ``POST /_sim/config``); returns every switch."""
+        return self.state.configure(sync=changes)
+
+    # ---- syncs, connectors, webhooks --------------------------------------------
+
+    def sync(
+        self, connector: str, fail: bool = False, wait: bool = True, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Start a sync (``POST /_sim/syncs``); with ``wait``, return once it has ended.
+
+        Raises ``Refused`` while one runs, ``TimeoutError`` if it outlasts ``timeout``.
+        """
+        started = self.state.start_sync(connector, fail)
+        if not wait:
+            return started
+        ended = self.state.wait_sync(started["sync_id"], timeout)
+        if ended["status"] == "Syncing":
+            raise TimeoutError(f"sync {ended['sync_id']} still running after {timeout} s")
+        return ended
+
+    def syncs(self) -> list[dict[str, Any]]:
+        """Syncs so far, oldest first (``GET /_sim/syncs``)."""
+        return self.state.sync_history()
+
+    def staged(self) -> dict[str, int]:
+        """Staged changes per connector (``GET /_sim/staged``)."""
+        return self.state.staged()
+
+    def connector(self, name: str) -> dict[str, Any]:
+        """One connector as ``GET /api/lms/v1/connectors`` lists it."""
+        return self.state.connector(name)
+
+    def set_connector(
+        self, name: str, status: str | None = None, is_active: bool | None = None
+    ) -> dict[str, Any]:
+        """Set a connector's link ``status`` or ``is_active`` (``PATCH /_sim/connectors/...``)."""
+        return self.state.set_connector(name, status, is_active)
+
+    def add_connector(
+        self, name: str, token: str, enrollments: int | None = None
+    ) -> dict[str, Any]:
+        """Link a connector at run time (``POST /_sim/connectors``); returns its listing."""
+        return self.state.add_connector(name, token, enrollments)
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """Webhook delivery attempts so far (``GET /_sim/webhooks``)."""
+        return self.state.webhook_log()
+
+
+def webhook_policy(
+    url: str | None,
+    secret: str | None,
+    encoding: str = "base64url",
+    timeout_seconds: float = 10.0,
+    retry_window_seconds: float = 60.0,
+    retries: int = 4,
+) -> WebhookPolicy | None:
+    """The delivery policy for these options; None without a URL. Raises ``ValueError``."""
+    if url is None:
+        if secret is not None:
+            raise ValueError("a webhook secret needs a webhook URL")
+        return None
+    return WebhookPolicy(
+        url, secret or "", encoding, timeout_seconds, retry_window_seconds, retries
+    )

@@ -20,9 +20,7 @@ class ModelSpec:
     name: str
     remote_prefix: str
     own_fields: tuple[str, ...]
-    relations: MappingProxyType[str, str] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    relations: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Field -> target model, for ``expand`` and id filters."""
     equality_filters: tuple[str, ...] = ()
     """Relation fields filterable as ``?field=<uuid>``."""
@@ -73,8 +71,14 @@ COMPLETIONS = ModelSpec(
     name="completions",
     remote_prefix="CMP",
     own_fields=(
-        "user", "course", "content", "score", "grade",
-        "started_at", "completed_at", "time_duration",
+        "user",
+        "course",
+        "content",
+        "score",
+        "grade",
+        "started_at",
+        "completed_at",
+        "time_duration",
     ),
     relations=_rel(user="users", course="courses", content="contents"),
     equality_filters=("user", "course", "content"),

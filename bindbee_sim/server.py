@@ -10,7 +10,8 @@ Request path of a data endpoint, in order:
 6. the page or record, serialised with orjson under the state lock.
 
 ``DataResponses`` (plain ASGI, around everything) counts statuses per
-connector and stamps the rate-limit headers on whatever response results.
+connector (``GET /connectors`` under ``_org``) and stamps the rate-limit
+headers on whatever response results.
 """
 
 # No `from __future__ import annotations`: FastAPI evaluates the route signatures,
@@ -34,7 +35,7 @@ from bindbee_sim.query import ListQuery, Projection, parse_expand
 from bindbee_sim.ratelimit import RateDecision
 from bindbee_sim.responses import DisconnectResponse, json_response
 from bindbee_sim.schema import MODELS, ModelSpec
-from bindbee_sim.state import SimState
+from bindbee_sim.state import ORG_STATS_KEY, SimState
 from bindbee_sim.times import datetime_to_us, parse_us
 
 API_PREFIX = "/api/lms/v1"
@@ -54,14 +55,17 @@ class DataResponses:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request through, watching the response head."""
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not path.startswith(API_PREFIX + "/") or path == CONNECTORS_PATH:
+        if not path.startswith(API_PREFIX + "/"):
             await self.app(scope, receive, send)
             return
-        token = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-connector-token"),
-            None,
-        )
-        who = self.state.attribution(token)
+        if path == CONNECTORS_PATH:
+            who = ORG_STATS_KEY
+        else:
+            token = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-connector-token"),
+                None,
+            )
+            who = self.state.attribution(token)
         started = False
 
         async def watch(message: Message) -> None:
@@ -169,10 +173,13 @@ def build_app(state: SimState) -> FastAPI:
         cursor: str | None = None,
         is_active: bool | None = None,
         connector_token: str | None = None,
+        origin_id: str | None = None,
     ) -> Response:
         """The organisation's connectors (API key only; not rate limited)."""
         after = _decode(cursor)
-        return json_response(state.connectors_page(page_size, after, is_active, connector_token))
+        return json_response(
+            state.connectors_page(page_size, after, is_active, connector_token, origin_id)
+        )
 
     @app.get(API_PREFIX + "/{model}", dependencies=authenticated)
     async def list_records(

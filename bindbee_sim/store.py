@@ -7,7 +7,10 @@ Layout, chosen so that 1,000,000 records stay small and every page is cheap:
 - ``_deleted``: base indexes removed;
 - ``_extra``: id -> ``Row`` for records created at run time, with their ids in
   a ``SortedList``;
-- ``_mod_index``: ``(modified_at, id)`` of every ``Row``, sorted.
+- ``_mod_index``: ``(modified_at, id)`` of every ``Row``, sorted;
+- ``epoch_us``: the last touch-all sync. A served record's ``modified_at`` is
+  ``max(its own, epoch)``, so a sync that "rewrites" every record costs O(1)
+  instead of a million dict rewrites (records stored ``unchecked`` excepted).
 
 A plain page bisects the cursor into the base ids and the extra ids, then
 walks forward: its cost does not depend on how deep the cursor is. A
@@ -21,7 +24,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Any
 
@@ -30,6 +33,7 @@ from sortedcontainers import SortedList
 from bindbee_sim.generate import BaseTable
 from bindbee_sim.ids import is_uuid
 from bindbee_sim.query import ListQuery, Projection
+from bindbee_sim.schema import NULL_US
 from bindbee_sim.times import format_us, normalize_datetime, parse_us
 
 _MAX_US = 2**63 - 1
@@ -45,6 +49,8 @@ class Row:
     record: dict[str, Any]
     mod_us: int
     dates: dict[str, int | None]
+    unchecked: bool = False
+    """Stored exactly as given (maybe invalid): served as is, never touched by a sync."""
 
 
 Entry = int | Row
@@ -71,6 +77,15 @@ class ModelStore:
         self._mod_index: SortedList = SortedList()
         self._cache: dict[_Plan, tuple[int, list[str]]] = {}
         self.version = 0
+        self.epoch_us = 0
+        self._epoch_text = ""
+
+    def touch(self, epoch_us: int) -> None:
+        """A sync rewrote every record at ``epoch_us`` (content unchanged)."""
+        if epoch_us > self.epoch_us:
+            self.epoch_us = epoch_us
+            self._epoch_text = format_us(epoch_us)
+            self.version += 1
 
     # ---- reading -------------------------------------------------------------
 
@@ -95,21 +110,29 @@ class ModelStore:
     def full_record(self, entry: Entry) -> dict[str, Any]:
         """A fresh dict of the complete record (custom_fields and raw_data included)."""
         if isinstance(entry, int):
-            return self.table.build(entry)
-        return dict(entry.record)
+            return self._touched(self.table.build(entry), self.table.mod_us[entry])
+        record = dict(entry.record)
+        return record if entry.unchecked else self._touched(record, entry.mod_us)
+
+    def _touched(self, record: dict[str, Any], mod_us: int) -> dict[str, Any]:
+        if mod_us < self.epoch_us:
+            record["modified_at"] = self._epoch_text
+        return record
 
     def render(self, entry: Entry, projection: Projection) -> dict[str, Any]:
         """A fresh dict of the record as a list/get response shows it (before expand)."""
         if isinstance(entry, int):
-            return self.table.build(
+            record = self.table.build(
                 entry, projection.include_custom_fields, projection.include_raw_data
             )
+            return self._touched(record, self.table.mod_us[entry])
         record = dict(entry.record)
+        # pop, not del: an unchecked record may lack either field.
         if not projection.include_custom_fields:
-            del record["custom_fields"]
+            record.pop("custom_fields", None)
         if not projection.include_raw_data:
-            del record["raw_data"]
-        return record
+            record.pop("raw_data", None)
+        return record if entry.unchecked else self._touched(record, entry.mod_us)
 
     def walk(self, after: str | None = None) -> Iterator[Entry]:
         """Every live entry in id order, strictly after ``after`` when given."""
@@ -140,6 +163,9 @@ class ModelStore:
 
     def page(self, query: ListQuery) -> tuple[list[Entry], bool]:
         """Up to ``page_size`` matching entries after the cursor, and whether more follow."""
+        if query.modified_after is not None and query.modified_after < self.epoch_us:
+            # Every record was touched after the bound: the filter keeps them all.
+            query = replace(query, modified_after=None)
         base_ok, row_ok = self._predicates(query)
         limit = query.page_size
         out: list[Entry] = []
@@ -203,12 +229,12 @@ class ModelStore:
         if kind == "remote_id":
             found = table.index_of_remote(plan[1])
             base: Iterable[int] = () if found is None else (found,)
-            row_ids = [r.record["id"] for r in rows if r.record["remote_id"] == plan[1]]
+            row_ids = [r.record["id"] for r in rows if r.record.get("remote_id") == plan[1]]
         elif kind == "equals":
             _, field, value = plan
             target = self._target_index(field, value)
             base = () if target is None else table.referencing(field, target)
-            row_ids = [r.record["id"] for r in rows if r.record[field] == value]
+            row_ids = [r.record["id"] for r in rows if r.record.get(field) == value]
         else:
             after = plan[1]
             base = table.modified_after(after)
@@ -285,55 +311,90 @@ class ModelStore:
 
     def _row(self, record: dict[str, Any]) -> Row:
         dates = {
-            name: None if record[name] is None else parse_us(record[name])
+            name: None if record.get(name) is None else parse_us(record[name])
             for name in self.spec.date_filters
         }
-        return Row(record, parse_us(record["modified_at"]), dates)
+        return Row(record, parse_us(record.get("modified_at")), dates)
+
+    def check(self, record: dict[str, Any]) -> None:
+        """Raise ``ValueError`` unless ``record`` can be stored as a checked record."""
+        self._row(record)
+
+    def _unchecked_row(self, record: dict[str, Any]) -> Row:
+        # Whatever cannot be read sorts as "never modified" / "no date".
+        return Row(
+            record,
+            _lenient_us(record.get("modified_at"), NULL_US),
+            {name: _lenient_us(record.get(name), None) for name in self.spec.date_filters},
+            unchecked=True,
+        )
+
+    def _place(self, record_id: str, row: Row) -> None:
+        """Store ``row`` as the record ``record_id``, replacing any live one."""
+        entry = self.locate(record_id)
+        if isinstance(entry, Row):
+            self._mod_index.remove((entry.mod_us, record_id))
+        if record_id in self._extra:
+            self._extra[record_id] = row
+        else:
+            index = self.table.index_of(record_id)
+            if index is not None and index not in self._deleted:
+                self._overrides[index] = row
+            else:
+                # New, or re-created after its generated twin was deleted.
+                self._extra[record_id] = row
+                self._extra_ids.add(record_id)
+        self._mod_index.add((row.mod_us, record_id))
+        self.version += 1
 
     def create(self, fields: Mapping[str, Any], record_id: str, now_us: int) -> dict[str, Any]:
         """Add a record (``record_id`` unless ``fields`` names one); returns it in full.
 
         Raises ``Conflict`` when the id exists, ``ValueError`` for invalid fields.
         """
-        clean = self.clean(fields)
-        record_id = clean.pop("id", record_id)
-        if self.locate(record_id) is not None:
-            raise Conflict(record_id)
-        record = self.spec.blank()
-        record["id"] = record_id
-        record["modified_at"] = format_us(now_us)
-        record.update(clean)
-        row = self._row(record)
-        self._extra[record_id] = row
-        self._extra_ids.add(record_id)
-        self._mod_index.add((row.mod_us, record_id))
-        self.version += 1
+        record = self.new_record(fields, record_id, now_us)
+        if self.locate(record["id"]) is not None:
+            raise Conflict(record["id"])
+        self._place(record["id"], self._row(record))
         return dict(record)
 
-    def update(self, record_id: str, fields: Mapping[str, Any], now_us: int
-               ) -> dict[str, Any] | None:
+    def new_record(self, fields: Mapping[str, Any], record_id: str, now_us: int) -> dict[str, Any]:
+        """The record a create of ``fields`` makes (not stored); raises ``ValueError``."""
+        clean = self.clean(fields)
+        record = self.spec.blank()
+        record["id"] = clean.pop("id", record_id)
+        record["modified_at"] = format_us(now_us)
+        record.update(clean)
+        return record
+
+    def merged(
+        self, current: Mapping[str, Any], fields: Mapping[str, Any], now_us: int
+    ) -> dict[str, Any]:
+        """``current`` with ``fields`` merged in, ``modified_at`` now unless given."""
+        clean = self.clean(fields)
+        if clean.pop("id", current["id"]) != current["id"]:
+            raise ValueError("id cannot be changed")
+        record = dict(current)
+        record["modified_at"] = format_us(now_us)
+        record.update(clean)
+        return record
+
+    def update(
+        self, record_id: str, fields: Mapping[str, Any], now_us: int
+    ) -> dict[str, Any] | None:
         """Merge ``fields`` into a record, bumping ``modified_at`` unless given; None if absent."""
         entry = self.locate(record_id)
         if entry is None:
             return None
-        clean = self.clean(fields)
-        if clean.pop("id", record_id) != record_id:
-            raise ValueError("id cannot be changed")
-        record = self.full_record(entry)
-        record["modified_at"] = format_us(now_us)
-        record.update(clean)
-        row = self._row(record)
-        if isinstance(entry, Row):
-            self._mod_index.remove((entry.mod_us, record_id))
-        if record_id in self._extra:
-            self._extra[record_id] = row
-        else:
-            index = entry if isinstance(entry, int) else self.table.index_of(record_id)
-            assert index is not None  # locate found it in the base
-            self._overrides[index] = row
-        self._mod_index.add((row.mod_us, record_id))
-        self.version += 1
+        record = self.merged(self.full_record(entry), fields, now_us)
+        self._place(record_id, self._row(record))
         return dict(record)
+
+    def put(self, record: Mapping[str, Any], unchecked: bool = False) -> None:
+        """Store a complete record (created or replaced); ``unchecked`` keeps it as given."""
+        record = dict(record)
+        row = self._unchecked_row(record) if unchecked else self._row(record)
+        self._place(record["id"], row)
 
     def delete(self, record_id: str) -> bool:
         """Remove a record; False when there was none."""
@@ -361,10 +422,20 @@ class ModelStore:
         self._extra_ids.clear()
         self._mod_index.clear()
         self._cache.clear()
+        self.epoch_us = 0
+        self._epoch_text = ""
         self.version += 1
 
 
+def _lenient_us(value: Any, default: int | None) -> int | None:
+    try:
+        return parse_us(value)
+    except (TypeError, ValueError):
+        return default
+
+
 # Small closures built once per query; factories avoid late-binding surprises.
+
 
 def _all(checks: list[Callable[[Any], bool]]) -> Callable[[Any], bool]:
     if len(checks) == 1:
@@ -394,7 +465,7 @@ def _column_above(column: Any, bound: int) -> Callable[[int], bool]:
 
 
 def _row_field_is(field: str, wanted: str) -> Callable[[Row], bool]:
-    return lambda row: row.record[field] == wanted
+    return lambda row: row.record.get(field) == wanted
 
 
 def _row_date_between(field: str, low: int, high: int) -> Callable[[Row], bool]:
