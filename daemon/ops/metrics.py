@@ -43,6 +43,73 @@ DELETE_GUARD_TRIPS = Counter(
 )
 STREAM_UP = Gauge("changefeed_stream_up", "1 when the last pass of a stream succeeded", _STREAM)
 
+# Sync-aware polling: the connectors list, webhooks and the sync rule. Labels are
+# connector display names, models and bounded outcomes: never tokens or request data.
+SYNC_CHECK_REQUESTS = Counter(
+    "changefeed_sync_check_requests",
+    "GET /connectors requests of the sync watcher, by outcome "
+    "(ok, http_<status>, timeout, error, malformed)",
+    ["outcome"],
+)
+SYNC_CHECK_MALFORMED_ITEMS = Counter(
+    "changefeed_sync_check_malformed_items",
+    "Connector items skipped because they lacked an id or had unreadable fields",
+)
+WEBHOOK_DELIVERIES = Counter(
+    "changefeed_webhook_deliveries",
+    "Webhook deliveries by outcome (accepted, ignored, coalesced, bad_signature, "
+    "too_large, bad_request, timeout, error)",
+    ["outcome"],
+)
+SYNC_DECISIONS = Counter(
+    "changefeed_sync_decisions",
+    "Sync-rule decisions per stream check, by action",
+    ["connector", "model", "action"],
+)
+SYNC_FAILED = Counter(
+    "changefeed_sync_failed",
+    "Bindbee syncs seen with sync_status Failed (counted once per sync)",
+    ["connector"],
+)
+CONNECTOR_STATUS = Gauge(
+    "changefeed_connector_status",
+    "1 for the connector's current state (ok, syncing, failed, blocked, missing), else 0",
+    ["connector", "state"],
+)
+SYNC_WATCHER_UP = Gauge(
+    "changefeed_sync_watcher_up",
+    "1 when the sync watcher's last read of the connectors list worked",
+)
+SYNC_WATCHER_LAST_OK = Gauge(
+    "changefeed_sync_watcher_last_success_timestamp_seconds",
+    "When the sync watcher last read the connectors list",
+)
+STREAM_TRIGGER = Gauge(
+    "changefeed_stream_interval_seconds",
+    "A stream's configured poll interval (for trigger=sync: the safety-net interval)",
+    [*_STREAM, "trigger"],
+)
+PASSES_SKIPPED = Counter(
+    "changefeed_passes_skipped",
+    "Passes not started, by reason (already_running: queued as a trailing pass; blocked)",
+    [*_STREAM, "reason"],
+)
+
+# Pre-create the label sets of bounded outcomes so dashboards see zeros, not gaps.
+for _outcome in (
+    "accepted",
+    "ignored",
+    "coalesced",
+    "bad_signature",
+    "too_large",
+    "bad_request",
+    "timeout",
+    "error",
+):
+    WEBHOOK_DELIVERIES.labels(_outcome)
+for _outcome in ("ok", "timeout", "error", "malformed"):
+    SYNC_CHECK_REQUESTS.labels(_outcome)
+
 
 class _WatermarkLag(Collector):
     """Reports now - watermark at scrape time, so the lag grows while a stream is stuck."""
