@@ -19,13 +19,17 @@ ENV VIRTUAL_ENV=/opt/lms-changefeed \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv "$VIRTUAL_ENV"
-# Only what the distribution is built from: no tests, bench or dev tooling.
+# Only what the daemon is built from: no tests, bench, dev tooling, and not the
+# simulator (bindbee_sim/, the `sim` extra: FastAPI, uvicorn), which the daemon
+# never imports; setuptools builds the distribution without it.
 COPY pyproject.toml README.md ./
 COPY daemon/ daemon/
-COPY bindbee_sim/ bindbee_sim/
-# Non-editable and without extras: the runtime dependencies only. Bytecode is
+# Non-editable and without extras: the runtime dependencies only. Console scripts
+# cannot be tied to an extra, so pip still writes a bindbee-sim launcher for a
+# package the image does not hold: removed rather than left to fail. Bytecode is
 # compiled here, unchecked, because the running container cannot write it.
 RUN "$VIRTUAL_ENV/bin/pip" install --no-cache-dir --no-compile . \
+    && rm -f "$VIRTUAL_ENV/bin/bindbee-sim" \
     && "$VIRTUAL_ENV/bin/python" -m compileall -q --invalidation-mode unchecked-hash \
        "$VIRTUAL_ENV/lib"
 

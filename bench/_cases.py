@@ -22,7 +22,6 @@ from _harness import (
     api_headers,
     new_topic_prefix,
     poll,
-    state_size,
     write_config,
 )
 from _latency import TopicWatcher, mutate_and_measure, sample_ids
@@ -101,7 +100,7 @@ def scan_cases(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
             "floor_s": _ms(sync_floor),
             "requests": sync_requests,
         }
-        out["state_bytes_per_record"] = round(state_size(state) / n, 1)
+        out["state_bytes_per_record"] = round(ws.state_size(state) / n, 1)
 
         # Steady state: full scans of the same, unchanged records, against the bare walk.
         config = write_config(
@@ -173,7 +172,7 @@ def rss_case(bootstrap: str, ws: Workspace, records: int) -> dict[str, Any]:
             "full_scan_s": scan.duration_s,
             "floor_walk_s": round(floor, 3),
             "full_scan_ratio": round(scan.duration_s / floor, 3),
-            "state_bytes_per_record": round(state_size(state) / records, 1),
+            "state_bytes_per_record": round(ws.state_size(state) / records, 1),
         }
 
 

@@ -143,15 +143,57 @@ def api_headers() -> dict[str, str]:
 
 @dataclass
 class Workspace:
-    """A temporary directory for state files, configs and logs; removed at exit."""
+    """A temporary directory for state files, configs and logs; removed at exit.
+
+    With ``state_url`` (a PostgreSQL URL) every state "file" a case names becomes a
+    fresh schema in that database instead (dropped at exit), so the same cases measure
+    the PostgreSQL store.
+    """
 
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lms-bench-")))
+    state_url: str | None = None
+    _schemas: dict[Path, str] = field(default_factory=dict)
 
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def state_config(self, state: Path) -> dict[str, Any]:
+        """The ``state`` section for the store called ``state``."""
+        if self.state_url is None:
+            return {"path": str(state)}
+        schema = self._schemas.get(state)
+        if schema is None:
+            schema = self._schemas[state] = f"bench_{uuid.uuid4().hex[:10]}"
+            with _admin(self.state_url) as admin:
+                admin.execute(f"CREATE SCHEMA {schema}")
+        glue = "&" if "?" in self.state_url else "?"
+        return {"url": f"{self.state_url}{glue}options=-csearch_path%3D{schema}"}
+
+    def state_size(self, state: Path) -> int:
+        """Bytes of the store: the SQLite file plus any WAL, or the schema's relations."""
+        if self.state_url is None:
+            return state_size(state)
+        with _admin(self.state_url) as admin:
+            row = admin.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relkind = 'r'",
+                (self._schemas[state],),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def cleanup(self) -> None:
+        if self.state_url is not None and self._schemas:
+            with _admin(self.state_url) as admin:
+                for schema in self._schemas.values():
+                    admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _admin(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True, connect_timeout=10)
 
 
 def new_topic_prefix() -> str:
@@ -182,7 +224,7 @@ def write_config(
         "connectors": [{"name": CONNECTOR, "token": TOKEN}],
         "models": {MODEL: {"initial_sync": "emit", **(model or {})}},
         "kafka": {"bootstrap_servers": bootstrap, "topic_template": topic_prefix + ".{model}"},
-        "state": {"path": str(state)},
+        "state": ws.state_config(state),
         "log": {"level": "INFO", "format": "json"},
         "http": {"enabled": False},
         "scheduler": scheduler or {},

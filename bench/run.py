@@ -50,9 +50,11 @@ def _step(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def run(sizes: Sizes, *, skip_large: bool, large_from: Path | None) -> dict[str, Any]:
+def run(
+    sizes: Sizes, *, skip_large: bool, large_from: Path | None, state_url: str | None = None
+) -> dict[str, Any]:
     """Every case; the flat result with every key, and the details."""
-    ws = Workspace()
+    ws = Workspace(state_url=state_url)
     try:
         with TansuBroker() as broker:
             boot = broker.bootstrap
@@ -183,7 +185,7 @@ def table(result: dict[str, Any], sizes: Sizes) -> str:
         ),
         (
             "`state_bytes_per_record`",
-            f"SQLite file size / records ({n:,})",
+            f"{d['run'].get('state', 'sqlite')} state size / records ({n:,})",
             f"{result['state_bytes_per_record']:.0f} B",
             "—",
             "—",
@@ -235,17 +237,26 @@ def main() -> int:
         type=Path,
         help="take the large peak-RSS figures from an earlier JSON result instead",
     )
+    parser.add_argument(
+        "--state-url",
+        help="run every case on this PostgreSQL database (a fresh schema per store) "
+        "instead of SQLite files, e.g. postgresql://postgres@127.0.0.1:5432/test",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     logsetup.configure("WARNING", "json")  # the bench's own use of daemon code stays quiet
     started = time.monotonic()
-    result = run(sizes, skip_large=args.skip_large, large_from=args.large_from)
+    result = run(
+        sizes, skip_large=args.skip_large, large_from=args.large_from, state_url=args.state_url
+    )
     result["details"]["run"] = {
         "mode": "quick" if args.quick else "full",
         "seconds": round(time.monotonic() - started, 1),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "load_average": os.getloadavg(),
+        # Where the daemon's state lived (never the URL: it may carry a password).
+        "state": "postgresql" if args.state_url else "sqlite",
     }
     print(table(result, sizes))
     if args.json:

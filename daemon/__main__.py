@@ -1,26 +1,37 @@
-"""Command line: ``lms-changefeed run | poll | status | reset | tail | check-config | dev``."""
+"""Command line: ``lms-changefeed run | poll | status | reset | migrate | tail | check-config |
+dev``.
+
+Exit codes: 0 fine, 1 a stream or command failed, 2 refused (bad config or arguments, no
+state store, unknown stream, no confirmation), 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
+from typing import Any
 
-import structlog
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from daemon import log as logsetup
 from daemon.errors import ChangefeedError, ConfigError, StreamHeldElsewhere
-from daemon.settings import CONFIG_ENV, Settings, load_settings
+from daemon.service import StopOnSignal
+from daemon.settings import CONFIG_ENV, KafkaSettings, Settings, load_settings
 from daemon.stream import PassResult
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+# poll asks Kafka for metadata first: an unreachable broker fails every stream at once
+# (one line each) instead of costing a bootstrap timeout per stream after fetching pages.
+_POLL_KAFKA_CHECK_SECONDS = 5.0
+
+
+class UsageError(ChangefeedError):
+    """The command cannot do what was asked (unknown stream, no confirmation): exit 2."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -42,63 +53,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """The daemon: every stream on its schedule until SIGTERM/SIGINT."""
     settings = _settings(args)
-    from daemon.ops.health import HealthServer
-    from daemon.runtime import Runtime
-    from daemon.schedule.scheduler import Scheduler
+    from daemon.service import run_daemon
 
-    log = structlog.get_logger("daemon")
-    runtime = Runtime.open(settings)
-    scheduler = Scheduler(runtime)
-    signals = _StopOnSignal(runtime.stop)
-    health = None
-    if settings.http.enabled:
-        health = HealthServer(
-            settings.http.host,
-            settings.http.port,
-            liveness=scheduler.liveness,
-            readiness=scheduler.readiness,
-        )
-        try:
-            health.start()
-        except BaseException:
-            runtime.close()
-            raise
-        log.info("http_listening", host=settings.http.host, port=health.port)
-    scheduler.start()
-    runtime.stop.wait()
-    log.info(
-        "shutting_down",
-        signal=signals.received,
-        timeout_s=settings.scheduler.shutdown_timeout_seconds,
-    )
-    clean = scheduler.shutdown(settings.scheduler.shutdown_timeout_seconds)
-    if health is not None:
-        health.stop()
-    if not clean:
-        # A page is still in flight (a slow request or send). Its rows are not committed,
-        # so the next start sends it again; waiting longer would only earn a SIGKILL.
-        log.error("stopped", clean=False, reason="a scan did not reach a page boundary in time")
-        sys.stderr.flush()
-        os._exit(EXIT_FAILED)
-    runtime.close()
-    log.info("stopped", clean=True)
-    return EXIT_OK
-
-
-class _StopOnSignal:
-    """First SIGTERM/SIGINT asks for a graceful stop; a second one exits at once."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
-        self.received: str | None = None
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.stop.is_set():
-            os._exit(128 + signum)
-        self.received = signal.Signals(signum).name
-        self.stop.set()
+    return run_daemon(settings, config_path=args.config)
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
@@ -111,13 +68,20 @@ def cmd_poll(args: argparse.Namespace) -> int:
     if args.model and args.model not in settings.models:
         raise ConfigError("models", f"model {args.model!r} is not configured")
     runtime = Runtime.open(settings)
-    _StopOnSignal(runtime.stop)
+    StopOnSignal(runtime.stop)
     failed = 0
-    progress = _progress() if sys.stdout.isatty() else None
+    progress = None
     try:
         passes = runtime.passes(
             [args.connector] if args.connector else None, [args.model] if args.model else None
         )
+        try:
+            runtime.sink.check_ready(_POLL_KAFKA_CHECK_SECONDS)
+        except ChangefeedError as exc:
+            for stream_pass in passes:
+                print(f"{stream_pass.key}: FAILED: {exc}; nothing was fetched", file=sys.stderr)
+            return EXIT_FAILED
+        progress = _progress() if sys.stdout.isatty() else None
         for stream_pass in passes:
             on_page = None
             if progress is not None:
@@ -164,20 +128,58 @@ def _ts(value: float | None) -> str:
     return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
 
+def _store_where(settings: Settings) -> str:
+    return (
+        "the PostgreSQL state store" if settings.state.url is not None else str(settings.state.path)
+    )
+
+
+def _check_streams(
+    settings: Settings, known: Sequence[Any], connector: str | None, model: str | None
+) -> None:
+    """Refuse a connector or model that is neither configured nor in the store."""
+    stored_connectors = {key.connector for key in known}
+    stored_models = {key.model for key in known}
+    configured = {c.name for c in settings.connectors}
+    if connector is not None and connector not in configured | stored_connectors:
+        raise UsageError(
+            f"unknown connector {connector!r}: not configured "
+            f"({', '.join(sorted(configured)) or 'none'}) and not in {_store_where(settings)}"
+        )
+    if model is not None and model not in set(settings.models) | stored_models:
+        raise UsageError(
+            f"unknown model {model!r}: not configured "
+            f"({', '.join(sorted(settings.models))}) and not in {_store_where(settings)}"
+        )
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """A table per stream: watermark, records, last full scan, scan in progress, guard, error."""
     from rich.console import Console
     from rich.table import Table
 
-    from daemon.runtime import open_store
+    from daemon.state import current_revision, head_revision, open_store, require_store
 
     settings = load_settings(args.config)
-    store = open_store(settings.state)
+    require_store(settings.state)  # an inspecting command creates no store
+    revision, head = current_revision(settings.state), head_revision()
+    print(f"schema revision: {revision or 'none'} (this version: {head})")
+    if revision != head:
+        print("the state store is not at this version's schema: run `lms-changefeed migrate`")
+        return EXIT_FAILED
+    store = open_store(settings.state, create=False, auto_migrate=False)
     try:
         states = store.states()
     finally:
         store.close()
-    table = Table(title=f"lms-changefeed streams ({settings.state.path})")
+    _check_streams(settings, [st.key for st in states], args.connector, args.model)
+    states = [
+        st
+        for st in states
+        if (args.connector is None or st.key.connector == args.connector)
+        and (args.model is None or st.key.model == args.model)
+    ]
+    table = Table(title=f"lms-changefeed streams ({_store_where(settings)})")
     for column in (
         "stream",
         "watermark",
@@ -206,88 +208,220 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{st.last_error} ({_ts(st.last_error_at)})" if st.last_error else "-",
         )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    if not states:
+        print("no stream has state yet (the first `poll` or `run` pass records it)")
     return EXIT_FAILED if unhealthy else EXIT_OK
+
+
+def _confirm(question: str) -> bool:
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
     """Forget a stream's snapshot and watermark: its next pass is an initial sync."""
     from daemon.models import StreamKey
-    from daemon.runtime import open_store
+    from daemon.state import open_store
 
     settings = load_settings(args.config)
-    if not args.yes:
-        print("refusing to reset without --yes", file=sys.stderr)
-        return EXIT_FAILED
-    store = open_store(settings.state)
+    key = StreamKey(args.connector, args.model)
+    store = open_store(settings.state, create=False)
     try:
-        store.reset(StreamKey(args.connector, args.model))
+        states = {st.key: st for st in store.states()}
+        _check_streams(settings, list(states), args.connector, args.model)
+        state = states.get(key)
+        if state is None:
+            print(f"nothing to reset: {key} has no state in {_store_where(settings)} yet")
+            return EXIT_OK
+        question = (
+            f"reset {key} in {_store_where(settings)}: forget its {state.records} record(s) "
+            "and watermark? Its next pass is an initial sync"
+        )
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise UsageError(f"refusing to reset {key} without --yes (no terminal to ask on)")
+            if not _confirm(question):
+                print("not reset", file=sys.stderr)
+                return EXIT_CONFIG
+        store.reset(key)
     finally:
         store.close()
-    print(f"reset {args.connector}/{args.model}")
+    print(f"reset {key}: {state.records} record(s) forgotten; its next pass is an initial sync")
     return EXIT_OK
 
 
-def cmd_tail(args: argparse.Namespace) -> int:
-    """Pretty-print the events of a topic."""
-    from daemon.dev.tail import tail
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Upgrade the state store's schema to this version's (run/poll do it at start unless
+    ``state.auto_migrate`` is false)."""
+    from daemon.state import current_revision, migrate
 
-    bootstrap = args.bootstrap or load_settings(args.config).kafka.bootstrap_servers
+    settings = _settings(args)
+    before = current_revision(settings.state)
+    after = migrate(settings.state)
+    if before == after:
+        print(f"state store already at schema revision {after}")
+    else:
+        print(f"state store migrated: {before or 'none'} -> {after}")
+    return EXIT_OK
+
+
+_KAFKA_ENV = "CHANGEFEED_KAFKA__"
+
+
+def kafka_settings(config: Path | str | None, bootstrap: str | None = None) -> KafkaSettings:
+    """Only the ``kafka`` section (file, then ``CHANGEFEED_KAFKA__*``, then ``bootstrap``):
+    reading a topic needs neither the Bindbee key nor connectors."""
+    import yaml
+    from pydantic import ValidationError
+
+    if config is None and os.environ.get(CONFIG_ENV):
+        config = os.environ[CONFIG_ENV]
+    section: dict[str, Any] = {}
+    if config is not None:
+        try:
+            data = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError("config", f"cannot read {config}: {exc.strerror or exc}") from None
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raise ConfigError(
+                "config", f"{config} is not valid YAML (check-config says why)"
+            ) from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError("config", f"{config} must hold a mapping at the top level")
+        raw = (data or {}).get("kafka") or {}
+        if not isinstance(raw, dict):
+            raise ConfigError("kafka", "must be a mapping")
+        section.update(raw)
+    for name, value in os.environ.items():
+        if name.startswith(_KAFKA_ENV):
+            section[name[len(_KAFKA_ENV) :].lower()] = value
+    if bootstrap:
+        section["bootstrap_servers"] = bootstrap
+    if "bootstrap_servers" not in section:
+        raise ConfigError(
+            "kafka.bootstrap_servers",
+            f"tail needs --bootstrap HOST:PORT, or a config (--config or {CONFIG_ENV}) "
+            "naming kafka.bootstrap_servers",
+        )
+    try:
+        return KafkaSettings(**section)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in ("kafka", *first["loc"]))
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(field, message.removeprefix("Value error, ")) from None
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Print the events of topics, one line each."""
+    import logging
+
+    from daemon.dev.tail import tail
+    from daemon.sink.kafka import client_configs
+
+    kafka = kafka_settings(args.config, args.bootstrap)
+    logsetup.configure("WARNING", "auto")
+    # tail says itself, in one line, when Kafka cannot be reached.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     stop = threading.Event()
-    _StopOnSignal(stop)
+    StopOnSignal(stop)
     return tail(
-        bootstrap, args.topic, from_beginning=args.from_beginning, limit=args.limit, stop=stop
+        client_configs(kafka),
+        args.topic,
+        from_beginning=args.from_beginning,
+        limit=args.limit,
+        stop=stop,
     )
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    """Broker + simulator + daemon + a mutator + tail, until Ctrl-C."""
-    from daemon.dev.stack import run_dev
+    """Broker + simulator + daemon + a mutator + a live view of the events, until Ctrl-C."""
+    from daemon.dev.stack import DevOptions, run_dev
 
-    return run_dev(Path(args.config) if args.config else Path("config/dev.yaml"))
+    return run_dev(
+        DevOptions(
+            config=Path(args.config) if args.config else None,
+            seed=args.seed,
+            verbose=args.verbose,
+            keep=args.keep,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
+    config_help = f"YAML config file (default: ${CONFIG_ENV})"
     parser = argparse.ArgumentParser(
         prog="lms-changefeed",
         description="Polls the Bindbee LMS API and publishes change events to Kafka.",
+        epilog="exit codes: 0 ok, 1 failed, 2 refused (config, arguments, no store), "
+        "130 interrupted",
     )
+    parser.add_argument("--config", default=None, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
         name: str, func: Callable[[argparse.Namespace], int], help_: str
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--config", help=f"YAML config file (default: ${CONFIG_ENV})")
+        # SUPPRESS: without it the subcommand's default (None) would undo a --config given
+        # before the subcommand.
+        p.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
         p.set_defaults(func=func)
         return p
 
+    def stream_filter(p: argparse.ArgumentParser, *, required: bool, what: str) -> None:
+        p.add_argument("--connector", required=required, help=f"connector name {what}")
+        p.add_argument("--model", required=required, help=f"model, e.g. enrollments {what}")
+
     add("run", cmd_run, "run the daemon")
     poll = add("poll", cmd_poll, "one pass over every stream, then exit")
-    poll.add_argument("--connector")
-    poll.add_argument("--model")
+    stream_filter(poll, required=False, what="(default: every configured one)")
     poll.add_argument("--full", action="store_true", help="force a full scan")
-    add("status", cmd_status, "show each stream's watermark, records and scan state")
+    status = add("status", cmd_status, "show each stream's watermark, records and scan state")
+    stream_filter(status, required=False, what="to show only (default: all)")
     reset = add("reset", cmd_reset, "forget one stream's state (next pass is an initial sync)")
-    reset.add_argument("--connector", required=True)
-    reset.add_argument("--model", required=True)
-    reset.add_argument("--yes", action="store_true")
-    tail = add("tail", cmd_tail, "pretty-print the events of a topic")
-    tail.add_argument("--topic", required=True)
-    tail.add_argument("--from-beginning", action="store_true")
-    tail.add_argument("--bootstrap", help="host:port (default: kafka.bootstrap_servers)")
+    stream_filter(reset, required=True, what="of the stream to reset")
+    reset.add_argument(
+        "--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)"
+    )
+    add("migrate", cmd_migrate, "upgrade the state store's schema (under a lock), then exit")
+    tail = add("tail", cmd_tail, "print the events of a topic, one line each")
+    tail.add_argument(
+        "--topic", required=True, action="append", help="topic to read (repeat for several)"
+    )
+    tail.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest event (default: new)"
+    )
+    tail.add_argument(
+        "--bootstrap", help="Kafka host:port (default: kafka.bootstrap_servers of the config)"
+    )
     tail.add_argument("--limit", type=int, default=None, help="stop after N events")
     add("check-config", cmd_check_config, "validate the configuration and exit")
-    add("dev", cmd_dev, "run broker, simulator and daemon locally with demo data")
+    dev = add("dev", cmd_dev, "run broker, simulator and daemon locally with demo data")
+    dev.add_argument(
+        "--seed", type=int, default=None, help="mutator seed, to repeat a run (default: random)"
+    )
+    dev.add_argument(
+        "--verbose", action="store_true", help="show every initial-sync event, not a count"
+    )
+    dev.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (state, logs) on exit"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lms-changefeed`` console script."""
+    from daemon.state import StoreMissing
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except (ConfigError, StoreMissing, UsageError) as exc:
         print(f"lms-changefeed: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ChangefeedError as exc:

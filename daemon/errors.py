@@ -6,15 +6,14 @@
     │   ├── AuthError               401/403: API key or connector token rejected
     │   ├── InvalidRequestError     422: a parameter the API refuses (carries the detail)
     │   └── NotFoundError           404
-    ├── RetriableError              try again later; nothing was committed
+    ├── RetriableError              try again later; the next pass resumes where this stopped
     │   ├── ApiUnavailableError     5xx, timeouts, dropped connections (retries exhausted)
     │   ├── RateLimitedError        429 that outlasted our patience
     │   ├── MalformedResponseError  body not JSON, no items, item without id, cursor loop
     │   ├── SinkError               Kafka did not acknowledge a page
     │   ├── StateStoreError         the snapshot store could not be read or written
     │   └── ScanInterrupted         shutdown asked the pass to stop at a page boundary
-    ├── StreamHeldElsewhere         another replica runs this stream now (shared state)
-    └── DeleteGuardError            a full scan would delete too much; nothing deleted
+    └── StreamHeldElsewhere         another replica runs this stream now (shared state)
 
 The scheduler decides from the class alone: fatal errors back off long, retriable
 ones back off short. Messages never contain API keys or connector tokens.
@@ -57,7 +56,13 @@ class NotFoundError(StreamFatalError):
 
 
 class RetriableError(ChangefeedError):
-    """A transient failure: the pass stops, nothing is committed, the next pass retries."""
+    """A transient failure: the pass stops and the next pass retries.
+
+    Pages committed before the failure stay committed, each with its events in the outbox
+    until Kafka acknowledged them; the failing page is either wholly committed or not at
+    all. The next pass first sends what the outbox still holds, then resumes after the last
+    committed page, so a failure costs at most a resend of that page's events (same ids).
+    """
 
 
 class ApiUnavailableError(RetriableError):
@@ -82,10 +87,6 @@ class StateStoreError(RetriableError):
 
 class StreamHeldElsewhere(ChangefeedError):
     """Another replica sharing the PostgreSQL state runs this stream; not an error."""
-
-
-class DeleteGuardError(ChangefeedError):
-    """A full scan found too many ids missing; deletes were withheld."""
 
 
 class ScanInterrupted(RetriableError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -55,7 +57,45 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
             ],
         )
     )
+    handler.addFilter(LibraryChatter())
     logging.basicConfig(handlers=[handler], level=max(numeric, logging.WARNING), force=True)
     for noisy in ("kafka", "httpx", "httpcore", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
-    logging.getLogger("kafka").setLevel(logging.ERROR)
+
+
+class LibraryChatter(logging.Filter):
+    """Kafka client lines at most WARNING, one per subsystem per ``window`` seconds.
+
+    kafka-python logs each failed connection attempt at ERROR, several times a second
+    while a broker is down (about 12 lines per stream and pass). The daemon reports the
+    failure itself (a SinkError naming the broker), so the library's lines are context:
+    WARNING, and the first of a burst only, with the count of those held back.
+    """
+
+    def __init__(self, window: float = 60.0, prefixes: tuple[str, ...] = ("kafka",)) -> None:
+        super().__init__()
+        self.window = window
+        self.prefixes = prefixes
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        # kafka.net.manager and kafka.net.connection report the same refused connection.
+        key = ".".join(record.name.split(".")[:2])
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.window:
+                self._held[key] = self._held.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.getMessage()} ({held} similar {key} line(s) held back)"
+            record.args = None
+        return True

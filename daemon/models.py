@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 Record = dict[str, Any]
@@ -104,7 +104,6 @@ class ScanStats:
     unchanged: int = 0
     stale: int = 0
     requests: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +126,10 @@ class StreamState:
     delete_guard: str | None = None
     last_error: str | None = None
     last_error_at: float | None = None
+    # Sync-triggered streams: the last_sync_start_time of the Bindbee sync the last
+    # completed full scan covered, and the one the scan in progress covers.
+    sync_bookmark: str | None = None
+    scan_sync: str | None = None
     records: int = 0
 
     @property

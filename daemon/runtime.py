@@ -6,20 +6,21 @@ import contextlib
 import threading
 from dataclasses import dataclass, field
 
-from daemon.settings import Settings, StateSettings
+from daemon.settings import ConnectorSettings, Settings, StateSettings
 from daemon.sink.kafka import KafkaSink
 from daemon.source.client import BindbeeClient
-from daemon.state.sqlite import SnapshotStore, SqliteSnapshotStore
+from daemon.state import SnapshotStore
+from daemon.state import open_store as _open_store
 from daemon.stream import StreamPass
 
 
 def open_store(state: StateSettings) -> SnapshotStore:
-    """The configured state store: PostgreSQL when ``state.url`` is set, else SQLite."""
-    if state.url is not None:
-        from daemon.state.postgres import PostgresSnapshotStore
+    """The configured state store: PostgreSQL when ``state.url`` is set, else SQLite.
 
-        return PostgresSnapshotStore(state.url.get_secret_value())
-    return SqliteSnapshotStore(state.path)
+    A store behind the schema head is migrated first unless ``state.auto_migrate`` is
+    false (then StateStoreError asks for ``lms-changefeed migrate``).
+    """
+    return _open_store(state)
 
 
 @dataclass
@@ -45,10 +46,24 @@ class Runtime:
             stop=stop,
         )
 
+    def connectors(self) -> list[ConnectorSettings]:
+        """The configured connectors, plus the discovered ones with
+        ``bindbee.discover_connectors`` (one read of the connectors list)."""
+        configured = list(self.settings.connectors)
+        bindbee = self.settings.bindbee
+        if not bindbee.discover_connectors:
+            return configured
+        from daemon.schedule.discovery import discovered
+        from daemon.source.connectors import ConnectorDirectory
+
+        with ConnectorDirectory(bindbee.base_url, bindbee.api_key, stop=self.stop) as directory:
+            listing = directory.list()
+        return configured + discovered(listing, configured, bindbee.discover_filter)
+
     def passes(
         self, connectors: list[str] | None = None, models: list[str] | None = None
     ) -> list[StreamPass]:
-        """One StreamPass per configured connector x model, optionally filtered."""
+        """One StreamPass per connector x model, optionally filtered by connector name."""
         return [
             StreamPass(
                 self.settings,
@@ -59,7 +74,7 @@ class Runtime:
                 sink=self.sink,
                 stop=self.stop,
             )
-            for connector in self.settings.connectors
+            for connector in self.connectors()
             if connectors is None or connector.name in connectors
             for model in self.settings.models
             if models is None or model in models

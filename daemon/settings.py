@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import re
 import string
+import types
 from contextvars import ContextVar
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -22,7 +24,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from daemon.errors import ConfigError
 
@@ -41,6 +48,14 @@ class RateLimitSettings(_Section):
     per_seconds: float = Field(60.0, gt=0)
 
 
+class DiscoverFilter(_Section):
+    """Which listed connectors discovery follows; every condition must hold."""
+
+    integration_slug: tuple[str, ...] = ()  # empty: any
+    is_test_connector: bool | None = None  # None: both
+    origin_id: str = Field("*", min_length=1)  # fnmatch glob on end_user.origin_id
+
+
 class BindbeeSettings(_Section):
     base_url: str = "https://api.bindbee.dev"
     api_key: SecretStr
@@ -50,6 +65,14 @@ class BindbeeSettings(_Section):
     max_attempts: int = Field(6, ge=1, le=50)
     backoff_base_seconds: float = Field(0.5, gt=0)
     backoff_max_seconds: float = Field(30.0, gt=0)
+    # The sync watcher reads GET /connectors this often (API key only, no data budget);
+    # 0: only when a webhook hints at a sync (and once at start).
+    sync_check_interval_seconds: float = Field(60.0, ge=0)
+    # Reads of the connectors list are at least this far apart, however many hints arrive.
+    sync_check_min_gap_seconds: float = Field(5.0, ge=0)
+    # Take the connectors (and their tokens) from the connectors list instead of config.
+    discover_connectors: bool = False
+    discover_filter: DiscoverFilter = DiscoverFilter()
 
     @field_validator("base_url")
     @classmethod
@@ -64,6 +87,14 @@ class ConnectorSettings(_Section):
     token: SecretStr | None = None
     token_env: str | None = None
     poll_interval_seconds: dict[str, float] = {}
+    # Set for discovered connectors only: Bindbee's connector id, stable where the display
+    # name (from end_user.origin_id) may change, so it is the stream's key in the store.
+    bindbee_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The connector's identity in the state store (``StreamKey.connector``)."""
+        return self.bindbee_id or self.name
 
     @model_validator(mode="after")
     def _resolve_token(self) -> ConnectorSettings:
@@ -72,16 +103,30 @@ class ConnectorSettings(_Section):
             if value:
                 object.__setattr__(self, "token", SecretStr(value))
         if self.token is None or not self.token.get_secret_value():
-            where = f" (env var {self.token_env} is empty or unset)" if self.token_env else ""
-            raise ValueError(f"connector {self.name!r} has no token{where}")
+            if self.token_env:
+                raise ValueError(
+                    f"connector {self.name!r} has no token: set the environment variable "
+                    f"{self.token_env} (its token_env); it is unset or empty"
+                )
+            raise ValueError(
+                f"connector {self.name!r} has no token: give token, or token_env naming "
+                "the environment variable that holds it"
+            )
         for interval in self.poll_interval_seconds.values():
             if interval <= 0:
                 raise ValueError("poll_interval_seconds overrides must be > 0")
         return self
 
 
+DEFAULT_POLL_INTERVAL = {"sync": 86400.0, "interval": 300.0}
+
+
 class ModelSettings(_Section):
-    poll_interval_seconds: float = Field(300.0, gt=0)
+    # sync: a full scan after each Bindbee sync of the connector (the sync watcher), and
+    # every poll_interval_seconds as a safety net; interval: every poll_interval_seconds.
+    trigger: Literal["sync", "interval"] = "sync"
+    # Default by trigger (DEFAULT_POLL_INTERVAL): 86400 for sync, 300 for interval.
+    poll_interval_seconds: float = Field(None, gt=0, validate_default=False)  # type: ignore[assignment]
     full_scan_interval_seconds: float = Field(86400.0, gt=0)
     incremental_param: str | None = "modified_after"
     lookback_seconds: float = Field(300.0, ge=0)
@@ -90,6 +135,12 @@ class ModelSettings(_Section):
     initial_sync: Literal["emit", "baseline"] = "emit"
     max_delete_fraction: float = Field(0.5, ge=0, le=1)
     emit_tombstones: bool = False
+
+    @model_validator(mode="after")
+    def _default_interval(self) -> ModelSettings:
+        if self.poll_interval_seconds is None:
+            object.__setattr__(self, "poll_interval_seconds", DEFAULT_POLL_INTERVAL[self.trigger])
+        return self
 
 
 class KafkaSettings(_Section):
@@ -179,6 +230,32 @@ class HttpSettings(_Section):
     enabled: bool = True
 
 
+class WebhookSettings(_Section):
+    """Bindbee's webhooks, received on their own listener: it faces the internet, the
+    ops port (/metrics) must not. A delivery is only a hint to read the connectors list."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = Field(9103, ge=0, le=65535)
+    path: str = Field("/webhooks/bindbee", pattern=r"^/")
+    secret: SecretStr | None = None
+    signature_encodings: tuple[Literal["base64url", "base64", "hex"], ...] = Field(
+        ("base64url", "base64", "hex"), min_length=1
+    )
+    # At most one hint per connector this often; later ones are answered 200, coalesced.
+    hint_interval_seconds: float = Field(5.0, ge=0)
+    read_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=16 << 20)
+
+    @model_validator(mode="after")
+    def _secret_when_enabled(self) -> WebhookSettings:
+        if self.enabled and (self.secret is None or not self.secret.get_secret_value()):
+            raise ValueError(
+                "secret: required when webhook.enabled (set CHANGEFEED_WEBHOOK__SECRET)"
+            )
+        return self
+
+
 class SchedulerSettings(_Section):
     max_workers: int = Field(4, ge=1, le=64)
     jitter_seconds: float = Field(5.0, ge=0)
@@ -191,31 +268,41 @@ class SchedulerSettings(_Section):
 _yaml_path: ContextVar[Path | None] = ContextVar("_yaml_path", default=None)
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    """Reads the YAML config file chosen by ``load_settings``."""
+class _YamlFile(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source on the file ``load_settings`` chose.
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # whole-file source; see __call__
+    It reads only an existing file (``load_settings`` refuses a path it cannot read first);
+    what it reads must be YAML holding a mapping, or the daemon refuses with the parser's
+    reason and line.
+    """
 
-    def __call__(self) -> dict[str, Any]:
-        path = _yaml_path.get()
-        if path is None:
-            return {}
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls, yaml_file=_yaml_path.get(), yaml_file_encoding="utf-8")
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError("config", f"cannot read {path}: {exc.strerror or exc}") from None
-        try:
-            data = yaml.safe_load(text)
+            data = super()._read_file(file_path)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError("config", f"{path} is not valid YAML{where}") from None
-        if data is None:
-            return {}
+            raise ConfigError(
+                "config", f"{file_path} is not valid YAML: {_yaml_reason(exc)}"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError("config", f"{file_path} is not UTF-8 text") from None
         if not isinstance(data, dict):
-            raise ConfigError("config", f"{path} must hold a mapping at the top level")
+            raise ConfigError("config", f"{file_path} must hold a mapping at the top level")
         return data
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """The parser's own words and the line (1-based) it stopped at, on one line."""
+    problem = getattr(exc, "problem", None)
+    context = getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    reason = "; ".join(str(part) for part in (context, problem) if part) or str(exc)
+    reason = " ".join(reason.split())
+    if mark is not None:
+        reason += f" (line {mark.line + 1}, column {mark.column + 1})"
+    return reason
 
 
 class Settings(BaseSettings):
@@ -229,13 +316,14 @@ class Settings(BaseSettings):
     )
 
     bindbee: BindbeeSettings
-    connectors: tuple[ConnectorSettings, ...] = Field(min_length=1)
+    connectors: tuple[ConnectorSettings, ...] = ()
     models: dict[str, ModelSettings] = {"enrollments": ModelSettings()}
     kafka: KafkaSettings = KafkaSettings()
     state: StateSettings = StateSettings()
     log: LogSettings = LogSettings()
     http: HttpSettings = HttpSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    webhook: WebhookSettings = WebhookSettings()
 
     @field_validator("models")
     @classmethod
@@ -249,6 +337,25 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
+        if not self.connectors and not self.bindbee.discover_connectors:
+            raise ValueError(
+                "connectors: at least one connector is needed "
+                "(or set bindbee.discover_connectors: true)"
+            )
+        if (
+            self.bindbee.sync_check_interval_seconds == 0
+            and not self.webhook.enabled
+            and any(m.trigger == "sync" for m in self.models.values())
+        ):
+            raise ValueError(
+                "bindbee.sync_check_interval_seconds: 0 (check only when a webhook asks) "
+                "needs webhook.enabled"
+            )
+        if self.webhook.enabled and self.http.enabled and self.webhook.port == self.http.port:
+            raise ValueError(
+                "webhook.port: must differ from http.port (the webhook listener faces the "
+                "internet, /metrics must not)"
+            )
         names = [c.name for c in self.connectors]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -271,7 +378,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSource(settings_cls))
+        return (init_settings, env_settings, _YamlFile(settings_cls))
 
     def connector(self, name: str) -> ConnectorSettings:
         """The connector called ``name``; ConfigError when there is none."""
@@ -291,6 +398,78 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "config"
 
 
+def _field_type(loc: tuple[int | str, ...]) -> Any:
+    """The annotation of the field at ``loc`` (Optional unwrapped); None if not a plain path."""
+    current: Any = Settings
+    for part in loc:
+        if not (isinstance(part, str) and isinstance(current, type)):
+            return None
+        if not issubclass(current, BaseModel) or part not in current.model_fields:
+            return None
+        current = _unwrap_optional(current.model_fields[part].annotation)
+    return current
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _first_required(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """A missing section names its first required field instead (``bindbee.api_key``)."""
+    while True:
+        section = _field_type(loc)
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return loc
+        required = [name for name, info in section.model_fields.items() if info.is_required()]
+        if not required:
+            return loc
+        loc = (*loc, required[0])
+
+
+def _env_var(loc: tuple[int | str, ...]) -> str:
+    return "CHANGEFEED_" + "__".join(str(part).upper() for part in loc)
+
+
+def _missing_hints(loc: tuple[int | str, ...], path: Path | None) -> list[str]:
+    hints = []
+    if _field_type(loc) is SecretStr:
+        hints.append(f"set {_env_var(loc)}")
+    if path is None:
+        hints.append(f"no config file was given: pass --config FILE or set {CONFIG_ENV}")
+    return hints
+
+
+def _describe(error: Any, path: Path | None) -> ConfigError:
+    """One pydantic error as a ConfigError: the field's dotted name and a plain reason."""
+    loc = tuple(error["loc"])
+    message = error["msg"]
+    kind = error["type"]
+    hints: list[str] = []
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "tuple_type":
+        # Sequences are tuples only so that settings stay frozen; YAML and users say list.
+        message = "Input should be a valid list"
+    elif kind == "missing":
+        loc = _first_required(loc)
+        hints = _missing_hints(loc, path)
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    field = _field_name(loc)
+    # Cross-field validators name the field themselves: "name: what is wrong".
+    named = _NAMED_MESSAGE.match(message)
+    if named:
+        inner, message = named.groups()
+        field = inner if field == "config" else f"{field}.{inner}"
+    if hints:
+        message += f" ({'; '.join(hints)})"
+    return ConfigError(field, message)
+
+
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     """Load settings from ``path`` (or ``$CHANGEFEED_CONFIG``) and the environment.
 
@@ -298,22 +477,19 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     """
     if path is None and os.environ.get(CONFIG_ENV):
         path = os.environ[CONFIG_ENV]
-    token = _yaml_path.set(Path(path) if path is not None else None)
+    file = Path(path) if path is not None else None
+    if file is not None:
+        # The YAML source skips a file that is not there; a named file must be readable.
+        try:
+            with file.open("rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError("config", f"cannot read {file}: {exc.strerror or exc}") from None
+    token = _yaml_path.set(file)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        field = _field_name(tuple(first["loc"]))
-        message = first["msg"]
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        # Cross-field validators name the field themselves: "name: what is wrong".
-        named = _NAMED_MESSAGE.match(message)
-        if named:
-            inner, message = named.groups()
-            field = inner if field == "config" else f"{field}.{inner}"
-        raise ConfigError(field, message) from None
+        raise _describe(first, file) from None
     finally:
         _yaml_path.reset(token)

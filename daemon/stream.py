@@ -1,4 +1,13 @@
-"""One pass over one (connector, model): fetch → diff → publish → commit, page by page."""
+"""One pass over one (connector, model), page by page, through a transactional outbox.
+
+For each page: fetch it, diff it against the stored snapshot, then commit the page's rows,
+the scan cursor and the page's events (the outbox) in one transaction; only then publish the
+events, flush, and clear the outbox. A crash or failure after the commit leaves the events in
+the outbox, and the next pass publishes them before anything else, so Kafka never misses a
+committed change and never gets one the store does not know about (a resend keeps its ids).
+Deletes after a full scan go the same way: commit the removals with their events, publish,
+clear.
+"""
 
 from __future__ import annotations
 
@@ -61,7 +70,10 @@ class StreamPass:
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.key = StreamKey(connector.name, model)
+        # The store knows a stream by the connector's key (its Bindbee id when discovered);
+        # people, metrics and topics by its name.
+        self.key = StreamKey(connector.key, model)
+        self.name = f"{connector.name}/{model}"
         self.settings = settings
         self.connector = connector
         self.model: ModelSettings = settings.models[model]
@@ -78,15 +90,18 @@ class StreamPass:
         *,
         force_full: bool = False,
         on_page: Callable[[PassResult], None] | None = None,
+        sync: str | None = None,
     ) -> PassResult:
         """One pass: resume the scan in progress or start the one that is due.
 
-        ``on_page`` is called after every committed page (progress display).
+        ``on_page`` is called after every committed page (progress display). ``sync`` is
+        the start time of the newest Bindbee sync seen Done for the connector: a full scan
+        started now covers it, and the stream's sync bookmark moves to it on completion.
         """
         started = time.monotonic()
         if not self.store.claim(self.key):
-            raise StreamHeldElsewhere(f"{self.key} is being polled by another replica")
-        state = self._start_or_resume(force_full)
+            raise StreamHeldElsewhere(f"{self.name} is being polled by another replica")
+        state = self._start_or_resume(force_full, sync)
         assert state.scan_kind is not None
         result = PassResult(
             self.key,
@@ -96,9 +111,9 @@ class StreamPass:
         )
         # Bound for the whole pass, so client and sink lines carry the stream too.
         with structlog.contextvars.bound_contextvars(
-            connector=self.key.connector,
+            connector=self.connector.name,
             model=self.key.model,
-            scan=f"{self.key}#{state.scan_number}",
+            scan=f"{self.name}#{state.scan_number}",
         ):
             log = structlog.get_logger("daemon.stream").bind(kind=state.scan_kind)
             log.info(
@@ -148,7 +163,7 @@ class StreamPass:
 
     # -- phases ------------------------------------------------------------------
 
-    def _start_or_resume(self, force_full: bool) -> StreamState:
+    def _start_or_resume(self, force_full: bool, sync: str | None) -> StreamState:
         state = self.store.state(self.key)
         if state.in_progress:
             if not (force_full and state.scan_kind == "incremental"):
@@ -158,6 +173,8 @@ class StreamPass:
         now = self.clock()
         full_due = (
             force_full
+            # Bindbee's LMS lists have no incremental filter: a sync is followed by a walk.
+            or self.model.trigger == "sync"
             or state.watermark is None
             or state.last_full_scan_started_at is None
             or self.model.incremental_param is None
@@ -168,7 +185,8 @@ class StreamPass:
             assert state.watermark is not None
             since_dt = parse_time(state.watermark) - timedelta(seconds=self.model.lookback_seconds)
             since = since_dt.isoformat().replace("+00:00", "Z")
-        return self.store.begin_scan(self.key, "full" if full_due else "incremental", since, now)
+        kind: ScanKind = "full" if full_due else "incremental"
+        return self.store.begin_scan(self.key, kind, since, now, sync if full_due else None)
 
     def _walk_pages(
         self,
@@ -238,10 +256,10 @@ class StreamPass:
                 )
             if on_page is not None:
                 on_page(result)
-            # Stop only at a page boundary: everything so far is published and committed.
+            # Stop only at a page boundary: everything so far is committed and published.
             if page.next_cursor is not None and self.stop.is_set():
                 raise ScanInterrupted(
-                    f"{self.key}: stop requested; resumes at page {page.number + 1}"
+                    f"{self.name}: stop requested; resumes at page {page.number + 1}"
                 )
         return state
 
@@ -268,7 +286,7 @@ class StreamPass:
             self._publish(events, messages)
             result.stats.deleted += len(rows)
             if self.stop.is_set():
-                raise ScanInterrupted(f"{self.key}: stop requested during deletes")
+                raise ScanInterrupted(f"{self.name}: stop requested during deletes")
 
     def _delete_guard(self, missing: int, total: int, result: PassResult) -> str | None:
         if missing == 0:

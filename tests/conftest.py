@@ -1,4 +1,4 @@
-"""Shared fixtures: one tansu broker for the session, a fresh topic name per test."""
+"""Shared fixtures: brokers, simulators, topic names, PostgreSQL schemas (helpers: helpers.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,19 @@ import pytest
 
 from bindbee_sim import SimServer
 from daemon.dev.tansu import TansuBroker
+from tests.helpers import SECRET_API_KEY, SECRET_TOKEN
 
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[TansuBroker]:
     """A tansu broker shared by the whole session: do not stop, pause or restart it."""
+    with TansuBroker() as started:
+        yield started
+
+
+@pytest.fixture
+def own_broker() -> Iterator[TansuBroker]:
+    """A broker this test may pause, stop or start (never the session's)."""
     with TansuBroker() as started:
         yield started
 
@@ -44,10 +52,12 @@ def sim(request: pytest.FixtureRequest) -> Iterator[SimServer]:
 @pytest.fixture
 def sim_secret() -> Iterator[SimServer]:
     """A simulator whose API key and token are recognisable, to hunt for leaks."""
-    from tests.test_client import API_KEY, TOKEN
-
     with SimServer(
-        connectors={"acme": TOKEN}, enrollments=120, seed=7, rate_limit=0, api_key=API_KEY
+        connectors={"acme": SECRET_TOKEN},
+        enrollments=120,
+        seed=7,
+        rate_limit=0,
+        api_key=SECRET_API_KEY,
     ) as server:
         yield server
 
@@ -69,4 +79,21 @@ def pg_schema() -> Iterator[str]:
         yield f"{PG_URL}?options=-csearch_path%3D{name}"
     finally:
         admin.execute(f"DROP SCHEMA {name} CASCADE")
+        admin.close()
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A throw-away database on the machine's PostgreSQL (for dumps that name ``public``)."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {PG_URL}: {exc}")
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         admin.close()

@@ -19,7 +19,11 @@ import httpx
 import orjson
 import yaml
 
+from bindbee_sim.ids import decode_cursor
+from daemon.state import schema
+
 POLL_SECONDS = 0.02  # between two looks at a condition, under a deadline
+PAGE = 100  # the page size base_config sets
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -47,7 +51,7 @@ def base_config(
         "bindbee": {
             "base_url": sim.base_url,
             "api_key": sim.api_key,
-            "page_size": 100,
+            "page_size": PAGE,
             "timeout_seconds": 5,
             "max_attempts": 3,
             "backoff_base_seconds": 0.05,
@@ -57,6 +61,7 @@ def base_config(
         "connectors": [{"name": name, "token": sim.tokens[name]} for name in connectors],
         "models": {
             "enrollments": {
+                "trigger": "interval",  # timer polling is what the fault scenarios drive
                 "poll_interval_seconds": 1,
                 "lookback_seconds": 0,
                 "full_scan_interval_seconds": 3600,
@@ -221,7 +226,11 @@ def poll(config: Path, *args: str, timeout: float = 180.0) -> Daemon:
 
 
 def stream_state(db: Path, connector: str, model: str = "enrollments") -> dict[str, Any] | None:
-    """A stream's row in the state store, read without writing (None if unreadable)."""
+    """A stream's row in the state store, read without writing (None if unreadable).
+
+    Plain sqlite3 on purpose (a read-only connection beside the daemon's); the table names
+    come from the store's schema.
+    """
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
     except sqlite3.Error:
@@ -229,17 +238,16 @@ def stream_state(db: Path, connector: str, model: str = "enrollments") -> dict[s
     try:
         conn.row_factory = sqlite3.Row
         row = conn.execute(
-            "SELECT * FROM streams WHERE connector=? AND model=?", (connector, model)
+            f"SELECT * FROM {schema.streams.name} WHERE connector=? AND model=?",
+            (connector, model),
         ).fetchone()
         if row is None:
             return None
         state = dict(row)
-        state["records"] = conn.execute(
-            "SELECT count(*) FROM records WHERE sid=?", (state["sid"],)
-        ).fetchone()[0]
-        state["outbox"] = conn.execute(
-            "SELECT count(*) FROM outbox WHERE sid=?", (state["sid"],)
-        ).fetchone()[0]
+        for name, table in (("records", schema.records), ("outbox", schema.outbox)):
+            state[name] = conn.execute(
+                f"SELECT count(*) FROM {table.name} WHERE sid=?", (state["sid"],)
+            ).fetchone()[0]
         return state
     except sqlite3.Error:
         return None
@@ -325,3 +333,58 @@ def wait_fresh_full_scan(daemon: Daemon, connector: str, since: float) -> dict:
 def figures(name: str, **values: object) -> None:
     """Print a scenario's measured figures on one line (shown with ``pytest -s``)."""
     print(f"\nFIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+
+# -- the API's and the broker's view of a run ---------------------------------------------
+
+
+def ok_requests(sim: Any, connector: str = "acme") -> int:
+    return sim.stats().get(connector, {}).get("200", 0)
+
+
+def outbox_ids(db: Path, connector: str, model: str = "enrollments") -> list[str]:
+    """The record ids (Kafka keys) the stream's outbox holds: committed, not acknowledged."""
+    state = stream_state(db, connector, model)
+    assert state is not None, f"no readable state for {connector}/{model} in {db}"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        rows = conn.execute(
+            f"SELECT DISTINCT key FROM {schema.outbox.name} WHERE sid=?", (state["sid"],)
+        ).fetchall()
+    return sorted(bytes(key).decode() for (key,) in rows)
+
+
+def kill_while_publishing(
+    daemon: Daemon, broker: Any, sim: Any, db: Path, connector: str = "acme"
+) -> list[str]:
+    """SIGKILL the daemon while one page's events are sent and not yet acknowledged.
+
+    The next page request is held back by the simulator, the broker is frozen meanwhile,
+    and the kill comes once a page's produce request sits unread in the broker's socket
+    (call it after the process published a page: its first publish creates the producer,
+    whose bootstrap request would be what sits there).
+    When the broker resumes it appends that page. The page was committed first, with its
+    events in the outbox, so the store knows what Kafka may have. Returns the page's ids,
+    read from the outbox: with the next page fetched ahead, the page on the wire is the one
+    before the held-back request or that request's own, whichever the pause caught.
+    """
+    sim.add_fault(delay_ms=1500, count=1, connector=connector)
+    wait_until(lambda: not sim.state.pending_faults(), 60, "the held-back page request")
+    broker.pause()
+    try:
+        wait_until(lambda: unread_bytes(broker.port) > 0, 30, "the page's produce request")
+        daemon.kill()
+    finally:
+        broker.resume()
+    after_kill = stream_state(db, connector)
+    assert after_kill is not None
+    in_flight = outbox_ids(db, connector)
+    assert in_flight, "the unacknowledged page is not in the outbox"
+    assert len(in_flight) <= PAGE, len(in_flight)
+    # Committed with its cursor: every id of the page lies at or before where the scan
+    # resumes, and the page is the one that cursor closes.
+    after = decode_cursor(after_kill["scan_cursor"]) if after_kill["scan_cursor"] else None
+    if after is not None:
+        assert in_flight[-1] <= after, (in_flight[-1], after)
+        page = [rid for rid in sim.ids(connector, "enrollments") if rid <= after][-PAGE:]
+        assert set(in_flight) <= set(page), "the outbox holds ids of an older page"
+    return in_flight

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from daemon.backoff import delay_after, exponential, full_jitter
 from daemon.errors import (
     ApiUnavailableError,
     AuthError,
@@ -15,13 +17,14 @@ from daemon.errors import (
     InvalidRequestError,
     MalformedResponseError,
     NotFoundError,
+    ScanInterrupted,
 )
 from daemon.settings import BindbeeSettings, ConnectorSettings
 from daemon.source.client import BindbeeClient
 from daemon.source.pagination import iter_pages
+from tests.helpers import SECRET_API_KEY, SECRET_TOKEN
 
-API_KEY = "sim-api-key-s3cr3t"
-TOKEN = "tok_acme_s3cr3t"
+API_KEY, TOKEN = SECRET_API_KEY, SECRET_TOKEN
 
 
 def make_client(sim, **overrides) -> BindbeeClient:
@@ -193,3 +196,76 @@ def test_secrets_never_show(sim_secret) -> None:
     assert logs, "the retry should have logged"
     for text in texts:
         assert API_KEY not in text and TOKEN not in text
+
+
+def test_stop_ends_a_backoff_wait_with_scan_interrupted(sim, acme) -> None:
+    sim.add_fault(status=500, count=50, connector="acme")
+    stop = threading.Event()
+    stop.set()  # already asked: the first back-off (up to 60 s) must not be waited out
+    settings = BindbeeSettings(
+        base_url=sim.base_url,
+        api_key=sim.api_key,
+        max_attempts=5,
+        backoff_base_seconds=60,
+        backoff_max_seconds=60,
+        rate_limit={"requests": 10_000, "per_seconds": 60},
+    )
+    with BindbeeClient(settings, stop=stop) as client, pytest.raises(ScanInterrupted):
+        client.fetch_page(acme, "enrollments")
+    assert sim.stats()["acme"] == {"500": 1}
+
+
+def test_stop_ends_a_retry_after_wait_with_scan_interrupted(sim, acme) -> None:
+    sim.add_fault(status=429, retry_after=600, count=1, connector="acme")
+    stop = threading.Event()
+    stop.set()
+    settings = BindbeeSettings(
+        base_url=sim.base_url,
+        api_key=sim.api_key,
+        rate_limit={"requests": 10_000, "per_seconds": 60},
+    )
+    with BindbeeClient(settings, stop=stop) as client, pytest.raises(ScanInterrupted):
+        client.fetch_page(acme, "enrollments")
+    assert sim.stats()["acme"] == {"429": 1}
+
+
+def test_backoff_delays_follow_the_retry_count(sim, acme) -> None:
+    sim.add_fault(status=503, count=4, connector="acme")
+    waits: list[float] = []
+    settings = BindbeeSettings(
+        base_url=sim.base_url,
+        api_key=sim.api_key,
+        max_attempts=5,
+        backoff_base_seconds=0.5,
+        backoff_max_seconds=1.5,
+        rate_limit={"requests": 10_000, "per_seconds": 60},
+    )
+    with capture_logs() as logs, BindbeeClient(settings, sleep=waits.append) as client:
+        assert len(client.fetch_page(acme, "enrollments").items) == 100
+    retries = [line for line in logs if line["event"] == "api_retry"]
+    assert [line["attempt"] for line in retries] == [1, 2, 3, 4]
+    # Full jitter: each wait is drawn below min(cap, base * 2^(n-1)).
+    ceilings = [0.5, 1.0, 1.5, 1.5]
+    assert len(waits) == 4 and all(0 <= w <= c for w, c in zip(waits, ceilings, strict=True))
+
+
+def test_one_formula_for_client_and_scheduler() -> None:
+    steady = exponential(2.0, 300.0)
+    assert [delay_after(steady, n) for n in range(1, 11)] == [
+        2.0,
+        4.0,
+        8.0,
+        16.0,
+        32.0,
+        64.0,
+        128.0,
+        256.0,
+        300.0,
+        300.0,
+    ]
+    # A stream failing for weeks must not overflow the arithmetic.
+    assert delay_after(steady, 100_000) == 300.0
+    jittered = full_jitter(0.5, 30.0)
+    for n in (1, 3, 8, 5_000):
+        ceiling = delay_after(exponential(0.5, 30.0), n)
+        assert all(0 <= delay_after(jittered, n) <= ceiling for _ in range(50))

@@ -110,7 +110,11 @@ BAD = [
         with_("models.enrollments.lookback_seconds", -1),
         "models.enrollments.lookback_seconds",
     ),
-    ("missing api key", {k: v for k, v in GOOD.items() if k != "bindbee"}, "bindbee"),
+    (
+        "missing bindbee section",
+        {k: v for k, v in GOOD.items() if k != "bindbee"},
+        "bindbee.api_key",
+    ),
     (
         "bad delete fraction",
         with_("models.enrollments.max_delete_fraction", 1.5),
@@ -148,6 +152,89 @@ def test_bad_config_exits_2_naming_the_field(
     assert "secret" not in err
 
 
+def refusal(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run the CLI with ``args``: exit 2 and one line on stderr, returned without the prefix."""
+    assert main(["check-config", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    prefix = "lms-changefeed: invalid config: "
+    assert err.startswith(prefix), err
+    return err[len(prefix) :]
+
+
+def test_missing_secret_names_its_environment_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = with_("bindbee", {"base_url": "http://127.0.0.1:1"})
+    line = refusal(capsys, "--config", str(write_config(tmp_path, data)))
+    assert line == "bindbee.api_key: Field required (set CHANGEFEED_BINDBEE__API_KEY)"
+
+
+def test_unset_token_env_names_the_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ACME_TOKEN_UNSET", raising=False)
+    data = with_("connectors", [{"name": "acme", "token_env": "ACME_TOKEN_UNSET"}])
+    line = refusal(capsys, "--config", str(write_config(tmp_path, data)))
+    assert line.startswith("connectors.0: connector 'acme' has no token"), line
+    assert "ACME_TOKEN_UNSET" in line
+
+
+def test_a_sequence_given_as_a_mapping_asks_for_a_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = with_("connectors", {"acme": {"token": "t"}})
+    line = refusal(capsys, "--config", str(write_config(tmp_path, data)))
+    assert line == "connectors: Input should be a valid list"
+    data = with_("models.enrollments.ignore_fields", {"a": 1})
+    line = refusal(capsys, "--config", str(write_config(tmp_path, data)))
+    assert line == "models.enrollments.ignore_fields: Input should be a valid list"
+    assert "tuple" not in line
+
+
+@pytest.mark.parametrize(
+    ("text", "reason", "line"),
+    [
+        ("bindbee: [unclosed\n", "expected ',' or ']'", 2),
+        ("bindbee:\n  api_key: k\n connectors: x\n", "expected <block end>", 3),
+        ('bindbee: {api_key: k}\nbindbee: "unterminated\n', "found unexpected end of stream", 3),
+    ],
+)
+def test_broken_yaml_gives_the_parsers_reason_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, reason: str, line: int
+) -> None:
+    path = write_config(tmp_path, text)
+    refused = refusal(capsys, "--config", str(path))
+    assert refused.startswith(f"config: {path} is not valid YAML: "), refused
+    assert reason in refused and f"(line {line}, column " in refused, refused
+
+
+def test_no_config_file_at_all_says_how_to_give_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("CHANGEFEED_")]:
+        monkeypatch.delenv(name)
+    line = refusal(capsys)
+    assert line.startswith("bindbee.api_key: Field required ("), line
+    assert "no config file was given" in line
+    assert "--config" in line and "CHANGEFEED_CONFIG" in line
+    # With the secret in the environment, the next missing field says the same.
+    monkeypatch.setenv("CHANGEFEED_BINDBEE__API_KEY", "k-secret-123")
+    line = refusal(capsys)
+    assert line.startswith("connectors: Field required (no config file was given"), line
+    assert "k-secret-123" not in line
+
+
+def test_a_named_file_shows_no_missing_file_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = {k: v for k, v in GOOD.items() if k != "connectors"}
+    line = refusal(capsys, "--config", str(write_config(tmp_path, data)))
+    assert line == "connectors: Field required"
+
+
 def test_unreadable_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "invalid config: config: cannot read" in capsys.readouterr().err
@@ -157,6 +244,29 @@ def test_config_path_that_is_not_a_file(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["check-config", "--config", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "invalid config: config: cannot read" in err, err
+
+
+def test_config_file_without_read_permission(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    path = write_config(tmp_path, GOOD)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: file permissions do not stop reads")
+        line = refusal(capsys, "--config", str(path))
+    finally:
+        path.chmod(0o600)
+    assert line == f"config: cannot read {path}: Permission denied"
+
+
+def test_empty_config_file_is_no_settings_not_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = refusal(capsys, "--config", str(write_config(tmp_path, "")))
+    assert line == "bindbee.api_key: Field required (set CHANGEFEED_BINDBEE__API_KEY)"
 
 
 def test_bad_config_as_a_process_prints_one_line_no_traceback(tmp_path: Path) -> None:

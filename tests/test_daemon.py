@@ -20,7 +20,7 @@ import yaml
 
 from bindbee_sim import SimServer
 from daemon.models import StreamKey
-from daemon.state.sqlite import SqliteSnapshotStore
+from daemon.state import open_store
 from tests.kafka_read import read_topic
 
 
@@ -71,6 +71,7 @@ def daemon_config(sim, broker, tmp_path: Path) -> Iterator[tuple[Path, dict]]:
         "connectors": [{"name": "acme", "token": sim.tokens["acme"]}],
         "models": {
             "enrollments": {
+                "trigger": "interval",
                 "poll_interval_seconds": 1,
                 "lookback_seconds": 1,
                 "full_scan_interval_seconds": 3600,
@@ -137,7 +138,7 @@ def test_sigterm_mid_scan_commits_every_acknowledged_page(sim, broker, daemon_co
     sim.add_fault(delay_ms=50, count=100_000, connector="acme")  # a slow API: a long scan
     daemon = Daemon(path)
     daemon.wait_for("scan_started")
-    store = SqliteSnapshotStore(config["state"]["path"])
+    store = open_store(config["state"]["path"])
     key = StreamKey("acme", "enrollments")
     deadline = time.monotonic() + 60
     while store.state(key).scan_pages < 5:

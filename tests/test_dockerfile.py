@@ -9,6 +9,7 @@ the installed console script must answer ``--help`` and ``check-config``.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -247,10 +248,13 @@ def test_final_image_holds_no_tests_or_dev_tools(
     for install in installs:
         assert "[dev]" not in install and " -e " not in install and "--editable" not in install
     for copy in build.all("COPY"):
-        assert not any(word.startswith(("tests", "bench", ".ci")) for word in copy.args.split())
+        words = copy.args.split()
+        assert not any(word.startswith(("tests", "bench", ".ci")) for word in words)
+        # The simulator is a test/dev tool: the image carries only what the daemon imports.
+        assert not any(word.startswith("bindbee_sim") for word in words), copy.args
     for rel in ("tests/test_dockerfile.py", ".venv/bin/python", ".git/HEAD", "bench/x.py"):
         assert dockerignore_excludes(rel), f"{rel} would be in the build context"
-    for rel in ("pyproject.toml", "daemon/settings.py", "bindbee_sim/__init__.py"):
+    for rel in ("pyproject.toml", "daemon/settings.py"):
         assert not dockerignore_excludes(rel), f"{rel} would be missing from the build context"
     assert dockerignore_excludes("daemon/__pycache__/settings.cpython-311.pyc")
 
@@ -275,6 +279,27 @@ def test_healthcheck_command_follows_healthz(
         assert subprocess.run(run, env=env, capture_output=True, check=False).returncode != 0
     finally:
         server.stop()
+
+
+SIM_ONLY = ("bindbee_sim", "fastapi", "uvicorn", "sortedcontainers")
+
+
+def test_the_daemon_imports_the_simulator_only_in_the_dev_stack() -> None:
+    """Outside daemon/dev/ (``lms-changefeed dev``), no module needs the `sim` extra."""
+    offenders = []
+    for path in sorted((REPO / "daemon").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.startswith("daemon/dev/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [f"{rel}: {n}" for n in names if n.split(".")[0] in SIM_ONLY]
+    assert offenders == []
 
 
 # -- replay of the build stage -------------------------------------------------------
@@ -378,6 +403,34 @@ def test_installed_image_has_no_dev_tools_and_is_not_editable(installed: Install
     found = json.loads(probe.stdout)
     assert Path(found["daemon"]).is_relative_to(installed.venv), found["daemon"]
     assert found["dev"] == []
+
+
+@pytest.mark.slow
+def test_installed_image_holds_no_simulator(installed: Installed) -> None:
+    """Neither the simulator nor the `sim` extra is in the image, yet every daemon module
+    imports there (``lms-changefeed dev`` included: it asks for the simulator only when run)."""
+    probe = subprocess.run(
+        [
+            str(installed.venv / "bin" / "python"),
+            "-c",
+            "import importlib, importlib.util as u, json, pkgutil, sys, daemon\n"
+            "mods = [m.name for m in pkgutil.walk_packages(daemon.__path__, 'daemon.')\n"
+            # Alembic runs these scripts itself (env.py needs its context): not imports.
+            "        if '.migrations' not in m.name]\n"
+            "for m in mods: importlib.import_module(m)\n"
+            f"sim = [m for m in {SIM_ONLY!r} if u.find_spec(m) or m in sys.modules]\n"
+            "print(json.dumps({'modules': mods, 'sim': sim}))",
+        ],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr
+    found = json.loads(probe.stdout)
+    assert found["sim"] == []
+    assert {"daemon.source.client", "daemon.dev.stack", "daemon.settings"} <= set(found["modules"])
+    assert not (installed.venv / "bin" / "bindbee-sim").exists()
 
 
 @pytest.mark.slow

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,32 +23,11 @@ from daemon.models import StreamKey
 from daemon.runtime import Runtime
 from daemon.settings import Settings, load_settings
 from daemon.timestamps import normalize_time
+from tests.harness import scan_pages
+from tests.helpers import feed_config
 from tests.kafka_read import read_topic
 
 KEY = StreamKey("acme", "enrollments")
-
-
-def feed_config(sim, broker, tmp_path: Path, connectors=("acme",), **model) -> dict:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    return {
-        "bindbee": {
-            "base_url": sim.base_url,
-            "api_key": sim.api_key,
-            "page_size": 100,
-            "backoff_base_seconds": 0.01,
-            "backoff_max_seconds": 0.1,
-            "rate_limit": {"requests": 100_000, "per_seconds": 60},
-        },
-        "connectors": [{"name": name, "token": sim.tokens[name]} for name in connectors],
-        "models": {"enrollments": {"poll_interval_seconds": 1, "lookback_seconds": 0, **model}},
-        "kafka": {
-            "bootstrap_servers": broker.bootstrap,
-            "partitions": 2,
-            "topic_template": prefix + ".{model}",
-        },
-        "state": {"path": str(tmp_path / "state.db")},
-        "http": {"enabled": False},
-    }
 
 
 def settings_of(config: dict) -> Settings:
@@ -243,15 +220,6 @@ def test_two_connectors_have_independent_streams(broker, tmp_path) -> None:
         assert len(a_events) == 120 and len(g_events) == 121
 
 
-def _scan_pages(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            row = conn.execute("SELECT scan_pages FROM streams").fetchone()
-            return int(row[0]) if row else 0
-    except sqlite3.Error:
-        return 0
-
-
 @pytest.mark.sim(enrollments=5000)
 def test_sigkilled_poll_resumes_from_its_checkpoint(sim, broker, tmp_path: Path) -> None:
     config = feed_config(sim, broker, tmp_path)
@@ -265,7 +233,7 @@ def test_sigkilled_poll_resumes_from_its_checkpoint(sim, broker, tmp_path: Path)
     cmd = [sys.executable, "-m", "daemon", "poll", "--config", str(path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while _scan_pages(tmp_path / "state.db") < 15:
+    while scan_pages(tmp_path / "state.db") < 15:
         assert proc.poll() is None, "poll finished before it could be killed"
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.02)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from daemon.settings import LMS_MODELS, ConnectorSettings, ModelSettings, Settin
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "lms-changefeed"
 THREE_CONNECTORS = CHART / "ci" / "three-connectors-values.yaml"
+WEBHOOK_DISCOVERY = CHART / "ci" / "webhook-discovery-values.yaml"
 EXAMPLE_CONFIG = REPO / "config" / "example.yaml"
 KUBE_VERSION = "1.34.0"
 RELEASE = "lcf"
@@ -29,7 +32,14 @@ NAMESPACE = "lms"
 CONFIG_PATH = "/etc/lms-changefeed/config.yaml"
 
 # Settings fields that must never appear in the chart's config block.
-SECRET_FIELDS = {("bindbee", "api_key"), ("kafka", "sasl_plain_password"), ("connectors", "token")}
+SECRET_FIELDS = {
+    ("bindbee", "api_key"),
+    ("kafka", "sasl_plain_password"),
+    ("connectors", "token"),
+    ("webhook", "secret"),
+}
+# Set by connector discovery, not by people: neither the chart nor the example offer it.
+INTERNAL_FIELDS = {("connectors", "bindbee_id")}
 # Settings the chart sets itself rather than taking from values.
 CHART_OWNED_SECTIONS = {"state"}
 
@@ -48,6 +58,12 @@ def chart(helm: Any) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def three_values(helm: Any) -> dict[str, Any]:
     values: dict[str, Any] = helm.values_from_yaml(THREE_CONNECTORS.read_text(encoding="utf-8"))
+    return values
+
+
+@pytest.fixture(scope="module")
+def hook_values(helm: Any) -> dict[str, Any]:
+    values: dict[str, Any] = helm.values_from_yaml(WEBHOOK_DISCOVERY.read_text(encoding="utf-8"))
     return values
 
 
@@ -74,6 +90,19 @@ class Rendered:
     def maybe(self, kind: str) -> dict[str, Any] | None:
         found = [doc for doc in self.docs if doc["kind"] == kind]
         return found[0] if found else None
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [doc for doc in self.docs if doc["kind"] == kind]
+
+    def service(self, component: str) -> dict[str, Any]:
+        """The Service of one component: ``ops`` (/metrics, probes) or ``webhook``."""
+        found = [
+            doc
+            for doc in self.all("Service")
+            if doc["metadata"]["labels"].get("app.kubernetes.io/component") == component
+        ]
+        assert len(found) == 1, f"expected one {component} Service, got {len(found)}"
+        return found[0]
 
     def pod(self) -> dict[str, Any]:
         spec: dict[str, Any] = self.one("Deployment")["spec"]["template"]["spec"]
@@ -128,6 +157,11 @@ def three(chart: Any, three_values: dict[str, Any]) -> Rendered:
     return render(chart, three_values)
 
 
+@pytest.fixture(scope="module")
+def hooks(chart: Any, hook_values: dict[str, Any]) -> Rendered:
+    return render(chart, hook_values)
+
+
 def existing_secret_values(three_values: dict[str, Any]) -> dict[str, Any]:
     return {**three_values, "secrets": {"existingSecret": "lms-changefeed-creds"}}
 
@@ -151,9 +185,13 @@ def load_rendered_config(
 # -- lint ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["defaults", "three-connectors"])
-def test_lint_strict_is_clean(helm: Any, three_values: dict[str, Any], which: str) -> None:
-    values = three_values if which == "three-connectors" else None
+@pytest.mark.parametrize("which", ["defaults", "three-connectors", "webhook-discovery"])
+def test_lint_strict_is_clean(
+    helm: Any, three_values: dict[str, Any], hook_values: dict[str, Any], which: str
+) -> None:
+    values = {"defaults": None, "three-connectors": three_values, "webhook-discovery": hook_values}[
+        which
+    ]
     report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
     assert report["errors"] == []
     # Severity 1 is INFO ("icon is recommended"); warnings and errors fail --strict.
@@ -166,18 +204,25 @@ def test_lint_strict_is_clean(helm: Any, three_values: dict[str, Any], which: st
 def _check_service_monitor(rendered: Rendered, monitor: dict[str, Any]) -> None:
     # No Kubernetes schema for the Prometheus Operator's CRD: check what makes it scrape.
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    service = rendered.one("Service")
+    service = rendered.service("ops")
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
+    # It scrapes the ops Service only, never the webhook one.
+    selected = [
+        s for s in rendered.all("Service") if selector.items() <= s["metadata"]["labels"].items()
+    ]
+    assert selected == [service]
     port_names = {p["name"] for p in service["spec"]["ports"]}
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["port"] in port_names
         assert endpoint["path"] == "/metrics"
 
 
-@pytest.mark.parametrize("which", ["defaults", "three", "existing-secret", "no-persistence"])
+@pytest.mark.parametrize(
+    "which", ["defaults", "three", "existing-secret", "no-persistence", "webhook-discovery"]
+)
 def test_every_manifest_validates_against_kubernetes(
-    chart: Any, three_values: dict[str, Any], which: str
+    chart: Any, three_values: dict[str, Any], hook_values: dict[str, Any], which: str
 ) -> None:
     kubernetes_validate = pytest.importorskip(
         "kubernetes_validate", reason="kubernetes-validate is in the dev extra"
@@ -187,6 +232,7 @@ def test_every_manifest_validates_against_kubernetes(
         "three": three_values,
         "existing-secret": existing_secret_values(three_values),
         "no-persistence": {**three_values, "persistence": {"enabled": False}},
+        "webhook-discovery": hook_values,
     }[which]
     rendered = render(chart, values)
     assert rendered.docs
@@ -201,10 +247,13 @@ def test_every_manifest_validates_against_kubernetes(
             pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {where}: {exc.message}")
 
 
-def test_rendered_kinds(defaults: Rendered, three: Rendered, chart: Any) -> None:
+def test_rendered_kinds(defaults: Rendered, three: Rendered, hooks: Rendered, chart: Any) -> None:
     common = ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Secret", "Service"]
     assert defaults.kinds() == sorted([*common, "ServiceAccount"])
     assert three.kinds() == sorted([*common, "ServiceAccount", "ServiceMonitor"])
+    assert hooks.kinds() == sorted(
+        [*common, "Ingress", "Service", "ServiceAccount", "ServiceMonitor"]
+    )
     assert "StatefulSet" not in render(chart, {"persistence": {"enabled": False}}).kinds()
 
 
@@ -233,6 +282,8 @@ def test_three_connector_config_loads_through_the_daemon_loader(
     assert settings.poll_interval("globex-eu", "users") == 1800
     assert settings.poll_interval("initech", "enrollments") == 300
     assert settings.poll_interval("initech", "completions") == 600
+    # This file keeps clock polling: every model says trigger interval.
+    assert {m.trigger for m in settings.models.values()} == {"interval"}
     assert settings.models["enrollments"].full_scan_interval_seconds == 43200
     assert settings.models["users"].incremental_param is None
     assert settings.models["users"].initial_sync == "baseline"
@@ -336,6 +387,231 @@ def test_token_env_names_match_between_configmap_deployment_and_secret(three: Re
     assert env["CHANGEFEED_KAFKA__SASL_PLAIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["optional"]
     assert env["CHANGEFEED_CONFIG"]["value"] == CONFIG_PATH
     assert three.container()["args"] == ["run", "--config", CONFIG_PATH]
+
+
+# -- sync-aware polling: triggers, webhooks, discovery --------------------------------
+
+
+def _one_connector(extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "config": {"connectors": [{"name": "acme"}], **(extra_config or {})},
+        "secrets": {"apiKey": "k", "connectorTokens": {"acme": "t"}},
+    }
+
+
+def test_default_models_follow_syncs(
+    chart: Any, defaults: Rendered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The chart leaves the interval to the daemon: 86400 s, the sync trigger's safety net.
+    assert yaml.safe_load(defaults.config_text())["models"] == {"enrollments": {"trigger": "sync"}}
+    assert "enrollments: trigger sync, safety-net full scan every 86400 s" in defaults.notes
+    rendered = render(chart, _one_connector())
+    settings = load_rendered_config(rendered, rendered.pod_env(), tmp_path, monkeypatch)
+    assert settings.models["enrollments"].trigger == "sync"
+    assert settings.poll_interval("acme", "enrollments") == 86400
+    assert settings.bindbee.sync_check_interval_seconds == 60
+    assert settings.webhook.enabled is False
+    # No webhook: no webhook port, Service, Ingress or secret.
+    assert [p["name"] for p in rendered.container()["ports"]] == ["http"]
+    assert [s["metadata"]["name"] for s in rendered.all("Service")] == [f"{RELEASE}-lms-changefeed"]
+    assert rendered.maybe("Ingress") is None
+    assert "CHANGEFEED_WEBHOOK__SECRET" not in {e["name"] for e in rendered.container()["env"]}
+
+
+def test_webhook_discovery_config_loads_through_the_daemon_loader(
+    hooks: Rendered, hook_values: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = hooks.pod_env()
+    settings = load_rendered_config(hooks, env, tmp_path, monkeypatch)
+
+    assert settings.webhook.enabled is True
+    assert settings.webhook.secret is not None
+    assert settings.webhook.secret.get_secret_value() == hook_values["secrets"]["webhookSecret"]
+    assert settings.webhook.port == 9103 != settings.http.port
+    assert settings.webhook.path == "/webhooks/bindbee"
+    assert settings.webhook.signature_encodings == ("base64url", "hex")
+    assert settings.bindbee.discover_connectors is True
+    assert settings.bindbee.discover_filter.integration_slug == ("moodle", "canvas")
+    assert settings.bindbee.discover_filter.is_test_connector is False
+    assert settings.bindbee.discover_filter.origin_id == "tenant-*"
+    assert settings.bindbee.sync_check_interval_seconds == 600
+    assert [c.name for c in settings.connectors] == ["acme"]
+    assert settings.models["enrollments"].trigger == "sync"
+    assert settings.poll_interval("acme", "enrollments") == 86400
+    assert settings.models["completions"].trigger == "sync"
+    assert settings.poll_interval("acme", "completions") == 43200
+    assert settings.models["users"].trigger == "interval"
+    assert settings.poll_interval("acme", "users") == 3600
+
+
+def _backend_ports(rendered: Rendered) -> list[tuple[str, Any]]:
+    """Every (Service name, port) an Ingress routes to."""
+    found = []
+    for ingress in rendered.all("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                service = path["backend"]["service"]
+                found.append((service["name"], service["port"]))
+    return found
+
+
+def test_only_the_webhook_port_is_exposed_for_webhooks(hooks: Rendered) -> None:
+    ops_port = {"name": "http", "containerPort": 9102, "protocol": "TCP"}
+    hook_port = {"name": "webhook", "containerPort": 9103, "protocol": "TCP"}
+    assert hooks.container()["ports"] == [ops_port, hook_port]
+    pod_labels = hooks.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+
+    service = hooks.service("webhook")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "webhook", "port": 9103, "targetPort": "webhook", "protocol": "TCP"}
+    ]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # The ops Service keeps the ops port alone.
+    assert [p["targetPort"] for p in hooks.service("ops")["spec"]["ports"]] == ["http"]
+
+    ingress = hooks.one("Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [
+        {"secretName": "changefeed-example-com-tls", "hosts": ["changefeed.example.com"]}
+    ]
+    rules = ingress["spec"]["rules"]
+    assert [r["host"] for r in rules] == ["changefeed.example.com"]
+    paths = [p for r in rules for p in r["http"]["paths"]]
+    assert [(p["path"], p["pathType"]) for p in paths] == [("/webhooks/bindbee", "Exact")]
+    assert _backend_ports(hooks) == [(service["metadata"]["name"], {"name": "webhook"})]
+    assert "https://changefeed.example.com/webhooks/bindbee" in hooks.notes
+
+
+def test_webhook_service_alone_and_ingress_implies_it(chart: Any) -> None:
+    hook = {"webhook": {"enabled": True}}
+    values = {**_one_connector(hook), "secrets": {"existingSecret": "creds"}}
+    service_only = render(chart, {**values, "webhook": {"service": {"enabled": True}}})
+    assert service_only.maybe("Ingress") is None
+    assert service_only.service("webhook")["spec"]["ports"][0]["targetPort"] == "webhook"
+    assert f"Service {RELEASE}-lms-changefeed-webhook" in service_only.notes
+
+    ingress_only = render(
+        chart, {**values, "webhook": {"ingress": {"enabled": True, "hosts": ["h.example"]}}}
+    )
+    name = ingress_only.service("webhook")["metadata"]["name"]
+    assert _backend_ports(ingress_only) == [(name, {"name": "webhook"})]
+
+    neither = render(chart, values)
+    assert neither.maybe("Ingress") is None
+    assert len(neither.all("Service")) == 1
+    assert "Nothing exposes it yet" in neither.notes
+    # Still listening (the container port), for a Service or mesh the user brings.
+    assert [p["name"] for p in neither.container()["ports"]] == ["http", "webhook"]
+
+
+def test_webhook_secret_comes_from_the_secret(
+    chart: Any, hooks: Rendered, hook_values: dict[str, Any]
+) -> None:
+    env = {e["name"]: e for e in hooks.container()["env"]}
+    ref = env["CHANGEFEED_WEBHOOK__SECRET"]["valueFrom"]["secretKeyRef"]
+    assert ref == {
+        "name": hooks.one("Secret")["metadata"]["name"],
+        "key": "CHANGEFEED_WEBHOOK__SECRET",
+    }
+    secret = hook_values["secrets"]["webhookSecret"]
+    assert hooks.one("Secret")["stringData"]["CHANGEFEED_WEBHOOK__SECRET"] == secret
+    for doc in ("ConfigMap", "Deployment", "Ingress"):
+        assert secret not in yaml.safe_dump(hooks.one(doc))
+    assert secret not in hooks.notes
+    assert "secret" not in yaml.safe_load(hooks.config_text())["webhook"]
+
+    # With a Secret of one's own, its key is the env var name too, and NOTES says so.
+    existing = render(chart, {**hook_values, "secrets": {"existingSecret": "creds"}})
+    env = {e["name"]: e for e in existing.container()["env"]}
+    ref = env["CHANGEFEED_WEBHOOK__SECRET"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "creds", "key": "CHANGEFEED_WEBHOOK__SECRET"}
+    assert "CHANGEFEED_WEBHOOK__SECRET" in existing.notes
+
+    # webhookSecret is only used with webhooks on.
+    off = render(
+        chart,
+        {**_one_connector(), "secrets": {**_one_connector()["secrets"], "webhookSecret": "w"}},
+    )
+    assert "CHANGEFEED_WEBHOOK__SECRET" not in off.one("Secret")["stringData"]
+
+
+def test_discovery_needs_no_configured_connector(
+    chart: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = {"config": {"bindbee": {"discover_connectors": True}}, "secrets": {"apiKey": "k"}}
+    rendered = render(chart, values)
+    assert "config.connectors is empty" not in rendered.notes
+    assert "Connector discovery is on" in rendered.notes
+    env = rendered.pod_env()
+    assert not any(name.startswith("BINDBEE_TOKEN_") for name in env)
+    settings = load_rendered_config(rendered, env, tmp_path, monkeypatch)
+    assert settings.connectors == ()
+    assert settings.bindbee.discover_connectors is True
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # Webhooks are the only trigger of the sync check (plus one read at start).
+        {"bindbee": {"sync_check_interval_seconds": 0}, "webhook": {"enabled": True}},
+        # No sync-triggered model: nothing needs the watcher.
+        {
+            "bindbee": {"sync_check_interval_seconds": 0},
+            "models": {"enrollments": {"trigger": "interval"}},
+        },
+    ],
+)
+def test_schema_accepts_a_sync_check_only_on_hints_where_the_daemon_does(
+    chart: Any, config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = _one_connector(config)
+    values["secrets"]["webhookSecret"] = "w"
+    rendered = render(chart, values)
+    settings = load_rendered_config(rendered, rendered.pod_env(), tmp_path, monkeypatch)
+    assert settings.bindbee.sync_check_interval_seconds == 0
+
+
+def _check_config(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFEED_", "BINDBEE_TOKEN_"))
+    }
+    clean.update({k: v for k, v in env.items() if k != "CHANGEFEED_CONFIG"})
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "check-config", "--config", str(path)],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_accepts_the_rendered_config_and_refuses_a_shared_port(
+    hooks: Rendered, tmp_path: Path
+) -> None:
+    env = hooks.pod_env()
+    path = tmp_path / "config.yaml"
+    path.write_text(hooks.config_text(), encoding="utf-8")
+    ok = _check_config(path, env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("config OK: 1 connector(s) x 3 model(s)")
+    assert env["CHANGEFEED_WEBHOOK__SECRET"] not in ok.stdout + ok.stderr
+
+    # What the chart refuses to render, the daemon refuses to run: one port for both.
+    config = yaml.safe_load(hooks.config_text())
+    config["webhook"]["port"] = config["http"]["port"]
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    shared = _check_config(path, env)
+    assert shared.returncode == 2
+    assert "webhook.port: must differ from http.port" in shared.stderr
+
+    # And without the secret the daemon refuses webhooks, naming the env var.
+    del env["CHANGEFEED_WEBHOOK__SECRET"]
+    path.write_text(hooks.config_text(), encoding="utf-8")
+    no_secret = _check_config(path, env)
+    assert no_secret.returncode == 2
+    assert "CHANGEFEED_WEBHOOK__SECRET" in no_secret.stderr
 
 
 # -- rolling on config change ---------------------------------------------------------
@@ -458,6 +734,20 @@ def test_grace_period_covers_the_shutdown_timeout(
         ({"models": {"grades": {}}}, "grades"),
         ({"http": {"enabled": False}}, "enabled"),
         ({"models": {"enrollments": {"initial_sync": "silent"}}}, "initial_sync"),
+        # The signing secret comes from the Secret (CHANGEFEED_WEBHOOK__SECRET) only.
+        ({"webhook": {"enabled": True, "secret": "oops"}}, "'secret' not allowed"),
+        ({"models": {"enrollments": {"trigger": "hourly"}}}, "trigger"),
+        ({"webhook": {"port": 0}}, "/config/webhook/port"),
+        ({"webhook": {"path": "webhooks"}}, "/config/webhook/path"),
+        ({"webhook": {"signature_encodings": []}}, "signature_encodings"),
+        ({"webhook": {"signature_encodings": ["sha1"]}}, "signature_encodings"),
+        ({"webhook": {"read_timeout_seconds": 61}}, "read_timeout_seconds"),
+        ({"webhook": {"max_body_bytes": 512}}, "max_body_bytes"),
+        ({"bindbee": {"sync_check_interval_seconds": -1}}, "sync_check_interval_seconds"),
+        ({"bindbee": {"discover_filter": {"origin_id": ""}}}, "origin_id"),
+        ({"bindbee": {"discover_filter": {"slug": "moodle"}}}, "'slug' not allowed"),
+        # Only webhooks would ever trigger the sync-triggered enrollments, and none come.
+        ({"bindbee": {"sync_check_interval_seconds": 0}}, "sync_check_interval_seconds"),
     ],
 )
 def test_schema_refuses(helm: Any, chart: Any, config: dict[str, Any], where: str) -> None:
@@ -500,6 +790,43 @@ def test_schema_refuses(helm: Any, chart: Any, config: dict[str, Any], where: st
             },
             "two connectors read their token from BINDBEE_TOKEN_A_B",
         ),
+        (
+            {"config": {"bindbee": {"discover_connectors": True}}},
+            "secrets.apiKey is required",
+        ),
+        (
+            {
+                "config": {"connectors": [{"name": "acme"}], "webhook": {"enabled": True}},
+                "secrets": {"apiKey": "k", "connectorTokens": {"acme": "t"}},
+            },
+            "secrets.webhookSecret is required with config.webhook.enabled",
+        ),
+        (
+            {"webhook": {"service": {"enabled": True}}},
+            "set config.webhook.enabled too",
+        ),
+        (
+            {
+                "webhook": {"ingress": {"enabled": True, "hosts": ["h.example"]}},
+                "secrets": {"existingSecret": "s"},
+            },
+            "set config.webhook.enabled too",
+        ),
+        (
+            {
+                "config": {"webhook": {"enabled": True, "port": 9102}},
+                "secrets": {"existingSecret": "s"},
+            },
+            "config.webhook.port: must differ from config.http.port (9102)",
+        ),
+        (
+            # The daemon's default webhook port is 9103: moving the ops port onto it collides.
+            {
+                "config": {"http": {"port": 9103}, "webhook": {"enabled": True, "port": None}},
+                "secrets": {"existingSecret": "s"},
+            },
+            "config.webhook.port: must differ from config.http.port (9103)",
+        ),
     ],
 )
 def test_render_refuses_a_pod_that_could_not_start(
@@ -525,7 +852,7 @@ def test_schema_covers_every_setting_except_secrets(chart: Any) -> None:
         expected = {f for f in _model_fields(model) if (section, f) not in SECRET_FIELDS}
         assert set(schema[section]["properties"]) == expected, section
     connector = schema["connectors"]["items"]["properties"]
-    assert set(connector) == _model_fields(ConnectorSettings) - {"token"}
+    assert set(connector) == _model_fields(ConnectorSettings) - {"token", "bindbee_id"}
     model_schema = schema["models"]["additionalProperties"]["anyOf"][0]["properties"]
     assert set(model_schema) == _model_fields(ModelSettings)
     assert schema["models"]["propertyNames"]["enum"] == list(LMS_MODELS)
@@ -558,7 +885,14 @@ def test_example_config_loads() -> None:
     assert settings.connector("acme").token is not None
     assert settings.poll_interval("acme", "enrollments") == 900
     assert settings.poll_interval("globex", "users") == 1800
-    assert settings.poll_interval("initech", "enrollments") == 300
+    # initech has no override: enrollments follow syncs, with the daily safety net.
+    assert settings.models["enrollments"].trigger == "sync"
+    assert settings.poll_interval("initech", "enrollments") == 86400
+    assert settings.models["users"].trigger == "interval"
+    assert settings.models["courses"].trigger == "interval"
+    assert settings.poll_interval("initech", "users") == 3600
+    assert settings.webhook.enabled is False
+    assert settings.bindbee.discover_connectors is False
     assert settings.models["courses"].incremental_param is None
     assert settings.models["users"].initial_sync == "baseline"
     assert settings.models["courses"].emit_tombstones is True
@@ -571,7 +905,7 @@ def test_example_config_shows_the_defaults() -> None:
     bare = Settings.model_validate(
         {"bindbee": {"api_key": "x"}, "connectors": [{"name": "x", "token": "x"}]}
     )
-    for section in ("kafka", "state", "log", "http", "scheduler"):
+    for section in ("kafka", "state", "log", "http", "scheduler", "webhook"):
         assert getattr(example, section) == getattr(bare, section), section
     assert example.models["enrollments"] == ModelSettings()
     assert example.bindbee.model_dump(exclude={"api_key"}) == bare.bindbee.model_dump(
@@ -599,6 +933,8 @@ def test_example_config_documents_every_field() -> None:
             model = ModelSettings
         if isinstance(model, type) and issubclass(model, BaseModel):
             for name, sub in model.model_fields.items():
+                if (section, name) in INTERNAL_FIELDS:
+                    continue
                 if not documented(name):
                     missing.append(f"{section}.{name}")
                 if isinstance(sub.annotation, type) and issubclass(sub.annotation, BaseModel):
@@ -611,4 +947,7 @@ def test_example_config_documents_every_field() -> None:
     # Secrets are only ever shown as env vars.
     assert "CHANGEFEED_BINDBEE__API_KEY" in text
     assert "CHANGEFEED_KAFKA__SASL_PLAIN_PASSWORD" in text
-    assert not re.search(r"^\s*(api_key|token|sasl_plain_password):", text, flags=re.MULTILINE)
+    assert "CHANGEFEED_WEBHOOK__SECRET" in text
+    assert not re.search(
+        r"^\s*(api_key|token|sasl_plain_password|secret):", text, flags=re.MULTILINE
+    )

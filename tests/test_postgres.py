@@ -11,8 +11,8 @@ import pytest
 from daemon.errors import StreamHeldElsewhere
 from daemon.runtime import Runtime
 from daemon.settings import load_settings
+from tests.helpers import feed_config
 from tests.kafka_read import read_topic
-from tests.test_feed import feed_config
 
 
 @pytest.mark.sim(enrollments=300)
@@ -24,7 +24,7 @@ def test_feed_on_postgres_state(sim, broker, pg_schema: str, tmp_path: Path) -> 
 
     runtime = Runtime.open(settings)
     try:
-        assert type(runtime.store).__name__ == "PostgresSnapshotStore"
+        assert runtime.store.dialect == "postgresql"
         (stream,) = runtime.passes()
         assert stream.run().stats.created == 300
         ids = sim.ids("acme", "enrollments")

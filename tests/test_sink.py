@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 from kafka.admin import KafkaAdminClient
-from kafka_read import read_topic
 from pydantic import SecretStr, ValidationError
 from structlog.testing import capture_logs
 
@@ -20,6 +19,7 @@ from daemon.errors import SinkError
 from daemon.models import Message
 from daemon.settings import KafkaSettings
 from daemon.sink.kafka import KafkaSink
+from tests.kafka_read import read_topic
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,99 +1,282 @@
-"""``dev``: a whole local stack — tansu broker, Bindbee simulator, the daemon, a mutator, a tail."""
+"""``dev``: a whole local stack — tansu broker, Bindbee simulator, the daemon, a mutator, and
+a live view of the events, one line each.
+
+The daemon's log goes to a file in a temporary folder (its path is printed at start); the
+folder goes on exit unless ``keep``. The configuration is validated before anything is
+started, so a bad config costs no broker start.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import shutil
 import signal
+import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import structlog
+import yaml
+from rich.console import Console
 
 from daemon import log as logsetup
-from daemon.settings import load_settings
+from daemon.dev.tail import EventView
+from daemon.errors import ConfigError
+from daemon.settings import CONFIG_ENV, Settings, load_settings
 
 DEV_CONNECTORS = {"acme": "tok_acme", "globex": "tok_globex"}
+DEV_ENROLLMENTS = 200
+MUTATE_EVERY_SECONDS = 3.0
+# The repository's config/dev.yaml, found from the package (editable install), not from cwd.
+REPO_DEV_CONFIG = Path(__file__).resolve().parents[2] / "config" / "dev.yaml"
+# Stand-ins that only let the configuration validate before the real ports exist.
+_PLACEHOLDERS: dict[str, Any] = {
+    "bindbee": {"base_url": "http://127.0.0.1:9", "api_key": "placeholder"},
+    "kafka": {"bootstrap_servers": "127.0.0.1:9"},
+    "state": {"path": "changefeed.db"},
+}
 
 
-def _mutate(sim: object, stop: threading.Event, every: float, seed: int = 1) -> None:
-    """Create, update and delete a few enrollments every ``every`` seconds."""
+@dataclass(frozen=True)
+class DevOptions:
+    """What ``lms-changefeed dev`` was asked for."""
+
+    config: Path | None = None
+    seed: int | None = None
+    verbose: bool = False
+    keep: bool = False
+
+
+def resolve_config(path: Path | str | None) -> Path:
+    """``--config``, else ``$CHANGEFEED_CONFIG``, else the repository's config/dev.yaml; as an
+    absolute path, so what is printed works from any directory."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    if path is None:
+        if not REPO_DEV_CONFIG.is_file():
+            raise ConfigError(
+                "config",
+                f"dev needs a configuration: pass --config FILE or set {CONFIG_ENV} "
+                "(the repository's config/dev.yaml is a starting point)",
+            )
+        path = REPO_DEV_CONFIG
+    return Path(path).expanduser().resolve()
+
+
+def _sim_connectors(settings: Settings) -> dict[str, str]:
+    tokens = {
+        c.name: c.token.get_secret_value() for c in settings.connectors if c.token is not None
+    }
+    return tokens or dict(DEV_CONNECTORS)
+
+
+def delete_hints(settings: Settings) -> tuple[str, str]:
+    """When deletes of enrollments show up: for the start banner, and after a mutation.
+
+    A listing cannot show an absence: only a full scan notices a record is gone.
+    """
+    model = settings.models["enrollments"]
+    if getattr(model, "trigger", "interval") == "sync":
+        check = getattr(settings.bindbee, "sync_check_interval_seconds", None)
+        within = f", within about {check:g}s here" if check else ""
+        return (
+            "are published by the full scan that follows each Bindbee sync "
+            f"(the simulator syncs at every change{within}), not by a poll",
+            "its deleted event comes with the full scan after the next sync",
+        )
+    every = model.full_scan_interval_seconds
+    return (
+        f"are published at the next full scan (every {every:g}s here), not at the next poll",
+        f"its deleted event comes with the next full scan, within {every:g}s",
+    )
+
+
+def _mutate(
+    sim: Any, stop: threading.Event, view: EventView, every: float, seed: int, delete_hint: str
+) -> None:
+    """Create, update and delete an enrollment every ``every`` seconds, saying so."""
     rng = random.Random(seed)
     log = structlog.get_logger("daemon.dev")
+    connectors = sorted(sim.tokens)
     while not stop.wait(every):
-        connector = rng.choice(list(DEV_CONNECTORS))
-        ids = sim.ids(connector, "enrollments")  # type: ignore[attr-defined]
+        connector = rng.choice(connectors)
+        ids = sim.ids(connector, "enrollments")
         action = rng.choice(("create", "update", "update", "delete"))
-        if action == "create" and ids:
-            template = sim.get(connector, "enrollments", rng.choice(ids))  # type: ignore[attr-defined]
+        if not ids:
+            continue
+        if action == "create":
+            template = sim.get(connector, "enrollments", rng.choice(ids))
             fields = {k: v for k, v in template.items() if k not in ("id", "modified_at")}
             fields["remote_id"] = f"dev-{rng.randrange(10**9)}"
-            record = sim.create(connector, "enrollments", fields)  # type: ignore[attr-defined]
-        elif action == "update" and ids:
+            record_id = sim.create(connector, "enrollments", fields)["id"]
+            note = f"mutator: created {connector}/enrollments {record_id}"
+        elif action == "update":
+            record_id = rng.choice(ids)
             day = rng.randrange(1, 28)
-            record = sim.update(  # type: ignore[attr-defined]
+            sim.update(
                 connector,
                 "enrollments",
-                rng.choice(ids),
+                record_id,
                 {"start_date": f"2026-01-{day:02d}T09:00:00Z"},
             )
-        elif ids:
-            victim = rng.choice(ids)
-            sim.delete(connector, "enrollments", victim)  # type: ignore[attr-defined]
-            record = {"id": victim}
+            note = f"mutator: updated {connector}/enrollments {record_id} start_date"
         else:
-            continue
-        log.info("dev_mutation", connector=connector, action=action, id=record["id"])
+            record_id = rng.choice(ids)
+            sim.delete(connector, "enrollments", record_id)
+            note = f"mutator: deleted {connector}/enrollments {record_id} ({delete_hint})"
+        log.info("dev_mutation", connector=connector, action=action, id=record_id)
+        view.note(note)
 
 
-def run_dev(config_path: Path) -> int:
-    """Run the dev stack until Ctrl-C; returns the exit code."""
+def _effective_config(source: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The YAML of ``source`` with the stack's ports and paths filled in."""
+    data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    for section, values in overrides.items():
+        data[section] = {**(data.get(section) or {}), **values}
+    return data
+
+
+def run_dev(options: DevOptions, console: Console | None = None) -> int:
+    """Run the dev stack until Ctrl-C (or SIGTERM); returns the exit code."""
+    config = resolve_config(options.config)
+    # Everything that can be refused is refused here, before a broker or simulator starts.
+    settings = load_settings(config, **_PLACEHOLDERS)
+    from daemon.sink.kafka import KafkaSink
+
+    KafkaSink(settings.kafka)  # checks the compression codec; no I/O
+    if "enrollments" not in settings.models:
+        raise ConfigError("models", "dev mutates enrollments: configure models.enrollments")
+    seed = options.seed if options.seed is not None else random.SystemRandom().randrange(10**6)
+    console = console or Console()
+    workdir = Path(tempfile.mkdtemp(prefix="lms-changefeed-dev-"))
+    log_file: IO[str] | None = None
+    failed = True
+    try:
+        log_file = (workdir / "changefeed.log").open("a", encoding="utf-8", buffering=1)
+        logsetup.configure(settings.log.level, "json", stream=log_file)
+        banner_hint, delete_hint = delete_hints(settings)
+        console.print(
+            "[bold]lms-changefeed dev[/bold]: broker, simulator, daemon and a mutator on this "
+            "machine; Ctrl-C stops",
+            highlight=False,
+        )
+        for label, value in (
+            ("config", str(config)),
+            ("logs", f"{workdir / 'changefeed.log'} (the daemon's log; tail -f it)"),
+            ("mutator", f"seed {seed} (--seed {seed} repeats these changes)"),
+            ("deletes", banner_hint),
+            (
+                "workdir",
+                f"{workdir} (kept: --keep)" if options.keep else f"{workdir} (removed on exit)",
+            ),
+        ):
+            console.print(f"  {label:8} {value}", highlight=False, soft_wrap=True)
+        try:
+            code = _run(options, settings, config, workdir, seed, delete_hint, console)
+        except KeyboardInterrupt:  # Ctrl-C during start-up: nothing worth keeping
+            failed = False
+            raise
+        failed = False
+        return code
+    finally:
+        # The log file goes with the folder: later library lines must not write to it.
+        logsetup.configure(settings.log.level, "console", stream=sys.stderr)
+        if log_file is not None:
+            log_file.close()
+        if options.keep or failed:
+            console.print(
+                f"kept {workdir} (logs: {workdir / 'changefeed.log'})\n"
+                f"  lms-changefeed status --config {workdir / 'changefeed.yaml'}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(
+    options: DevOptions,
+    checked: Settings,
+    config: Path,
+    workdir: Path,
+    seed: int,
+    delete_hint: str,
+    console: Console,
+) -> int:
     from bindbee_sim import SimServer
     from daemon.dev.tail import tail
     from daemon.dev.tansu import TansuBroker
     from daemon.runtime import Runtime
     from daemon.schedule.scheduler import Scheduler
+    from daemon.sink.kafka import client_configs
 
-    workdir = Path(tempfile.mkdtemp(prefix="lms-changefeed-dev-"))
+    stop = threading.Event()
+    # Until the stack is up, Ctrl-C interrupts the start-up (KeyboardInterrupt); from then
+    # on it asks for a clean stop.
     with (
         TansuBroker(log_path=workdir / "tansu.log") as broker,
         SimServer(
-            connectors=DEV_CONNECTORS,
-            enrollments=200,
+            connectors=_sim_connectors(checked),
+            enrollments=DEV_ENROLLMENTS,
             seed=1,
             honor_modified_after=True,
             rate_limit=200,
         ) as sim,
     ):
-        settings = load_settings(
-            config_path,
-            bindbee={"base_url": sim.base_url, "api_key": sim.api_key},
-            kafka={"bootstrap_servers": broker.bootstrap},
-            state={"path": str(workdir / "changefeed.db")},
+        overrides = {
+            "bindbee": {"base_url": sim.base_url, "api_key": sim.api_key},
+            "kafka": {"bootstrap_servers": broker.bootstrap},
+            "state": {"path": str(workdir / "changefeed.db")},
+        }
+        effective = workdir / "changefeed.yaml"
+        effective.write_text(yaml.safe_dump(_effective_config(config, overrides)))
+        effective.chmod(0o600)
+        settings = load_settings(config, **overrides)
+        runtime = Runtime.open(settings, stop=stop)
+        previous = {
+            signum: signal.signal(signum, lambda *_: stop.set())
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        console.print(
+            f"  {'stack':8} simulator {sim.base_url}, kafka {broker.bootstrap}; "
+            f"meanwhile: lms-changefeed status --config {effective}",
+            highlight=False,
+            soft_wrap=True,
         )
-        logsetup.configure(settings.log.level, settings.log.format)
-        log = structlog.get_logger("daemon.dev")
-        log.info(
-            "dev_stack_up",
-            simulator=sim.base_url,
-            kafka=broker.bootstrap,
-            state=str(settings.state.path),
-            hint="Ctrl-C to stop",
-        )
-        runtime = Runtime.open(settings)
-        # Ctrl-C sets the stop event rather than raising KeyboardInterrupt wherever the main
-        # thread happens to be (inside the Kafka client, a KeyboardInterrupt can be lost).
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: runtime.stop.set())
         scheduler = Scheduler(runtime)
-        scheduler.start()
-        mutator = threading.Thread(target=_mutate, args=(sim, runtime.stop, 3.0), daemon=True)
-        mutator.start()
+        view = EventView(console, summarise_initial=not options.verbose, show_time=False)
+        started = False
         try:
-            topic = settings.kafka.topic_for("acme", "enrollments")
-            runtime.sink.ensure_topics([topic])
-            tail(broker.bootstrap, topic, from_beginning=True, stop=runtime.stop)
+            topics = sorted(
+                {
+                    settings.kafka.topic_for(c, m)
+                    for c in _sim_connectors(settings)
+                    for m in settings.models
+                }
+            )
+            runtime.sink.ensure_topics(topics)
+            scheduler.start()
+            started = True
+            mutator = threading.Thread(
+                target=_mutate,
+                args=(sim, stop, view, MUTATE_EVERY_SECONDS, seed, delete_hint),
+                name="dev-mutator",
+                daemon=True,
+            )
+            mutator.start()
+            tail(client_configs(settings.kafka), topics, from_beginning=True, stop=stop, view=view)
         finally:
-            scheduler.shutdown(settings.scheduler.shutdown_timeout_seconds)
+            stop.set()
+            console.print("stopping…", style="dim", highlight=False)
+            if started:
+                scheduler.shutdown(settings.scheduler.shutdown_timeout_seconds)
             runtime.close()
+            for signum, handler in previous.items():
+                with contextlib.suppress(Exception):
+                    signal.signal(signum, handler)
     return 0

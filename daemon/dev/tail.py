@@ -1,67 +1,193 @@
-"""``tail``: read a topic and pretty-print its CloudEvents."""
+"""``tail``: read topics and print their CloudEvents, one line each.
+
+Used by ``lms-changefeed tail`` and by the ``dev`` stack's live view (which also folds each
+stream's initial sync into one summary line).
+"""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 from rich.console import Console
+from rich.text import Text
+
+from daemon.errors import SinkError
+
+# Matches the sink's bootstrap cap: a broker that has not answered in 5 s is not there.
+_BOOTSTRAP_TIMEOUT_MS = 5000
+_POLL_MS = 500
+_VALUE_WIDTH = 40
+_COLOURS = {"created": "green", "updated": "yellow", "deleted": "red"}
+
+
+@dataclass
+class EventView:
+    """Renders events as single lines on ``console``.
+
+    With ``summarise_initial``, events marked ``initial_sync`` are counted per stream, not
+    printed: the count is shown once the stream's initial events stop for ``quiet``
+    seconds (or a live event of the stream arrives).
+    """
+
+    console: Console
+    summarise_initial: bool = False
+    show_time: bool = True
+    quiet: float = 2.0
+    shown: int = 0
+    _initial: dict[str, list[float]] = field(default_factory=dict)  # stream: [count, last]
+
+    def show(self, key: bytes | None, value: bytes | None) -> None:
+        """One record of a topic."""
+        self.shown += 1
+        if value is None:
+            self._print(Text(f"tombstone {key.decode() if key else ''}", style="dim"))
+            return
+        try:
+            event = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            self._print(Text(f"not JSON {value[:200]!r}", style="red"))
+            return
+        if not isinstance(event, dict):
+            self._print(Text(f"not a CloudEvent {value[:200]!r}", style="red"))
+            return
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        stream = f"{data.get('connector')}/{data.get('model')}"
+        if self.summarise_initial and data.get("initial_sync"):
+            entry = self._initial.setdefault(stream, [0, 0.0])
+            entry[0] += 1
+            entry[1] = time.monotonic()
+            return
+        self._flush(stream)
+        self._print(self.line(event, data, stream))
+
+    def idle(self) -> None:
+        """Called between reads: prints the summaries of initial syncs gone quiet."""
+        now = time.monotonic()
+        for stream, (_, last) in list(self._initial.items()):
+            if now - last >= self.quiet:
+                self._flush(stream)
+
+    def close(self) -> None:
+        """Prints what is still counted."""
+        for stream in list(self._initial):
+            self._flush(stream)
+
+    def line(self, event: Mapping[str, Any], data: Mapping[str, Any], stream: str) -> Text:
+        """``kind connector/model id [changes] [time]``."""
+        kind = str(event.get("type", "")).rsplit(".", 1)[-1]
+        text = Text()
+        text.append(f"{kind:8}", style=_COLOURS.get(kind, "white"))
+        text.append(f" {stream} {event.get('subject')}")
+        changes = data.get("changes")
+        if isinstance(changes, dict) and changes:
+            text.append(
+                " "
+                + ", ".join(
+                    f"{name}: {_short(change, 'old')} → {_short(change, 'new')}"
+                    for name, change in changes.items()
+                )
+            )
+        if self.show_time and event.get("time"):
+            text.append(f"  {event.get('time')}", style="dim")
+        return text
+
+    def note(self, message: str, style: str = "dim") -> None:
+        """A line of the dev stack's own (a mutation, a hint)."""
+        self._print(Text(message, style=style))
+
+    def _flush(self, stream: str) -> None:
+        entry = self._initial.pop(stream, None)
+        if entry:
+            self._print(
+                Text.assemble(
+                    ("initial sync", "cyan"),
+                    f" {stream}: {int(entry[0])} created event(s) (--verbose shows each)",
+                )
+            )
+
+    def _print(self, text: Text) -> None:
+        # soft_wrap: one event is one line, however narrow the terminal.
+        self.console.print(text, soft_wrap=True, highlight=False)
+
+
+def _short(change: object, side: str) -> str:
+    value = change.get(side) if isinstance(change, dict) else change
+    text = repr(value)
+    return text if len(text) <= _VALUE_WIDTH else text[: _VALUE_WIDTH - 1] + "…"
+
+
+def open_consumer(configs: Mapping[str, Any]) -> KafkaConsumer:
+    """A consumer without a group (assign(): no join delay, no offsets committed).
+
+    Raises SinkError, naming the servers, when the cluster does not answer within 5 s.
+    """
+    servers = configs.get("bootstrap_servers")
+    try:
+        return KafkaConsumer(
+            **{k: v for k, v in configs.items() if v is not None},
+            enable_auto_commit=False,
+            bootstrap_timeout_ms=_BOOTSTRAP_TIMEOUT_MS,
+        )
+    except (KafkaError, OSError) as exc:
+        raise SinkError(
+            f"Kafka at {servers} is not reachable (no answer within "
+            f"{_BOOTSTRAP_TIMEOUT_MS / 1000:g}s): {type(exc).__name__}"
+        ) from None
 
 
 def tail(
-    bootstrap: str,
-    topic: str,
+    configs: Mapping[str, Any],
+    topics: Sequence[str],
     *,
     from_beginning: bool,
     limit: int | None = None,
     stop: threading.Event | None = None,
+    view: EventView | None = None,
 ) -> int:
-    """Print events until Ctrl-C, ``stop`` or ``limit`` events; returns the exit code."""
+    """Print events until ``stop``, Ctrl-C or ``limit`` events; returns the exit code.
+
+    Raises SinkError when Kafka is unreachable, or a topic does not exist.
+    """
     stop = stop or threading.Event()
-    console = Console()
-    # assign() instead of a consumer group: no join delay, no offsets committed.
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    view = view or EventView(Console())
+    consumer = open_consumer(configs)
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            console.print(f"[red]topic {topic} does not exist (yet)[/red]")
-            return 1
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        assigned: list[TopicPartition] = []
+        for topic in topics:
+            partitions = consumer.partitions_for_topic(topic) or set()
+            if not partitions:
+                raise SinkError(
+                    f"topic {topic} does not exist (yet) at {configs.get('bootstrap_servers')}"
+                )
+            assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         if from_beginning:
             consumer.seek_to_beginning(*assigned)
         else:
             consumer.seek_to_end(*assigned)
-        shown = 0
-        while (limit is None or shown < limit) and not stop.is_set():
-            for records in consumer.poll(timeout_ms=500).values():
+        while (limit is None or view.shown < limit) and not stop.is_set():
+            batch = consumer.poll(timeout_ms=_POLL_MS)
+            for records in batch.values():
                 for record in records:
-                    shown += 1
-                    _show(console, record.key, record.value)
+                    if limit is not None and view.shown >= limit:
+                        break
+                    view.show(record.key, record.value)
+            view.idle()
         return 0
     except KeyboardInterrupt:
         return 0
+    except KafkaError as exc:
+        raise SinkError(
+            f"reading from Kafka at {configs.get('bootstrap_servers')} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     finally:
+        view.close()
         consumer.close()
-
-
-def _show(console: Console, key: bytes | None, value: bytes | None) -> None:
-    if value is None:
-        console.print(f"[dim]tombstone {key.decode() if key else ''}[/dim]")
-        return
-    try:
-        event = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        console.print(f"[red]not JSON[/red] {value[:200]!r}")
-        return
-    kind = str(event.get("type", "")).rsplit(".", 1)[-1]
-    colour = {"created": "green", "updated": "yellow", "deleted": "red"}.get(kind, "white")
-    data = event.get("data") or {}
-    line = f"[{colour}]{kind:8}[/{colour}] {event.get('subject')} {event.get('time')}"
-    if data.get("changes"):
-        line += " " + ", ".join(
-            f"{name}: {change.get('old')!r} → {change.get('new')!r}"
-            for name, change in data["changes"].items()
-        )
-    console.print(f"{data.get('connector')}/{data.get('model')} {line}")

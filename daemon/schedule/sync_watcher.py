@@ -191,6 +191,7 @@ class SyncWatcher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
+        self.first_check = threading.Event()  # set once the first read finished (or failed)
         self.checks = 0
         self.last_ok: float | None = None
         self.last_error: str | None = None
@@ -218,12 +219,12 @@ class SyncWatcher:
 
     def check_now(self) -> ConnectorListing | None:
         """Read the list and apply it; None (logged, counted) when the read failed."""
-        self.checks += 1
         try:
             listing = self._directory.list()
         except ScanInterrupted:
             return None
         except ChangefeedError as exc:
+            self.checks += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             metrics.SYNC_WATCHER_UP.set(0)
             if not self._failing:
@@ -231,6 +232,7 @@ class SyncWatcher:
                 log.warning("sync_check_failed", error=self.last_error)
             self._failing = True
             return None
+        self.checks += 1  # counted once the read is done: tests wait on completed reads
         if self._failing:
             log.info("sync_check_recovered")
         self._failing = False
@@ -263,6 +265,9 @@ class SyncWatcher:
                 return
             self._wake.clear()  # hints during the gap are covered by this read
             last_read = self._clock()
-            self.check_now()
+            try:
+                self.check_now()
+            finally:
+                self.first_check.set()
             if self._interval > 0:
                 next_check = last_read + self._interval

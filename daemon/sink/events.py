@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from daemon.models import ChangeEvent, Message
+from daemon.sink.schemas import data_schema_id
 
 CONTENT_TYPE = b"application/cloudevents+json"
 _HEADERS = (("content-type", CONTENT_TYPE),)
@@ -32,8 +33,12 @@ def event_id(event: ChangeEvent) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-def cloudevent(event: ChangeEvent) -> dict[str, Any]:
-    """The CloudEvent as a dict (structured mode)."""
+def cloudevent(event: ChangeEvent, schema_base_uri: str | None = None) -> dict[str, Any]:
+    """The CloudEvent as a dict (structured mode).
+
+    ``dataschema`` names the schema of ``data`` (daemon/sink/schemas.py, docs/schemas): a
+    URN, or under ``schema_base_uri`` (``kafka.schema_base_uri``) where they are served.
+    """
     connector, model = event.stream.connector, event.stream.model
     data: dict[str, Any] = {"connector": connector, "model": model, "record": event.record}
     if event.type == "updated":
@@ -47,14 +52,22 @@ def cloudevent(event: ChangeEvent) -> dict[str, Any]:
         "subject": event.record_id,
         "time": event.modified_at,
         "datacontenttype": "application/json",
+        "dataschema": data_schema_id(model, event.type, schema_base_uri),
         "data": data,
     }
 
 
-def to_messages(event: ChangeEvent, topic: str, *, tombstone: bool = False) -> list[Message]:
+def to_messages(
+    event: ChangeEvent,
+    topic: str,
+    *,
+    tombstone: bool = False,
+    schema_base_uri: str | None = None,
+) -> list[Message]:
     """Kafka messages for one event: the CloudEvent, plus a null tombstone after a delete."""
     key = event.record_id.encode()
-    messages = [Message(topic, key, orjson.dumps(cloudevent(event)), _HEADERS)]
+    value = orjson.dumps(cloudevent(event, schema_base_uri))
+    messages = [Message(topic, key, value, _HEADERS)]
     if tombstone and event.type == "deleted":
         messages.append(Message(topic, key, None, ()))
     return messages

@@ -35,6 +35,11 @@ _FLUSH_STEP_SECONDS = 0.25
 # What talking to Kafka can raise: kafka-python's errors, and socket/TLS-file errors.
 _KAFKA_FAILURES = (KafkaError, OSError)
 _CODEC_AVAILABLE = {"gzip": has_gzip, "lz4": has_lz4, "snappy": has_snappy, "zstd": has_zstd}
+# Bootstrapping (connect, handshake, first metadata) takes milliseconds on a LAN and well
+# under a second over TLS+SASL; a broker that has not answered in 5 s is down or
+# unreachable. Without this cap a refused connection was retried for request_timeout_ms
+# (30 s) per stream and pass; requests to a connected broker keep request_timeout_ms.
+BOOTSTRAP_TIMEOUT_MS = 5000
 
 
 class KafkaSink:
@@ -124,7 +129,9 @@ class KafkaSink:
         timeout_ms = s.request_timeout_ms
         missing: list[str] = []
         try:
-            with _admin_client(_client_configs(s), timeout_ms) as admin:
+            with _admin_client(
+                _client_configs(s), timeout_ms, bootstrap_ms=bootstrap_timeout_ms(s)
+            ) as admin:
                 missing = sorted(wanted - set(admin.list_topics()))
                 if missing:
                     spec = {
@@ -190,7 +197,7 @@ class KafkaSink:
                 **producer_configs(s),
                 # Both bound how long publish can block before the first byte is sent.
                 max_block_ms=s.request_timeout_ms,
-                bootstrap_timeout_ms=s.request_timeout_ms,
+                bootstrap_timeout_ms=bootstrap_timeout_ms(s),
                 # When we create topics, a producer must not auto-create one first with the
                 # broker's default partition count. (tansu 0.6.0 ignores this flag.)
                 allow_auto_create_topics=not s.create_topics,
@@ -285,9 +292,22 @@ def _client_configs(settings: KafkaSettings) -> dict[str, Any]:
     }
 
 
+def bootstrap_timeout_ms(settings: KafkaSettings) -> int:
+    """How long a new client may take to reach the cluster before it counts as unreachable."""
+    return min(settings.request_timeout_ms, BOOTSTRAP_TIMEOUT_MS)
+
+
+def client_configs(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection settings (servers, TLS, SASL) for any client of ours, ``tail`` too."""
+    return _client_configs(settings)
+
+
 @contextlib.contextmanager
-def _admin_client(configs: dict[str, Any], timeout_ms: int) -> Iterator[KafkaAdminClient]:
-    """A short-lived admin client whose connection attempt and requests take ``timeout_ms``.
+def _admin_client(
+    configs: dict[str, Any], timeout_ms: int, *, bootstrap_ms: int | None = None
+) -> Iterator[KafkaAdminClient]:
+    """A short-lived admin client whose requests take ``timeout_ms`` and whose connection
+    attempt takes ``bootstrap_ms`` (default: ``timeout_ms``).
 
     kafka-python 3.0.12's KafkaAdminClient starts its I/O thread before bootstrapping and
     leaks it when bootstrapping fails; keeping hold of the network client lets us stop it.
@@ -303,7 +323,7 @@ def _admin_client(configs: dict[str, Any], timeout_ms: int) -> Iterator[KafkaAdm
         admin = KafkaAdminClient(
             **configs,
             request_timeout_ms=timeout_ms,
-            bootstrap_timeout_ms=timeout_ms,
+            bootstrap_timeout_ms=bootstrap_ms or timeout_ms,
             kafka_client=network_client,
         )
     except BaseException:

@@ -62,7 +62,7 @@ def iter_pages(
     """Yield pages from ``start_cursor`` (None: the first page) until the cursor is null.
 
     The next page is fetched in the background while the caller works on this one (one
-    page ahead, same requests): the API's latency overlaps the diff, publish and commit.
+    page ahead, same requests): the API's latency overlaps the diff, commit and publish.
     """
     walk = CursorWalk(f"{connector.name}/{model}", start_cursor)
     number = start_page

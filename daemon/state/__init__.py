@@ -1,5 +1,57 @@
-"""What the daemon remembers: per-record snapshots, stream checkpoints and the outbox."""
+"""What the daemon remembers: per-record snapshots, stream checkpoints and the outbox.
 
-from daemon.state.sqlite import SnapshotStore
+One store (``store.StateStore``) written against one schema (``schema``) over SQLAlchemy
+Core, on SQLite by default or PostgreSQL (``state.url``); ``dialects`` holds the little
+that differs. Alembic revisions (``migrations``) are the schema version.
+"""
 
-__all__ = ["SnapshotStore"]
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.state.dialects import StoreMissing, backend_for
+from daemon.state.migration import current_revision, ensure_current, head_revision, migrate
+from daemon.state.protocol import SnapshotStore
+from daemon.state.rows import LoadedRow, dump_headers, load_headers
+from daemon.state.store import StateStore
+
+__all__ = [
+    "LoadedRow",
+    "SnapshotStore",
+    "StateStore",
+    "StoreMissing",
+    "current_revision",
+    "dump_headers",
+    "head_revision",
+    "load_headers",
+    "migrate",
+    "open_store",
+    "require_store",
+]
+
+
+def open_store(state: Any, *, auto_migrate: bool | None = None, create: bool = True) -> StateStore:
+    """The store of ``state`` (StateSettings: PostgreSQL when ``url`` is set, else the
+    SQLite file at ``path``; or a URL / path), at the head schema revision.
+
+    A store behind the head is upgraded first when ``auto_migrate`` (default:
+    ``state.auto_migrate``) is true; otherwise StateStoreError asks for
+    ``lms-changefeed migrate``.
+
+    ``create=False`` (the inspecting commands: ``status``, ``reset``) refuses with
+    StoreMissing when the SQLite file does not exist, and creates nothing on disk.
+    """
+    if auto_migrate is None:
+        auto_migrate = bool(getattr(state, "auto_migrate", True))
+    backend = backend_for(state, create=create)
+    try:
+        ensure_current(backend, auto_migrate=auto_migrate)
+    except BaseException:
+        backend.close()
+        raise
+    return StateStore(backend)
+
+
+def require_store(state: Any) -> None:
+    """Raise StoreMissing unless the store of ``state`` exists; creates nothing."""
+    backend_for(state, create=False).close()

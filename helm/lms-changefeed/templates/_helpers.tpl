@@ -51,6 +51,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $http.port | default 9102 | int }}
 {{- end }}
 
+{{/* "true" when the daemon runs its webhook listener (config.webhook.enabled). */}}
+{{- define "lms-changefeed.webhookEnabled" -}}
+{{- $webhook := .Values.config.webhook | default dict }}
+{{- if $webhook.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The webhook listener's port, with the daemon's default. */}}
+{{- define "lms-changefeed.webhookPort" -}}
+{{- $webhook := .Values.config.webhook | default dict }}
+{{- $webhook.port | default 9103 | int }}
+{{- end }}
+
+{{/* The path Bindbee posts to, with the daemon's default. */}}
+{{- define "lms-changefeed.webhookPath" -}}
+{{- $webhook := .Values.config.webhook | default dict }}
+{{- $webhook.path | default "/webhooks/bindbee" }}
+{{- end }}
+
+{{/* "true" when the connectors come (also) from Bindbee's connectors list. */}}
+{{- define "lms-changefeed.discovery" -}}
+{{- $bindbee := .Values.config.bindbee | default dict }}
+{{- if $bindbee.discover_connectors }}true{{ end }}
+{{- end }}
+
 {{/*
 The connectors as the daemon will see them: each with a token_env, defaulted to
 BINDBEE_TOKEN_<NAME> (upper-cased, anything but A-Z and 0-9 turned into "_").
@@ -91,6 +115,17 @@ Rendered as YAML; callers use `include ... | fromYamlArray`.
 {{- $names = append $names .name }}
 {{- $envs = append $envs .token_env }}
 {{- end }}
+{{- $webhook := include "lms-changefeed.webhookEnabled" . }}
+{{- $exposed := or .Values.webhook.service.enabled .Values.webhook.ingress.enabled }}
+{{- if and $exposed (not $webhook) }}
+{{- fail "webhook.service / webhook.ingress expose the webhook listener: set config.webhook.enabled too" }}
+{{- end }}
+{{- if $webhook }}
+{{- $http := .Values.config.http | default dict }}
+{{- if and (ne $http.enabled false) (eq (include "lms-changefeed.port" .) (include "lms-changefeed.webhookPort" .)) }}
+{{- fail (printf "config.webhook.port: must differ from config.http.port (%s): the webhook listener faces the internet, /metrics must not" (include "lms-changefeed.port" .)) }}
+{{- end }}
+{{- end }}
 {{- if not .Values.secrets.existingSecret }}
 {{- $tokens := .Values.secrets.connectorTokens | default dict }}
 {{- range $name, $_ := $tokens }}
@@ -98,15 +133,18 @@ Rendered as YAML; callers use `include ... | fromYamlArray`.
 {{- fail (printf "secrets.connectorTokens.%s: no connector of that name under config.connectors" $name) }}
 {{- end }}
 {{- end }}
-{{- if $connectors }}
+{{- if or $connectors (include "lms-changefeed.discovery" .) }}
 {{- if not .Values.secrets.apiKey }}
 {{- fail "secrets.apiKey is required (or set secrets.existingSecret)" }}
+{{- end }}
 {{- end }}
 {{- range $connectors }}
 {{- if not (get $tokens .name) }}
 {{- fail (printf "secrets.connectorTokens.%s is required (or set secrets.existingSecret)" .name) }}
 {{- end }}
 {{- end }}
+{{- if and $webhook (not .Values.secrets.webhookSecret) }}
+{{- fail "secrets.webhookSecret is required with config.webhook.enabled (or set secrets.existingSecret)" }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -1,0 +1,291 @@
+"""What differs between SQLite and PostgreSQL: engines, locking and claims.
+
+Everything else (the statements, the transactions, the migrations) is written once
+against ``schema.metadata``; a ``Backend`` supplies only the parts below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.pool import StaticPool
+
+from daemon.errors import StateStoreError
+
+# Advisory lock keys live in one shared namespace: tag ours. Key (namespace, 0) guards
+# migrations (0.1.0 used it around CREATE TABLE), (namespace, sid) claims a stream.
+LOCK_NAMESPACE = 0x4C4D5343  # "LMSC"
+
+
+class StoreMissing(StateStoreError):
+    """Opening without ``create``: there is no SQLite file at the configured path."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(
+            f"no state store at {where}: check state.path (or CHANGEFEED_STATE__PATH); "
+            "`lms-changefeed poll` or `migrate` creates it"
+        )
+
+
+class Backend:
+    """One database: its engine, how it names itself in errors, its locks and claims."""
+
+    name: str
+    engine: Engine
+    where: str  # for messages and repr: never a password
+    insert: Callable[..., Any]  # the dialect's insert(), with on_conflict_do_*
+
+    @contextlib.contextmanager
+    def transaction(self, *, read: bool = False) -> Iterator[Connection]:
+        """A connection in a transaction for one store method (committed at the end)."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def guard(self) -> AbstractContextManager[object]:
+        """Held around closing (SQLite shares one connection between threads)."""
+        return contextlib.nullcontext()
+
+    def migration_lock(self, conn: Connection) -> None:
+        """Serialise migrations between processes, inside the migration transaction."""
+
+    def claim(self, sid: int) -> bool:
+        """Take stream ``sid`` for this process; False while another process holds it."""
+        return True
+
+    def close(self) -> None:
+        """Close every connection."""
+        self.engine.dispose()
+
+
+class SqliteBackend(Backend):
+    """A file, WAL journal, one connection shared by the worker threads under a lock.
+
+    pysqlite's own transaction handling is switched off and transactions start with
+    BEGIN IMMEDIATE (the SQLAlchemy recipe for pysqlite): a writer takes the write lock
+    up front instead of failing to upgrade a read lock half-way through a page.
+    """
+
+    name = "sqlite"
+    insert = staticmethod(sqlite.insert)
+
+    def __init__(
+        self, path: Path | str, *, busy_timeout: float = 10.0, create: bool = True
+    ) -> None:
+        self.path = Path(path)
+        self.where = str(self.path)
+        memory = str(path) == ":memory:"
+        url = URL.create("sqlite", database=str(path))
+        if not memory and create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not memory:
+            if not self.path.is_file():
+                raise StoreMissing(self.where)
+            # mode=rw: should the file vanish before the first connect, SQLite must fail
+            # rather than create an empty store in its place.
+            url = URL.create(
+                "sqlite",
+                database=f"file:{quote(str(self.path.resolve()))}",
+                query={"mode": "rw", "uri": "true"},
+            )
+        self.engine = sa.create_engine(
+            url,
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout},
+            hide_parameters=True,
+        )
+        self._lock = threading.RLock()
+        self._conn: Connection | None = None
+        event.listen(self.engine, "connect", _sqlite_connect)
+        event.listen(self.engine, "begin", _sqlite_begin)
+
+    @contextlib.contextmanager
+    def transaction(self, *, read: bool = False) -> Iterator[Connection]:
+        # One connection, held for the store's life: no pool round per method.
+        with self._lock:
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            if read:
+                # A read is one statement: autocommit, as pysqlite ran it before.
+                yield self._conn
+                return
+            with self._conn.begin():
+                yield self._conn
+
+    def guard(self) -> AbstractContextManager[object]:
+        return self._lock
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self.engine.dispose()
+
+    # BEGIN IMMEDIATE (from the begin listener) already holds the database's write lock
+    # for the whole migration transaction.
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:
+    dbapi_connection.isolation_level = None
+    # WAL + NORMAL survives a process crash; a power loss may roll back the last commits,
+    # which only means pages get published again (same ids).
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+
+
+class PostgresBackend(Backend):
+    """A small connection pool; stream claims are session advisory locks held on one
+    dedicated connection for the life of the process (closing it releases them)."""
+
+    name = "postgresql"
+    insert = staticmethod(postgresql.insert)
+
+    def __init__(self, url: URL) -> None:
+        self.where = f"postgresql://{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+        self.engine = sa.create_engine(
+            url,
+            pool_size=5,
+            max_overflow=5,
+            pool_pre_ping=True,
+            # Positional, as on SQLite: the store runs its compiled SQL on the DBAPI cursor.
+            paramstyle="format",
+            # No server-side prepared statements: a generic plan for ``id IN (...)`` made
+            # on young tables' statistics scans the whole stream (13x slower per page).
+            connect_args={"connect_timeout": 10, "prepare_threshold": None},
+            hide_parameters=True,
+        )
+        self._claims: Connection | None = None
+        self._claimed: set[int] = set()
+        self._claim_lock = threading.Lock()
+
+    def migration_lock(self, conn: Connection) -> None:
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_NAMESPACE, 0)))
+
+    def claim(self, sid: int) -> bool:
+        with self._claim_lock:
+            if sid in self._claimed:
+                return True
+            try:
+                if self._claims is None:
+                    self._claims = self.engine.connect().execution_options(
+                        isolation_level="AUTOCOMMIT"
+                    )
+                held = self._claims.execute(
+                    sa.select(sa.func.pg_try_advisory_lock(LOCK_NAMESPACE, sid))
+                ).scalar_one()
+            except sa.exc.DBAPIError as exc:
+                raise StateStoreError(
+                    f"state store {self.where}: claim stream failed: {reason(exc)}"
+                ) from None
+            if held:
+                self._claimed.add(sid)
+            return bool(held)
+
+    def close(self) -> None:
+        with self._claim_lock:
+            if self._claims is not None:
+                # invalidate() closes the session itself: returned to the pool it would
+                # keep the advisory locks.
+                with contextlib.suppress(Exception):
+                    self._claims.invalidate()
+                self._claims = None
+                self._claimed.clear()
+        self.engine.dispose()
+
+
+def engine_url(raw: str) -> URL:
+    """A PostgreSQL URL as users write it (``postgres://``, ``postgresql://``), on psycopg 3.
+
+    SQLAlchemy's default PostgreSQL driver is psycopg2; the daemon ships psycopg 3.
+    """
+    try:
+        url = sa.make_url(raw)
+    except sa.exc.ArgumentError:
+        # The parser's message quotes the whole URL, password included.
+        raise StateStoreError("state.url is not a valid PostgreSQL URL") from None
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+psycopg")
+    if not url.drivername.startswith("postgresql"):
+        raise StateStoreError(f"state.url: unsupported database {url.drivername!r}")
+    return url
+
+
+def backend_for(target: Any, *, create: bool = True) -> Backend:
+    """The backend for StateSettings (``url`` set: PostgreSQL, else ``path``: SQLite),
+    a URL string or a SQLite path.
+
+    ``create=False`` opens only an existing SQLite file (StoreMissing otherwise) and
+    creates neither it nor its folder; a PostgreSQL database is never created anyway.
+    """
+    state = getattr(target, "state", target)  # Settings or StateSettings
+    url = getattr(state, "url", None)
+    path = getattr(state, "path", None)
+    if url is not None:
+        raw = url.get_secret_value() if hasattr(url, "get_secret_value") else str(url)
+        return _postgres(raw)
+    if path is not None:
+        return _sqlite(path, create)
+    text = str(target)
+    if text.startswith(("postgres://", "postgresql://", "postgresql+")):
+        return _postgres(text)
+    if text.startswith("sqlite:///"):
+        text = text.removeprefix("sqlite:///")
+    return _sqlite(text, create)
+
+
+def _sqlite(path: Path | str, create: bool) -> Backend:
+    try:
+        return SqliteBackend(path, create=create)
+    except OSError as exc:
+        raise StateStoreError(f"cannot open state store {path}: {exc}") from None
+
+
+def _postgres(raw: str) -> Backend:
+    url = engine_url(raw)
+    try:
+        return PostgresBackend(url)
+    except sa.exc.SQLAlchemyError as exc:
+        raise StateStoreError(
+            f"cannot open PostgreSQL state store: {_scrub(str(exc), url)}"
+        ) from None
+
+
+def reason(exc: BaseException, url: URL | None = None) -> str:
+    """The driver's first line of explanation: never the statement, parameters or URL."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    first = text.splitlines()[0] if text else type(orig).__name__
+    return _scrub(first, url)
+
+
+def _scrub(text: str, url: URL | None) -> str:
+    if url is not None and url.password:
+        text = text.replace(str(url.password), "***")
+    return text
+
+
+@contextlib.contextmanager
+def opening(backend: Backend) -> Iterator[None]:
+    """Errors while opening a store, as StateStoreError naming the store (no secrets)."""
+    try:
+        yield
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        what = "PostgreSQL state store" if backend.name == "postgresql" else "state store"
+        raise StateStoreError(
+            f"cannot open {what} {backend.where}: {reason(exc, backend.engine.url)}"
+        ) from None

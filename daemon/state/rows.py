@@ -1,0 +1,46 @@
+"""How rows and outbox messages are stored: the lazy row type and the header codec."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+
+from daemon.models import Record
+
+
+class LoadedRow:
+    """A stored row as ``load_rows`` returns it; the record is decoded on first read.
+
+    A steady-state scan compares only hashes and times: most rows never need their
+    record (only an ``updated`` event's changes or a time-only bump do).
+    """
+
+    __slots__ = ("_blob", "_record", "content_hash", "id", "modified_at")
+
+    def __init__(self, rid: str, modified_at: str, content_hash: str, blob: bytes) -> None:
+        self.id = rid
+        self.modified_at = modified_at
+        self.content_hash = content_hash
+        self._blob = blob
+        self._record: Record | None = None
+
+    @property
+    def record(self) -> Record:
+        """The last published record, as the API returned it."""
+        if self._record is None:
+            self._record = orjson.loads(self._blob)
+        return self._record
+
+    def __repr__(self) -> str:
+        return f"LoadedRow({self.id!r}, {self.modified_at!r}, {self.content_hash!r})"
+
+
+def dump_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
+    """Message headers as stored in an outbox row."""
+    return orjson.dumps([[name, value.hex()] for name, value in headers])
+
+
+def load_headers(blob: bytes) -> tuple[tuple[str, bytes], ...]:
+    """Inverse of ``dump_headers``."""
+    return tuple((name, bytes.fromhex(value)) for name, value in orjson.loads(blob))

@@ -1,0 +1,101 @@
+"""The state store's tables: one set of names and columns for SQLite and PostgreSQL.
+
+Every name carries the ``changefeed_`` prefix so the tables can share a PostgreSQL
+database (or schema) with other applications. The Alembic revisions under
+``migrations/versions`` are the source of truth for what is on disk; this module is
+what the store's statements are written against and must match the head revision.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+VERSION_TABLE = "changefeed_alembic_version"
+
+metadata = sa.MetaData()
+
+streams = sa.Table(
+    "changefeed_streams",
+    metadata,
+    sa.Column("sid", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("connector", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("watermark", sa.Text),
+    sa.Column("scan_number", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("scan_kind", sa.Text),
+    sa.Column("scan_phase", sa.Text),
+    sa.Column("scan_cursor", sa.Text),
+    sa.Column("scan_pages", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("scan_since", sa.Text),
+    sa.Column("scan_started_at", sa.Double),
+    sa.Column("scan_max_modified", sa.Text),
+    sa.Column("last_full_scan_started_at", sa.Double),
+    sa.Column("last_full_scan_at", sa.Double),
+    sa.Column("last_scan_at", sa.Double),
+    sa.Column("delete_guard", sa.Text),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_error_at", sa.Double),
+    sa.Column("sync_bookmark", sa.Text),
+    sa.Column("scan_sync", sa.Text),
+    sa.UniqueConstraint("connector", "model"),
+)
+
+# The last published version of each record, keyed by (stream, id).
+records = sa.Table(
+    "changefeed_records",
+    metadata,
+    sa.Column("sid", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("modified_at", sa.Text, nullable=False),
+    sa.Column("hash", sa.Text, nullable=False),
+    sa.Column("record", sa.LargeBinary, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# Every row of ``records`` has one here: the number of the last scan that saw (or wrote)
+# it. Kept apart from the records because a full scan marks every id it sees, and on
+# narrow rows marking a page rewrites a couple of b-tree pages instead of a dozen.
+seen = sa.Table(
+    "changefeed_seen",
+    metadata,
+    sa.Column("sid", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("scan", sa.Integer, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# The messages of the last committed page until Kafka acknowledged them: a page's rows
+# and its events are committed together, then published, then cleared, so the store never
+# describes a page Kafka may not have, nor Kafka one the store does not.
+outbox = sa.Table(
+    "changefeed_outbox",
+    metadata,
+    sa.Column("sid", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("key", sa.LargeBinary, nullable=False),
+    sa.Column("value", sa.LargeBinary),
+    sa.Column("headers", sa.LargeBinary, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# The columns a StreamState is built from, in its field order (after ``key``).
+STATE_COLUMNS = (
+    streams.c.watermark,
+    streams.c.scan_number,
+    streams.c.scan_kind,
+    streams.c.scan_phase,
+    streams.c.scan_cursor,
+    streams.c.scan_pages,
+    streams.c.scan_since,
+    streams.c.scan_started_at,
+    streams.c.scan_max_modified,
+    streams.c.last_full_scan_started_at,
+    streams.c.last_full_scan_at,
+    streams.c.last_scan_at,
+    streams.c.delete_guard,
+    streams.c.last_error,
+    streams.c.last_error_at,
+    streams.c.sync_bookmark,
+    streams.c.scan_sync,
+)
