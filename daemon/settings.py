@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -87,14 +88,27 @@ class ConnectorSettings(_Section):
     token: SecretStr | None = None
     token_env: str | None = None
     poll_interval_seconds: dict[str, float] = {}
-    # Set for discovered connectors only: Bindbee's connector id, stable where the display
-    # name (from end_user.origin_id) may change, so it is the stream's key in the store.
-    bindbee_id: str | None = None
+    # Set for discovered connectors only (never from a config file): Bindbee's connector
+    # id, stable where the display name (from end_user.origin_id) may change, so it is
+    # the stream's key in the store.
+    _bindbee_id: str | None = PrivateAttr(None)
+
+    @classmethod
+    def discovered(cls, name: str, token: SecretStr, bindbee_id: str) -> ConnectorSettings:
+        """A connector found in Bindbee's connectors list."""
+        connector = cls(name=name, token=token)
+        connector._bindbee_id = bindbee_id
+        return connector
+
+    @property
+    def bindbee_id(self) -> str | None:
+        """Bindbee's id of a discovered connector (None for configured ones)."""
+        return self._bindbee_id
 
     @property
     def key(self) -> str:
         """The connector's identity in the state store (``StreamKey.connector``)."""
-        return self.bindbee_id or self.name
+        return self._bindbee_id or self.name
 
     @model_validator(mode="after")
     def _resolve_token(self) -> ConnectorSettings:
@@ -161,6 +175,9 @@ class KafkaSettings(_Section):
     request_timeout_ms: int = Field(30000, gt=0)
     delivery_timeout_ms: int = Field(60000, gt=0)
     linger_ms: int = Field(5, ge=0)
+    # Events name their JSON Schema in `dataschema`: a URN by default, or {base}/{file}
+    # for schemas served from here (docs/schemas/ holds the files).
+    schema_base_uri: str | None = None
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -169,6 +186,15 @@ class KafkaSettings(_Section):
         if not servers:
             raise ValueError("must name at least one host:port")
         return ",".join(servers)
+
+    @field_validator("schema_base_uri")
+    @classmethod
+    def _schema_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "://" not in value and not value.startswith("urn:"):
+            raise ValueError("must be an absolute URI (https://... or urn:...)")
+        return value.rstrip("/")
 
     @field_validator("topic_template")
     @classmethod

@@ -303,9 +303,12 @@ class StreamPass:
 
     def _messages(self, events: list[ChangeEvent]) -> list[Message]:
         tombstones = self.model.emit_tombstones
+        base = self.settings.kafka.schema_base_uri
         messages: list[Message] = []
         for event in events:
-            messages.extend(to_messages(event, self.topic, tombstone=tombstones))
+            messages.extend(
+                to_messages(event, self.topic, tombstone=tombstones, schema_base_uri=base)
+            )
         return messages
 
     def _publish_pending(self, log: structlog.BoundLogger) -> None:

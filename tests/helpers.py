@@ -40,3 +40,8 @@ def feed_config(sim, broker, tmp_path: Path, connectors=("acme",), **model) -> d
         "state": {"path": str(tmp_path / "state.db")},
         "http": {"enabled": False},
     }
+
+
+def new_enrollment(sim, connector: str = "acme") -> dict:
+    """The body of a valid new enrollment: the API never serves a null user or course."""
+    return {"user": sim.ids(connector, "users")[0], "course": sim.ids(connector, "courses")[0]}

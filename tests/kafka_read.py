@@ -12,6 +12,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from tests.schema_check import validate_event
+
 _POLL_MS = 200
 # After the expected count arrived, keep listening this long to catch extras.
 _EXTRA_QUIET_SECONDS = 0.5
@@ -24,13 +26,16 @@ def read_topic(
     expected: int | None = None,
     quiet_seconds: float = 2.0,
     timeout: float = 60.0,
+    validate: bool = True,
 ) -> list[Any]:
     """All records of ``topic`` from the beginning, in arrival order.
 
     Stops once ``expected`` records arrived and nothing more came for a short while (to
     catch extras), or when nothing arrived for ``quiet_seconds``, or at ``timeout``.
     Returns kafka-python ConsumerRecords (topic, partition, offset, key, value, headers);
-    the caller asserts on the count, so a short read shows up as a clear diff.
+    the caller asserts on the count, so a short read shows up as a clear diff. Every
+    CloudEvent read is checked against its JSON Schema (docs/schemas) unless ``validate``
+    is false.
     """
     deadline = time.monotonic() + timeout
     consumer = KafkaConsumer(
@@ -51,6 +56,8 @@ def read_topic(
             done = expected is not None and len(records) >= expected
             quiet_for = min(_EXTRA_QUIET_SECONDS, quiet_seconds) if done else quiet_seconds
             if now >= deadline or now - last_arrival >= quiet_for:
+                if validate:
+                    _validate(records)
                 return records
             batch = consumer.poll(timeout_ms=_POLL_MS)
             for partition_records in batch.values():
@@ -68,3 +75,9 @@ def _partitions(consumer: KafkaConsumer, topic: str, deadline: float) -> list[To
         if time.monotonic() >= deadline:
             raise AssertionError(f"topic {topic!r} has no partitions in broker metadata")
         time.sleep(_POLL_MS / 1000)  # back-off between metadata fetches, under the deadline
+
+
+def _validate(records: list[Any]) -> None:
+    for record in records:
+        if dict(record.headers or ()).get("content-type") == b"application/cloudevents+json":
+            validate_event(record.value)

@@ -56,5 +56,7 @@ def validate_event(value: bytes | dict[str, Any] | None, *, base_uri: str | None
     model, kind = kind.removeprefix(_TYPE_PREFIX).split(".")
     envelope = schemas.schema_id(schemas.schema_name(model, kind), base_uri)
     validator(envelope, base_uri).validate(event)
-    # The envelope pins dataschema; validate data as a consumer would, by what it names.
-    validator(event["dataschema"], base_uri).validate(event["data"])
+    # The envelope pins dataschema; validate data as a consumer would, by what it names
+    # (events from before 0.2 carry none: their data is checked by the envelope's $ref).
+    if "dataschema" in event:
+        validator(event["dataschema"], base_uri).validate(event["data"])

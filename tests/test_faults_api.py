@@ -35,6 +35,7 @@ from tests.harness import (
     wait_until,
     write_config,
 )
+from tests.helpers import new_enrollment
 from tests.invariant import check, read_replay, source_records, unpublished_below
 
 # -- 4. API faults ---------------------------------------------------------------------------
@@ -48,7 +49,7 @@ def mutate(sim: SimServer, connector: str, rng: random.Random, n: int = 10) -> N
         day = rng.randrange(1, 28)
         sim.update(connector, "enrollments", rid, {"start_date": f"2032-03-{day:02d}T00:00:00Z"})
     for _ in range(creates):
-        sim.create(connector, "enrollments", {"user": None, "course": None})
+        sim.create(connector, "enrollments", new_enrollment(sim, connector))
     for rid in ids[updates + creates :]:
         sim.delete(connector, "enrollments", rid)
 

@@ -24,7 +24,7 @@ from daemon.runtime import Runtime
 from daemon.settings import Settings, load_settings
 from daemon.timestamps import normalize_time
 from tests.harness import scan_pages
-from tests.helpers import feed_config
+from tests.helpers import feed_config, new_enrollment
 from tests.kafka_read import read_topic
 
 KEY = StreamKey("acme", "enrollments")
@@ -71,9 +71,7 @@ def test_initial_sync_then_changes_then_quiet(sim, broker, tmp_path: Path) -> No
     before = {rid: sim.get("acme", "enrollments", rid) for rid in ids[10:13]}
     for rid in before:
         sim.delete("acme", "enrollments", rid)
-    created = [
-        sim.create("acme", "enrollments", {"user": None, "course": None})["id"] for _ in range(5)
-    ]
+    created = [sim.create("acme", "enrollments", new_enrollment(sim))["id"] for _ in range(5)]
     result = poll(settings, full=True)
     assert (result.stats.created, result.stats.updated, result.stats.deleted) == (5, 10, 3)
     # Two partitions: arrival order mixes them, so select the second scan's events by flag.

@@ -745,6 +745,7 @@ def test_grace_period_covers_the_shutdown_timeout(
         ({"webhook": {"max_body_bytes": 512}}, "max_body_bytes"),
         ({"bindbee": {"sync_check_interval_seconds": -1}}, "sync_check_interval_seconds"),
         ({"bindbee": {"discover_filter": {"origin_id": ""}}}, "origin_id"),
+        ({"kafka": {"schema_base_uri": "schemas"}}, "schema_base_uri"),
         ({"bindbee": {"discover_filter": {"slug": "moodle"}}}, "'slug' not allowed"),
         # Only webhooks would ever trigger the sync-triggered enrollments, and none come.
         ({"bindbee": {"sync_check_interval_seconds": 0}}, "sync_check_interval_seconds"),

@@ -11,7 +11,7 @@ import pytest
 from daemon.errors import StreamHeldElsewhere
 from daemon.runtime import Runtime
 from daemon.settings import load_settings
-from tests.helpers import feed_config
+from tests.helpers import feed_config, new_enrollment
 from tests.kafka_read import read_topic
 
 
@@ -30,7 +30,7 @@ def test_feed_on_postgres_state(sim, broker, pg_schema: str, tmp_path: Path) -> 
         ids = sim.ids("acme", "enrollments")
         sim.update("acme", "enrollments", ids[0], {"end_date": "2036-01-01T00:00:00Z"})
         sim.delete("acme", "enrollments", ids[1])
-        sim.create("acme", "enrollments", {"user": None, "course": None})
+        sim.create("acme", "enrollments", new_enrollment(sim))
         result = stream.run(force_full=True)
         assert (result.stats.created, result.stats.updated, result.stats.deleted) == (1, 1, 1)
         assert runtime.store.state(stream.key).records == 300

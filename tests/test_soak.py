@@ -26,6 +26,7 @@ from tests.harness import (
     wait_fresh_full_scan,
     write_config,
 )
+from tests.helpers import new_enrollment
 from tests.invariant import check
 
 SOAK_SECONDS = float(os.environ.get("CHANGEFEED_SOAK_SECONDS", "45"))
@@ -57,7 +58,7 @@ class Mutator(threading.Thread):
                 sim.update(connector, "enrollments", rid, {"start_date": start})
                 self.counts["updated"] += 1
             elif roll < 0.75:
-                created = sim.create(connector, "enrollments", {"user": None, "course": None})
+                created = sim.create(connector, "enrollments", new_enrollment(sim, connector))
                 ids.append(created["id"])
                 self.counts["created"] += 1
             else:

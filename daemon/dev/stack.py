@@ -38,7 +38,8 @@ REPO_DEV_CONFIG = Path(__file__).resolve().parents[2] / "config" / "dev.yaml"
 _PLACEHOLDERS: dict[str, Any] = {
     "bindbee": {"base_url": "http://127.0.0.1:9", "api_key": "placeholder"},
     "kafka": {"bootstrap_servers": "127.0.0.1:9"},
-    "state": {"path": "changefeed.db"},
+    # url: None, so a CHANGEFEED_STATE__URL in the shell never points dev at a real store.
+    "state": {"path": "changefeed.db", "url": None},
 }
 
 
@@ -231,7 +232,7 @@ def _run(
         overrides = {
             "bindbee": {"base_url": sim.base_url, "api_key": sim.api_key},
             "kafka": {"bootstrap_servers": broker.bootstrap},
-            "state": {"path": str(workdir / "changefeed.db")},
+            "state": {"path": str(workdir / "changefeed.db"), "url": None},
         }
         effective = workdir / "changefeed.yaml"
         effective.write_text(yaml.safe_dump(_effective_config(config, overrides)))

@@ -53,5 +53,5 @@ def discovered(
         if name in taken:  # two connectors of one origin, or a configured name
             name = f"{name}-{info.id[:8]}"
         taken.add(name)
-        found.append(ConnectorSettings(name=name, token=info.token, bindbee_id=info.id))
+        found.append(ConnectorSettings.discovered(name, info.token, info.id))
     return found

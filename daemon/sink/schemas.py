@@ -301,7 +301,9 @@ def event_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
         if change
         else f"{_RESERVED_NOTE} bindbee.lms.{model}.{kind}."
     )
-    required = ["specversion", "id", "source", "type", "datacontenttype", "dataschema", "data"]
+    # dataschema is not required: events written before 0.2 (e.g. sent from an upgraded
+    # store's outbox) lack it, and CloudEvents makes it optional. Every new event has it.
+    required = ["specversion", "id", "source", "type", "datacontenttype", "data"]
     if change:
         required[4:4] = ["subject", "time"]
     return {
@@ -319,7 +321,11 @@ def event_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
             "subject": subject,
             "time": time,
             "datacontenttype": {"const": "application/json"},
-            "dataschema": {"const": data_schema_id(model, kind, base_uri), "format": "uri"},
+            "dataschema": {
+                "const": data_schema_id(model, kind, base_uri),
+                "format": "uri",
+                "description": "The schema of data; present on every event since 0.2.",
+            },
             "data": {"$ref": data_schema_id(model, kind, base_uri)},
         },
         "additionalProperties": True,
