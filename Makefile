@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 dev: $(STAMP)
-	$(BIN)/lms-changefeed dev --config config/dev.yaml
+	$(BIN)/lms-changefeed dev
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

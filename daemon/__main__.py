@@ -186,6 +186,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "records",
         "last full scan",
         "scan in progress",
+        "sync scanned",
         "delete guard",
         "last error",
     ):
@@ -204,6 +205,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             str(st.records),
             _ts(st.last_full_scan_at),
             progress,
+            (st.sync_bookmark or "-")
+            + (f" (scanning {st.scan_sync})" if st.in_progress and st.scan_sync else ""),
             st.delete_guard or "-",
             f"{st.last_error} ({_ts(st.last_error_at)})" if st.last_error else "-",
         )
@@ -211,6 +214,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not states:
         print("no stream has state yet (the first `poll` or `run` pass records it)")
     return EXIT_FAILED if unhealthy else EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schemas (draft 2020-12) of the events, as docs/schemas holds them."""
+    from daemon.settings import LMS_MODELS
+    from daemon.sink.schemas import render
+
+    if args.model is not None and args.model not in LMS_MODELS:
+        raise ConfigError(
+            "--model", f"unknown model {args.model!r}; known: {', '.join(LMS_MODELS)}"
+        )
+    base = args.base_uri
+    if base is None and (args.config or os.environ.get(CONFIG_ENV)):
+        base = kafka_settings(args.config).schema_base_uri
+    sys.stdout.write(render(args.model, base))
+    return EXIT_OK
 
 
 def _confirm(question: str) -> bool:
@@ -400,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap", help="Kafka host:port (default: kafka.bootstrap_servers of the config)"
     )
     tail.add_argument("--limit", type=int, default=None, help="stop after N events")
+    schema = add("schema", cmd_schema, "print the JSON Schemas of the events (docs/schemas)")
+    schema.add_argument("--model", help="only this model's schemas, e.g. enrollments")
+    schema.add_argument(
+        "--base-uri", help="schema ids under this URI (default: kafka.schema_base_uri, or URNs)"
+    )
     add("check-config", cmd_check_config, "validate the configuration and exit")
     dev = add("dev", cmd_dev, "run broker, simulator and daemon locally with demo data")
     dev.add_argument(

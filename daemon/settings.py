@@ -365,8 +365,8 @@ class Settings(BaseSettings):
     def _cross_checks(self) -> Settings:
         if not self.connectors and not self.bindbee.discover_connectors:
             raise ValueError(
-                "connectors: at least one connector is needed "
-                "(or set bindbee.discover_connectors: true)"
+                "connectors: Field required (at least one connector, "
+                "or bindbee.discover_connectors: true)"
             )
         if (
             self.bindbee.sync_check_interval_seconds == 0
@@ -491,6 +491,8 @@ def _describe(error: Any, path: Path | None) -> ConfigError:
     if named:
         inner, message = named.groups()
         field = inner if field == "config" else f"{field}.{inner}"
+        if path is None and message.startswith("Field required"):
+            hints = _missing_hints((field,), path)
     if hints:
         message += f" ({'; '.join(hints)})"
     return ConfigError(field, message)
