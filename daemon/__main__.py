@@ -198,7 +198,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if st.in_progress
             else "-"
         )
-        unhealthy |= bool(st.delete_guard or st.last_error)
+        unhealthy |= bool(st.delete_guard or st.last_error or st.connector_state)
         table.add_row(
             str(st.key),
             st.watermark or "-",
@@ -208,7 +208,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             (st.sync_bookmark or "-")
             + (f" (scanning {st.scan_sync})" if st.in_progress and st.scan_sync else ""),
             st.delete_guard or "-",
-            f"{st.last_error} ({_ts(st.last_error_at)})" if st.last_error else "-",
+            "; ".join(
+                part
+                for part in (
+                    f"{st.last_error} ({_ts(st.last_error_at)})" if st.last_error else "",
+                    f"no scans: {st.connector_state}" if st.connector_state else "",
+                )
+                if part
+            )
+            or "-",
         )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     if not states:

@@ -130,6 +130,8 @@ class StreamState:
     # completed full scan covered, and the one the scan in progress covers.
     sync_bookmark: str | None = None
     scan_sync: str | None = None
+    # Why the sync watcher holds this stream's scans (relink needed, inactive), or None.
+    connector_state: str | None = None
     records: int = 0
 
     @property

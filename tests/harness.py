@@ -388,3 +388,50 @@ def kill_while_publishing(
         page = [rid for rid in sim.ids(connector, "enrollments") if rid <= after][-PAGE:]
         assert set(in_flight) <= set(page), "the outbox holds ids of an older page"
     return in_flight
+
+
+# -- Bindbee webhooks, as the daemon's receiver gets them -----------------------------------
+
+WEBHOOK_PATH = "/webhooks/bindbee"  # the receiver's default path (webhook.path)
+
+
+def webhook_envelope(
+    connector_id: str, event: str = "connector_synced", sync_id: str = "sync-test"
+) -> dict[str, Any]:
+    """A delivery body shaped like the simulator's (bindbee_sim/syncs.py ``_emit``)."""
+    return {
+        "webhook": {"webhook_id": "wh-test", "url": "http://test.invalid/hook", "event": event},
+        "connector": {
+            "id": connector_id,
+            "display_name": "Test LMS",
+            "integration_slug": "moodle",
+            "categories": ["LMS"],
+            "org_name": "Simulated Org",
+            "origin_id": "test",
+            "connector_status": "COMPLETE",
+        },
+        "data": {"sync_status": "Done"},
+        "sync": {"sync_id": sync_id, "sync_type": "MANUAL", "sync_name": "test sync"},
+    }
+
+
+def webhook_signature(secret: str, body: bytes) -> str:
+    """Bindbee's signature header value: HMAC-SHA256 of the raw body, base64url."""
+    import base64
+    import hashlib
+    import hmac
+
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def post_webhook(
+    port: int, body: bytes, signature: str | None, path: str = WEBHOOK_PATH, timeout: float = 15.0
+) -> httpx.Response:
+    """POST one delivery to a receiver on loopback ``port`` (no signature header if None)."""
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["X-Bindbee-Webhook-Signature"] = signature
+    return httpx.post(
+        f"http://127.0.0.1:{port}{path}", content=body, headers=headers, timeout=timeout
+    )

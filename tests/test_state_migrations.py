@@ -319,3 +319,10 @@ def test_migrate_command_and_status_revision(tmp_path: Path) -> None:
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"schema revision: {head_revision()}" in status.stdout
     assert "acme/enrollments" in status.stdout and "globex/enrollments" in status.stdout
+
+
+def test_the_head_constant_is_alembics_head() -> None:
+    # The store checks its revision without importing Alembic: the constant must follow.
+    from daemon.state.migration import HEAD_REVISION, script_head
+
+    assert script_head() == HEAD_REVISION

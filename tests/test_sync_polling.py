@@ -264,6 +264,9 @@ def test_relink_needed_blocks_scans_and_is_reported(scheduled_sim, broker, tmp_p
         scheduled_sim.set_connector("acme", status="RELINK_NEEDED")
         wait_checks(scheduler, 2)
         assert scheduler.follower.blocked("acme") is not None
+        key = StreamKey("acme", "enrollments")
+        held = scheduler.runtime.store.state(key).connector_state
+        assert held is not None and "RELINK_NEEDED" in held  # what `status` shows
         assert sample("changefeed_connector_status", connector="acme", state="blocked") == 1
         before = data_requests(scheduled_sim, "acme")
         assert not scheduler.trigger(StreamKey("acme", "enrollments"), "interval")
@@ -271,6 +274,7 @@ def test_relink_needed_blocks_scans_and_is_reported(scheduled_sim, broker, tmp_p
         scheduled_sim.set_connector("acme", status="COMPLETE")
         wait_checks(scheduler, 2)
         assert scheduler.follower.blocked("acme") is None
+        assert scheduler.runtime.store.state(key).connector_state is None
         assert sample("changefeed_connector_status", connector="acme", state="ok") == 1
 
 

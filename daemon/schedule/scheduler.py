@@ -89,7 +89,10 @@ class Scheduler:
         self._idle = threading.Condition()
         self._running = 0
         self.follower = SyncFollower(
-            streams=self._watched, states=runtime.store.states, request=self.request
+            streams=self._watched,
+            states=runtime.store.states,
+            request=self.request,
+            record_state=runtime.store.set_connector_state,
         )
         self.watcher: SyncWatcher | None = None
         self._set_streams(settings.connectors)

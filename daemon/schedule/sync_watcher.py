@@ -56,10 +56,12 @@ class SyncFollower:
         streams: Callable[[], Sequence[WatchedStream]],
         states: Callable[[], Sequence[StreamState]],
         request: Callable[[StreamKey, str], None],
+        record_state: Callable[[StreamKey, str | None], None] | None = None,
     ) -> None:
         self._streams = streams
         self._states = states
         self._request = request
+        self._record_state = record_state
         self._lock = threading.Lock()
         self._done: dict[str, str] = {}  # connector key -> last Done sync's start time
         self._blocked: dict[str, str] = {}  # connector key -> why no scans
@@ -91,6 +93,11 @@ class SyncFollower:
             bookmark = state.sync_bookmark if state is not None else None
             decision = decide(info, bookmark)
             self._note(stream, info, decision.action, decision.sync_start_time, decision.reason)
+            # Kept in the store too, so `status` (another process) can say why.
+            held = decision.reason if decision.action is Action.BLOCKED else None
+            current = state.connector_state if state is not None else None
+            if self._record_state is not None and held != current:
+                self._record_state(stream.key, held)
             if not decision.should_scan:
                 continue
             assert decision.sync_start_time is not None

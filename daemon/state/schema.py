@@ -37,6 +37,7 @@ streams = sa.Table(
     sa.Column("last_error_at", sa.Double),
     sa.Column("sync_bookmark", sa.Text),
     sa.Column("scan_sync", sa.Text),
+    sa.Column("connector_state", sa.Text),
     sa.UniqueConstraint("connector", "model"),
 )
 
@@ -98,4 +99,5 @@ STATE_COLUMNS = (
     streams.c.last_error_at,
     streams.c.sync_bookmark,
     streams.c.scan_sync,
+    streams.c.connector_state,
 )

@@ -114,6 +114,7 @@ _RECORD_ERROR = _stream_update().values(
     last_error=bindparam("p_message", type_=sa.Text), last_error_at=_NOW
 )
 _ABANDON_SCAN = _stream_update().values(**_CLEAR_SCAN)
+_CONNECTOR_STATE = _stream_update().values(connector_state=bindparam("p_state", type_=sa.Text))
 
 
 def _ids(count: int) -> list[sa.BindParameter[str]]:
@@ -447,6 +448,11 @@ class StateStore:
         with self._tx("record error") as tx:
             sid = self._sid(tx, key)
             tx.run(_RECORD_ERROR, p_message=message, p_now=now, p_sid=sid)
+
+    def set_connector_state(self, key: StreamKey, state: str | None) -> None:
+        """Remember why the sync watcher holds the stream's scans (None: it does not)."""
+        with self._tx("record connector state") as tx:
+            tx.run(_CONNECTOR_STATE, p_state=state, p_sid=self._sid(tx, key))
 
     def abandon_scan(self, key: StreamKey) -> None:
         """Drop the scan in progress without moving the watermark."""
