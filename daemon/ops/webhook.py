@@ -183,7 +183,9 @@ class _BadBody(Exception):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    allow_reuse_address = False
+    # SO_REUSEADDR: a restart may bind while connections of the old listener linger (an
+    # idle client, TIME_WAIT); Linux still refuses a port another socket listens on.
+    allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], receiver: WebhookReceiver) -> None:
         if ":" in address[0]:
