@@ -43,14 +43,19 @@ class StopOnSignal:
 class Reloader:
     """SIGHUP: re-read the configuration; an invalid one is refused and the old one kept."""
 
-    def __init__(self, config_path: Path | str | None, apply: Callable[[Settings], None]) -> None:
+    def __init__(self, config_path: Path | str | None) -> None:
         self._path = config_path
-        self._apply = apply
+        self._apply: Callable[[Settings], None] | None = None
         self._wake = threading.Event()
         self._stopped = False
-        self._thread = threading.Thread(target=self._loop, name="config-reload", daemon=True)
-        self._thread.start()
+        # Installed first thing: SIGHUP's default action ends the process, and a HUP during
+        # start-up (config management after a deploy) must wait for the reload, not kill.
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self._wake.set())
+
+    def start(self, apply: Callable[[Settings], None]) -> None:
+        """Apply reloads from now on (one that arrived during start-up goes first)."""
+        self._apply = apply
+        threading.Thread(target=self._loop, name="config-reload", daemon=True).start()
 
     def stop(self) -> None:
         self._stopped = True
@@ -69,6 +74,7 @@ class Reloader:
             except ConfigError as exc:
                 log.error("config_reload_refused", field=exc.field, error=exc.message)
                 continue
+            assert self._apply is not None
             try:
                 self._apply(settings)
             except ChangefeedError as exc:
@@ -83,9 +89,11 @@ def run_daemon(settings: Settings, *, config_path: Path | str | None = None) -> 
     from daemon.schedule.scheduler import Scheduler
 
     log = structlog.get_logger("daemon")
-    runtime = Runtime.open(settings)
+    stop = threading.Event()
+    signals = StopOnSignal(stop)
+    reloader = Reloader(config_path)
+    runtime = Runtime.open(settings, stop)
     scheduler = Scheduler(runtime)
-    signals = StopOnSignal(runtime.stop)
     health = webhook = None
     try:
         if settings.http.enabled:
@@ -126,7 +134,7 @@ def run_daemon(settings: Settings, *, config_path: Path | str | None = None) -> 
         runtime.close()
         raise
     scheduler.start()
-    reloader = Reloader(config_path, scheduler.reload)
+    reloader.start(scheduler.reload)
     runtime.stop.wait()
     log.info(
         "shutting_down",

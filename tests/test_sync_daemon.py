@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -310,3 +312,30 @@ def test_metrics_on_the_ops_port_and_not_on_the_webhook_port(broker, tmp_path) -
                 httpx.get(f"http://127.0.0.1:{port}/webhooks/bindbee", timeout=10).status_code
                 == 405
             )
+
+
+def test_a_sighup_during_start_up_does_not_kill_the_daemon(broker, tmp_path) -> None:
+    # An API that accepts connections and never answers: the watcher's first read of the
+    # connectors list (which scheduler.start waits for) takes its full timeout.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        fake = SimpleNamespace(
+            base_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            api_key=SECRET_API_KEY,
+            tokens={"acme": SECRET_TOKEN},
+        )
+        config = base_config(
+            fake, broker.bootstrap, tmp_path, trigger="sync", poll_interval_seconds=SAFETY_NET
+        )
+        config["bindbee"]["sync_check_interval_seconds"] = 60
+        daemon = Daemon(write_config(tmp_path, config))
+        try:
+            daemon.wait_for("http_listening", timeout=30)
+            assert not daemon.matching("scheduler_started")  # still starting
+            daemon.proc.send_signal(signal.SIGHUP)
+            daemon.wait_for("scheduler_started", timeout=60)
+            assert daemon.proc.poll() is None
+        finally:
+            code = daemon.stop()
+        assert code == 0, (code, daemon.lines[-10:])

@@ -396,14 +396,30 @@ class Scheduler:
         """New settings (SIGHUP): intervals, triggers and connectors apply to the next pass."""
         old = self.runtime.settings
         self.runtime.settings = settings
-        if (
-            settings.scheduler.max_workers != old.scheduler.max_workers
-            or settings.models.keys() != old.models.keys()
-        ):
-            log.warning(
-                "reload_partial",
-                reason="scheduler.max_workers and the set of models apply after a restart",
+        # What the process built once at start: changes there wait for a restart.
+        needs_restart = [
+            name
+            for name, changed in (
+                ("bindbee", _without_polling(settings) != _without_polling(old)),
+                ("kafka", settings.kafka != old.kafka),
+                ("state", settings.state != old.state),
+                ("http", settings.http != old.http),
+                ("webhook", settings.webhook != old.webhook),
+                (
+                    "scheduler.max_workers",
+                    settings.scheduler.max_workers != old.scheduler.max_workers,
+                ),
+                ("the set of models", settings.models.keys() != old.models.keys()),
+                (
+                    "trigger: sync without a running sync watcher",
+                    self.watcher is None
+                    and any(m.trigger == "sync" for m in settings.models.values()),
+                ),
             )
+            if changed
+        ]
+        if needs_restart:
+            log.warning("reload_partial", apply_after_restart=needs_restart)
         added = set(self._set_streams(settings.connectors))
         with self._lock:
             keys = [k for k in self._streams if k not in added]
@@ -465,3 +481,8 @@ class Scheduler:
                     return False
                 self._idle.wait(left)
         return True
+
+
+def _without_polling(settings: Settings) -> object:
+    # bindbee fields a reload cannot apply (the client, limiter and watcher are built once).
+    return settings.bindbee.model_dump(exclude={"discover_connectors", "discover_filter"})
