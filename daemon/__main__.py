@@ -154,7 +154,8 @@ def _check_streams(
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """A table per stream: watermark, records, last full scan, scan in progress, guard, error."""
+    """A table per stream: watermark, records, last full scan, scan in progress, rejected
+    items (dead-lettered, still met), delete guard, error."""
     from rich.console import Console
     from rich.table import Table
 
@@ -170,6 +171,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = open_store(settings.state, create=False, auto_migrate=False)
     try:
         states = store.states()
+        # Poison records dead-lettered and still met (distinct contents), per stream.
+        rejected = {st.key: store.rejected_count(st.key) for st in states}
     finally:
         store.close()
     _check_streams(settings, [st.key for st in states], args.connector, args.model)
@@ -187,6 +190,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "last full scan",
         "scan in progress",
         "sync scanned",
+        "rejected",
         "delete guard",
         "last error",
     ):
@@ -207,6 +211,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             progress,
             (st.sync_bookmark or "-")
             + (f" (scanning {st.scan_sync})" if st.in_progress and st.scan_sync else ""),
+            str(rejected[st.key]),
             st.delete_guard or "-",
             "; ".join(
                 part
@@ -218,7 +223,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             or "-",
         )
-    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    # Not a terminal (a pipe, a log): wide enough that a row stays on one line.
+    Console(width=240 if not sys.stdout.isatty() else None).print(table)
     if not states:
         print("no stream has state yet (the first `poll` or `run` pass records it)")
     return EXIT_FAILED if unhealthy else EXIT_OK

@@ -29,6 +29,17 @@ def content_hash(record: Record, ignore_fields: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def unhashable(record: Record) -> str | None:
+    """Why ``content_hash`` cannot hash ``record`` (nesting past orjson's limit, say), or
+    None. A third of the cost of hashing: the encoder fails alike with or without sorted
+    keys (a parsed JSON object's keys are strings), and nothing is digested."""
+    try:
+        orjson.dumps(record)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        return str(exc)
+    return None
+
+
 def field_changes(
     old: Record, new: Record, ignore_fields: Iterable[str]
 ) -> dict[str, dict[str, object]]:

@@ -9,7 +9,8 @@
     ├── RetriableError              try again later; the next pass resumes where this stopped
     │   ├── ApiUnavailableError     5xx, timeouts, dropped connections (retries exhausted)
     │   ├── RateLimitedError        429 that outlasted our patience
-    │   ├── MalformedResponseError  body not JSON, no items, item without id, cursor loop
+    │   ├── MalformedResponseError  body not JSON, no items, cursor loop (a malformed *item*
+    │   │                           is dead-lettered, not an error)
     │   ├── SinkError               Kafka did not acknowledge a page
     │   ├── StateStoreError         the snapshot store could not be read or written
     │   └── ScanInterrupted         shutdown asked the pass to stop at a page boundary

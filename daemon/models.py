@@ -22,15 +22,42 @@ class StreamKey:
         return f"{self.connector}/{self.model}"
 
 
+RejectReason = Literal[
+    "not_an_object", "no_id", "bad_id", "no_modified_at", "bad_modified_at", "unhashable"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedItem:
+    """An item of a well-formed page that cannot be diffed (a poison record).
+
+    ``raw`` is the item as the API returned it; ``reason`` one of a few codes (a metric
+    label), ``detail`` says it for people. ``record_id`` is the item's id when usable,
+    ``remote_id`` its ``remote_id`` when it has one: either may identify a stored row.
+    """
+
+    position: int
+    raw: Any
+    reason: RejectReason
+    detail: str
+    record_id: str | None = None
+    remote_id: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One list response: its items and the cursor of the next page (None on the last)."""
+    """One list response: its items and the cursor of the next page (None on the last).
+
+    ``items`` are the good items; ``rejected`` the items that stayed malformed after the
+    page was fetched ``max_attempts`` times (the rest of the page goes on without them).
+    """
 
     number: int
     items: list[Record]
     cursor: str | None
     next_cursor: str | None
     requests: int = 1  # HTTP requests it took, retries included
+    rejected: tuple[RejectedItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +102,20 @@ class RowWrite:
     modified_at: str
     content_hash: str
     record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class RejectWrite:
+    """A rejected item's content to remember (dead-lettered once), committed with its page.
+
+    ``record_id`` is the stored record it stands for (its id, or a stored row with its
+    ``remote_id``); None when nothing identifies it.
+    """
+
+    fingerprint: str
+    reason: str
+    record_id: str | None
+    first_seen: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,6 +178,9 @@ class KafkaSettings(_Section):
     # Events name their JSON Schema in `dataschema`: a URN by default, or {base}/{file}
     # for schemas served from here (docs/schemas/ holds the files).
     schema_base_uri: str | None = None
+    # Items of a page the daemon cannot diff (no id, unreadable modified_at, ...) go here
+    # as bindbee.lms.{model}.rejected CloudEvents, once per distinct content.
+    dead_letter_topic: str = Field("bindbee.lms.deadletter", min_length=1)
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -7,6 +7,12 @@ the outbox, and the next pass publishes them before anything else, so Kafka neve
 committed change and never gets one the store does not know about (a resend keeps its ids).
 Deletes after a full scan go the same way: commit the removals with their events, publish,
 clear.
+
+Poison records (items of a page the client rejected after its retries: ``Page.rejected``)
+never stop the stream: each distinct bad content goes to the dead-letter topic once, its
+message in the page's outbox and its fingerprint committed with the page. A rejected item
+that names a record (its id, or a stored row's ``remote_id``) counts as seen, so it is
+never taken for deleted; one that names nothing makes its full scan withhold the deletes.
 """
 
 from __future__ import annotations
@@ -21,10 +27,19 @@ import structlog
 
 from daemon.diff import deleted_events, diff_page
 from daemon.errors import ScanInterrupted, StreamHeldElsewhere
-from daemon.models import ChangeEvent, Message, ScanKind, ScanStats, StreamKey, StreamState
+from daemon.models import (
+    ChangeEvent,
+    Message,
+    Page,
+    RejectWrite,
+    ScanKind,
+    ScanStats,
+    StreamKey,
+    StreamState,
+)
 from daemon.ops import metrics
 from daemon.settings import ConnectorSettings, ModelSettings, Settings
-from daemon.sink.events import to_messages
+from daemon.sink.events import fingerprint, rejected_message, to_messages
 from daemon.source.pagination import PageSource, iter_pages
 from daemon.state import SnapshotStore
 from daemon.timestamps import parse_time
@@ -53,6 +68,8 @@ class PassResult:
     delete_guard: str | None = None
     watermark: str | None = None
     duration: float = 0.0
+    rejected: int = 0  # items rejected by this pass (poison records)
+    dead_lettered: int = 0  # of which new contents, published to the dead-letter topic
 
 
 class StreamPass:
@@ -78,6 +95,7 @@ class StreamPass:
         self.connector = connector
         self.model: ModelSettings = settings.models[model]
         self.topic = settings.kafka.topic_for(connector.name, model)
+        self.dead_letter_topic = settings.kafka.dead_letter_topic
         self.source = source
         self.store = store
         self.sink = sink
@@ -124,7 +142,9 @@ class StreamPass:
                 watermark=state.watermark,
             )
             try:
-                self.sink.ensure_topics([self.topic])
+                # The dead-letter topic too, up front: created mid-run, a producer that
+                # predates it can miss its metadata and expire the page's batch.
+                self.sink.ensure_topics([self.topic, self.dead_letter_topic])
                 self._publish_pending(log)
                 # Initial sync: until the first full scan completes, nothing is "changed".
                 initial = state.last_full_scan_at is None
@@ -155,6 +175,8 @@ class StreamPass:
                 unchanged=stats.unchanged,
                 stale=stats.stale,
                 requests=stats.requests,
+                rejected=result.rejected,
+                dead_lettered=result.dead_lettered,
                 duration_s=round(result.duration, 3),
                 watermark=state.watermark,
                 delete_guard=result.delete_guard,
@@ -225,20 +247,33 @@ class StreamPass:
                 emit_created=emit_created,
             )
             messages = self._messages(diff.events)
+            seen_ids = diff.seen_ids
+            rejects: list[RejectWrite] = []
+            letters: list[Message] = []
+            reasons: list[str] = []
+            if page.rejected:
+                rejects, letters, reasons, named = self._rejections(page, state.scan_number, log)
+                seen_ids = [*seen_ids, *named]
+                messages.extend(letters)
             state = self.store.commit_page(
                 self.key,
                 diff.writes,
-                diff.seen_ids if full else (),
+                seen_ids if full else (),
                 page.next_cursor,
                 _capped(diff.max_modified_at, ceiling),
                 messages,
+                rejects,
             )
             self._publish(diff.events, messages)
+            for reason in reasons:
+                metrics.ITEMS_REJECTED.labels(*self._labels, reason).inc()
+            result.rejected += len(page.rejected)
+            result.dead_lettered += len(letters)
             stats.pages += 1
             stats.items += len(page.items)
             stats.unchanged += diff.unchanged
             stats.stale += diff.stale
-            metrics.ITEMS_SEEN.labels(*self._labels).inc(len(page.items))
+            metrics.ITEMS_SEEN.labels(*self._labels).inc(len(page.items) + len(page.rejected))
             if diff.stale:
                 metrics.STALE_ITEMS.labels(*self._labels).inc(diff.stale)
             for event in diff.events:
@@ -263,18 +298,92 @@ class StreamPass:
                 )
         return state
 
+    def _rejections(
+        self, page: Page, scan: int, log: structlog.BoundLogger
+    ) -> tuple[list[RejectWrite], list[Message], list[str], list[str]]:
+        """A page's poison items: what to remember, the dead letters of the contents not
+        sent before (and their reasons, for the metric), and the record ids they name."""
+        digests = [fingerprint(item.raw) for item in page.rejected]
+        known = self.store.known_rejections(self.key, list(dict.fromkeys(digests)))
+        unnamed = [
+            item.remote_id
+            for item, digest in zip(page.rejected, digests, strict=True)
+            if item.record_id is None and known.get(digest) is None and item.remote_id
+        ]
+        by_remote = self.store.find_remote_ids(self.key, unnamed) if unnamed else {}
+        now = self.clock()
+        base = self.settings.kafka.schema_base_uri
+        rejects: list[RejectWrite] = []
+        letters: list[Message] = []
+        reasons: list[str] = []
+        named: list[str] = []
+        for item, digest in zip(page.rejected, digests, strict=True):
+            record_id = (
+                item.record_id
+                or known.get(digest)
+                or (by_remote.get(item.remote_id) if item.remote_id else None)
+            )
+            if record_id is not None:
+                named.append(record_id)  # seen: never a false `deleted`
+            fresh = digest not in known
+            if fresh:
+                known[digest] = record_id  # the same content twice in one page: one letter
+                letters.append(
+                    rejected_message(
+                        self.dead_letter_topic,
+                        self.key,
+                        item,
+                        digest=digest,
+                        page=page.number,
+                        scan=scan,
+                        record_id=record_id,
+                        now=now,
+                        schema_base_uri=base,
+                    )
+                )
+                reasons.append(item.reason)
+            rejects.append(RejectWrite(digest, item.reason, record_id, now))
+            log.warning(
+                "item_rejected",
+                page=page.number,
+                position=item.position,
+                reason=item.reason,
+                detail=item.detail,
+                record_id=record_id,
+                fingerprint=digest,
+                dead_lettered=fresh,
+            )
+        return rejects, letters, reasons, named
+
     def _deletes(
         self, state: StreamState, result: PassResult, log: structlog.BoundLogger
     ) -> StreamState:
+        withheld = metrics.DELETES_WITHHELD.labels(*self._labels)
         if state.scan_phase != "deletes":
+            unidentified = self.store.count_unidentified(self.key)
+            if unidentified:
+                # An item nothing identifies may be any stored record: none of the rows
+                # this scan did not see can be taken for deleted.
+                guard = (
+                    f"the full scan rejected {unidentified} item(s) it cannot identify (no "
+                    "usable id, no stored remote_id); withholding deletes until they are "
+                    "fixed (see the dead-letter topic)"
+                )
+                result.delete_guard = guard
+                withheld.set(1)
+                metrics.DELETE_GUARD_TRIPS.labels(*self._labels).inc()
+                log.error("deletes_withheld", unidentified=unidentified, reason=guard)
+                return state
             missing, total = self.store.count_missing(self.key)
             guard = self._delete_guard(missing, total, result)
             if guard is not None:
                 result.delete_guard = guard
+                withheld.set(1)
                 metrics.DELETE_GUARD_TRIPS.labels(*self._labels).inc()
                 log.error("delete_guard_tripped", missing=missing, total=total, reason=guard)
                 return state
             state = self.store.begin_deletes(self.key)
+        withheld.set(0)
         batch = max(self.settings.bindbee.page_size, 100)
         while True:
             rows = self.store.missing_rows(self.key, batch)

@@ -20,7 +20,7 @@ from daemon.errors import (
     ScanInterrupted,
 )
 from daemon.settings import BindbeeSettings, ConnectorSettings
-from daemon.source.client import BindbeeClient
+from daemon.source.client import BindbeeClient, classify_item
 from daemon.source.pagination import iter_pages
 from tests.helpers import SECRET_API_KEY, SECRET_TOKEN
 
@@ -40,6 +40,14 @@ def make_client(sim, **overrides) -> BindbeeClient:
     }
     values.update(overrides)
     return BindbeeClient(BindbeeSettings(**values))
+
+
+def _nested(depth: int) -> object:
+    # Valid JSON, deeper than orjson writes (254): what the differ cannot hash.
+    value: object = []
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 @pytest.fixture
@@ -157,15 +165,88 @@ def test_timeouts_and_dropped_connections_are_retried(sim, acme, fault: dict) ->
 def test_malformed_once_is_retried(sim, acme, kind: str) -> None:
     sim.add_fault(malformed=kind, count=1, connector="acme")
     with make_client(sim) as client:
-        assert len(client.fetch_page(acme, "enrollments").items) == 100
+        page = client.fetch_page(acme, "enrollments")
+    assert len(page.items) == 100 and page.rejected == () and page.requests == 2
 
 
-@pytest.mark.parametrize("kind", ["json", "missing_items", "item_without_id"])
+@pytest.mark.parametrize("kind", ["json", "missing_items"])
 def test_malformed_for_good_names_connector_model_page(sim, acme, kind: str) -> None:
     sim.add_fault(malformed=kind, count=50, connector="acme")
     with make_client(sim, max_attempts=2) as client, pytest.raises(MalformedResponseError) as info:
         client.fetch_page(acme, "enrollments")
     assert "acme/enrollments page 1" in str(info.value)
+
+
+def test_an_item_without_id_for_good_is_rejected_and_the_page_goes_on(sim, acme) -> None:
+    # A malformed item is not a malformed page: after max_attempts tries the page comes
+    # back with its 99 good items and the bad one, as the API sent it, to dead-letter.
+    sim.add_fault(malformed="item_without_id", count=50, connector="acme")
+    first = sim.records("acme", "enrollments")[0]
+    with make_client(sim, max_attempts=2) as client, capture_logs() as logs:
+        page = client.fetch_page(acme, "enrollments")
+    assert [item["id"] for item in page.items] == sim.ids("acme", "enrollments")[1:100]
+    (bad,) = page.rejected
+    assert (bad.position, bad.reason, bad.record_id) == (0, "no_id", None)
+    assert bad.remote_id == first["remote_id"] and "id" not in bad.raw
+    assert bad.raw["modified_at"] == first["modified_at"]
+    assert bad.detail == "item 0 has no id"
+    assert page.requests == 2 and page.next_cursor is not None
+    events = [line["event"] for line in logs]
+    assert events == ["api_retry", "api_items_rejected"], logs
+    assert "acme/enrollments page 1: item 0 has no id" in logs[0]["reason"]
+
+
+def test_items_stored_bad_are_rejected_with_their_reasons(sim, acme) -> None:
+    for body in ({"modified_at": "garbage"}, {"remote_id": "LMS-1"}, {"modified_at": 17}):
+        sim.create("acme", "enrollments", body, unchecked=True)
+    with make_client(sim, max_attempts=3) as client:
+        pages = list(iter_pages(client, acme, "enrollments"))
+    assert sum(len(p.items) for p in pages) == len(sim.ids("acme", "enrollments")) - 3
+    (page,) = [p for p in pages if p.rejected]
+    reasons = sorted(
+        (r.reason, r.raw.get("remote_id"), r.record_id is not None) for r in page.rejected
+    )
+    assert reasons == [
+        ("bad_modified_at", None, True),
+        ("bad_modified_at", None, True),
+        ("no_modified_at", "LMS-1", True),
+    ]
+    assert page.requests == 3  # fetched max_attempts times: a glitch would have cleared
+
+
+@pytest.mark.parametrize(
+    ("item", "reason", "detail"),
+    [
+        (["not", "an", "object"], "not_an_object", "item 4 is a JSON array"),
+        ("text", "not_an_object", "item 4 is a JSON string"),
+        (None, "not_an_object", "item 4 is a JSON null"),
+        ({"modified_at": "2025-01-01T00:00:00Z"}, "no_id", "item 4 has no id"),
+        ({"id": 7, "modified_at": "2025-01-01T00:00:00Z"}, "bad_id", "item 4 has an id that"),
+        ({"id": "", "modified_at": "2025-01-01T00:00:00Z"}, "bad_id", "item 4 has an id that"),
+        ({"id": "r1"}, "no_modified_at", "item 4 (id r1) has no modified_at"),
+        ({"id": "r1", "modified_at": None}, "no_modified_at", "item 4 (id r1) has no"),
+        ({"id": "r1", "modified_at": "x"}, "bad_modified_at", "item 4 (id r1) has an unreadable"),
+        ({"id": "r1", "modified_at": 17}, "bad_modified_at", "item 4 (id r1) has a modified_at"),
+        (
+            {"id": "r1", "modified_at": "2025-01-01T00:00:00Z", "deep": _nested(300)},
+            "unhashable",
+            "item 4 (id r1) cannot be hashed",
+        ),
+    ],
+)
+def test_classify_item(item, reason: str, detail: str) -> None:
+    rejected = classify_item(4, item)
+    assert rejected is not None and rejected.reason == reason and rejected.raw is item
+    assert rejected.detail.startswith(detail), rejected.detail
+    good = {"id": "r1", "modified_at": "2025-01-01T00:00:00+02:00", "remote_id": "x"}
+    assert classify_item(0, good) is None
+
+
+def test_classify_item_keeps_what_identifies_a_bad_item() -> None:
+    no_id = classify_item(0, {"remote_id": "LMS-9", "modified_at": "2025-01-01T00:00:00Z"})
+    assert no_id is not None and (no_id.record_id, no_id.remote_id) == (None, "LMS-9")
+    bad_time = classify_item(0, {"id": "r1", "remote_id": "", "modified_at": "x"})
+    assert bad_time is not None and (bad_time.record_id, bad_time.remote_id) == ("r1", None)
 
 
 def test_cursor_loop_is_detected(sim, acme) -> None:

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bindbee_sim import SimServer
@@ -37,6 +38,7 @@ from tests.harness import (
 )
 from tests.helpers import new_enrollment
 from tests.invariant import check, read_replay, source_records, unpublished_below
+from tests.kafka_read import read_topic
 
 # -- 4. API faults ---------------------------------------------------------------------------
 
@@ -68,6 +70,8 @@ def test_api_fault_loses_nothing_and_spares_other_connectors(
             sim, broker.bootstrap, tmp_path, ("acme", "globex"), full_scan_interval_seconds=2
         )
         config["bindbee"]["timeout_seconds"] = 1
+        dead_topic = topic_of(config, "acme", "deadletter")
+        config["kafka"]["dead_letter_topic"] = dead_topic
         path = write_config(tmp_path, config)
         db = tmp_path / "state.db"
         acme_topic = topic_of(config, "acme")
@@ -113,6 +117,20 @@ def test_api_fault_loses_nothing_and_spares_other_connectors(
         assert "acme/enrollments" in text, line
     assert not [line for line in lines if line.get("connector") != "acme"]
     assert not daemon.tracebacks()
+    rejected = [line for line in daemon.lines if line.get("event") == "item_rejected"]
+    if fault.get("malformed") == "item_without_id":
+        # The item stayed bad for every try: dead-lettered once, the pass went on, and
+        # its stored row (found by remote_id) counted as seen: the invariant above holds.
+        assert not [line for line in acme if line["event"] == "scan_failed"], acme
+        (line,) = rejected
+        assert line["reason"] == "no_id" and line["record_id"] is not None, line
+        letters = read_topic(broker.bootstrap, dead_topic, expected=1, quiet_seconds=1.0)
+        assert len(letters) == 1
+        letter = orjson.loads(letters[0].value)
+        assert letter["subject"] == line["record_id"]
+        assert "id" not in letter["data"]["item"] and letter["data"]["item"]["remote_id"]
+    else:
+        assert not rejected, rejected
     globex_scans = daemon.matching("scan_finished", since=armed, connector="globex")
     window = cleared - armed
     if window >= 3:

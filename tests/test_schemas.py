@@ -13,11 +13,17 @@ import pytest
 from jsonschema import Draft202012Validator, ValidationError
 
 from daemon.diff import content_hash, deleted_events, diff_page
-from daemon.models import StoredRow, StreamKey
+from daemon.models import RejectedItem, StoredRow, StreamKey
 from daemon.runtime import Runtime
 from daemon.settings import LMS_MODELS, load_settings
 from daemon.sink import schemas
-from daemon.sink.events import cloudevent, event_id, to_messages
+from daemon.sink.events import (
+    cloudevent,
+    event_id,
+    fingerprint,
+    rejected_message,
+    to_messages,
+)
 from tests.helpers import feed_config
 from tests.kafka_read import read_topic
 from tests.schema_check import validate_event, validator
@@ -295,6 +301,45 @@ def test_reserved_events_validate_as_designed() -> None:
     rejected["data"].pop("item")
     with pytest.raises(ValidationError, match="'item' is a required property"):
         validate_event(rejected)
+
+
+def test_rejected_is_real_now_and_the_daemons_dead_letters_validate() -> None:
+    for model in LMS_MODELS:
+        for value in (
+            schemas.event_schema(model, "rejected"),
+            schemas.data_schema(model, "rejected"),
+        ):
+            assert "Reserved" not in value["description"]
+    assert "rejected" not in schemas.RESERVED_KINDS and "rejected" in schemas.EVENT_KINDS
+    named = RejectedItem(3, {"id": RID, "modified_at": "garbage"}, "bad_modified_at", "x", RID)
+    nameless = RejectedItem(0, ["junk"], "not_an_object", "item 0 is a JSON array")
+    for item, record_id in ((named, RID), (nameless, None)):
+        digest = fingerprint(item.raw)
+        message = rejected_message(
+            "dlq", KEY, item, digest=digest, page=2, scan=7, record_id=record_id, now=1.5e9
+        )
+        validate_event(message.value)
+        validate_event(
+            rejected_message(
+                "dlq", KEY, item, digest=digest, page=2, scan=7, record_id=record_id,
+                now=1.5e9, schema_base_uri=BASE,
+            ).value,
+            base_uri=BASE,
+        )  # fmt: skip
+        body = orjson.loads(message.value)
+        assert body["type"] == "bindbee.lms.enrollments.rejected"
+        assert body.get("subject") == record_id and body["data"]["item"] == item.raw
+        assert message.key == (record_id or digest).encode()
+        # The same content: the same event id, whenever it is sent.
+        again = rejected_message(
+            "dlq", KEY, item, digest=digest, page=5, scan=9, record_id=record_id, now=2e9
+        )
+        assert orjson.loads(again.value)["id"] == body["id"]
+    assert fingerprint({"b": 1, "a": 2}) == fingerprint({"a": 2, "b": 1})
+    broken = orjson.loads(message.value)
+    broken["data"]["fingerprint"] = "nope"
+    with pytest.raises(ValidationError, match="does not match"):
+        validate_event(broken)
 
 
 def test_validator_reports_unknown_ids() -> None:

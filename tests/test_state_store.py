@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.errors import StateStoreError
-from daemon.models import Message, RowWrite, StreamKey
+from daemon.models import Message, RejectWrite, RowWrite, StreamKey
 from daemon.settings import StateSettings
 from daemon.state import LoadedRow, SnapshotStore, StateStore, head_revision, open_store
 from daemon.state.dialects import engine_url
@@ -390,3 +390,73 @@ def test_multi_row_inserts_take_the_rows_values_in_order(dialect: str, tmp_path:
             assert names == tuple(f"r{n:05d}_{c}" for n in range(3) for c in columns)
     finally:
         backend.close()
+
+
+# ---- poison records: the dead-lettered contents ---------------------------------------------
+
+
+def reject(fingerprint: str, record_id: str | None, first_seen: float = 1.0) -> RejectWrite:
+    return RejectWrite(fingerprint, "no_id", record_id, first_seen)
+
+
+def test_rejected_contents_commit_with_the_page_and_are_known_after(
+    store: StateStore, target: str
+) -> None:
+    store.begin_scan(KEY, "full", None, 1.0)
+    letter = Message("dlq", b"f1", b"{}", ())
+    store.commit_page(
+        KEY, [write("a")], ["a"], "c1", None, [letter], [reject("f1", None), reject("f2", "b")]
+    )
+    assert store.pending(KEY) == [letter]  # the dead letter waits in the outbox like events
+    assert store.known_rejections(KEY, ["f1", "f2", "f3"]) == {"f1": None, "f2": "b"}
+    assert store.known_rejections(OTHER, ["f1"]) == {}
+    assert store.known_rejections(KEY, []) == {}
+    assert store.rejected_count(KEY) == 2 and store.rejected_count(OTHER) == 0
+    assert store.count_unidentified(KEY) == 1
+    store.close()
+    reopened = open_store(target)
+    # Seen again by a later scan: the first sighting stays, a record id found later is kept.
+    reopened.begin_scan(KEY, "incremental", None, 2.0)
+    assert reopened.count_unidentified(KEY) == 0  # f1 belongs to the previous scan
+    reopened.commit_page(KEY, [], [], None, None, (), [reject("f1", "a", 9.0)])
+    assert reopened.known_rejections(KEY, ["f1"]) == {"f1": "a"}
+    reopened.commit_page(KEY, [], [], None, None, (), [reject("f1", None, 9.0)])
+    assert reopened.known_rejections(KEY, ["f1"]) == {"f1": "a"}  # not forgotten
+    with reopened.backend.engine.connect() as conn:
+        first_seen = conn.execute(
+            sa.text("SELECT first_seen FROM changefeed_rejected WHERE fingerprint = 'f1'")
+        ).scalar_one()
+    assert first_seen == 1.0
+    reopened.close()
+
+
+def test_a_full_scan_forgets_the_contents_it_no_longer_meets(store: StateStore) -> None:
+    store.begin_scan(KEY, "full", None, 1.0)
+    store.commit_page(KEY, [], [], None, None, (), [reject("f1", None), reject("f2", "b")])
+    store.finish_scan(KEY, 2.0, None)
+    assert store.rejected_count(KEY) == 2
+    store.begin_scan(KEY, "incremental", None, 3.0)
+    store.commit_page(KEY, [], [], None, None)
+    store.finish_scan(KEY, 4.0, None)
+    assert store.rejected_count(KEY) == 2  # an incremental scan sees only changes
+    store.begin_scan(KEY, "full", None, 5.0)
+    store.commit_page(KEY, [], [], None, None, (), [reject("f2", "b")])
+    store.finish_scan(KEY, 6.0, None)
+    assert store.known_rejections(KEY, ["f1", "f2"]) == {"f2": "b"}  # f1 was fixed
+    store.reset(KEY)
+    assert store.rejected_count(KEY) == 0
+
+
+@pytest.mark.parametrize("remote_id", ["LMS-7", "50%_off", 'quo"te', "back\\slash", "ünï"])
+def test_rows_are_found_by_remote_id(store: StateStore, remote_id: str) -> None:
+    rows = [
+        RowWrite("a", "2025-01-01T00:00:00.000000Z", "h", {"id": "a", "remote_id": remote_id}),
+        # Near misses: another value, the value in another field, a wildcard's match.
+        RowWrite("b", "2025-01-01T00:00:00.000000Z", "h", {"id": "b", "remote_id": "LMS-70"}),
+        RowWrite("c", "2025-01-01T00:00:00.000000Z", "h", {"id": "c", "name": remote_id}),
+        RowWrite("d", "2025-01-01T00:00:00.000000Z", "h", {"id": "d", "remote_id": "50x_off"}),
+    ]
+    store.begin_scan(KEY, "full", None, 1.0)
+    store.commit_page(KEY, rows, [r.id for r in rows], None, None)
+    assert store.find_remote_ids(KEY, [remote_id, "absent"]) == {remote_id: "a"}
+    assert store.find_remote_ids(OTHER, [remote_id]) == {}

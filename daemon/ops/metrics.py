@@ -41,6 +41,17 @@ LAST_SUCCESS = Gauge(
 DELETE_GUARD_TRIPS = Counter(
     "changefeed_delete_guard_trips", "Full scans whose deletes were withheld", _STREAM
 )
+ITEMS_REJECTED = Counter(
+    "changefeed_items_rejected",
+    "Poison items published to the dead-letter topic (once per distinct content), by reason",
+    [*_STREAM, "reason"],
+)
+DELETES_WITHHELD = Gauge(
+    "changefeed_deletes_withheld",
+    "1 when the last full scan withheld its deletes (the delete guard, or a rejected item "
+    "it cannot identify)",
+    _STREAM,
+)
 STREAM_UP = Gauge("changefeed_stream_up", "1 when the last pass of a stream succeeded", _STREAM)
 
 # Sync-aware polling: the connectors list, webhooks and the sync rule. Labels are

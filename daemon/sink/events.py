@@ -1,13 +1,15 @@
-"""CloudEvents 1.0 (structured mode) for change events, with deterministic ids."""
+"""CloudEvents 1.0 (structured mode) for change events and dead letters, with deterministic ids."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from daemon.models import ChangeEvent, Message
+from daemon.models import ChangeEvent, Message, RejectedItem, StreamKey
 from daemon.sink.schemas import data_schema_id
 
 CONTENT_TYPE = b"application/cloudevents+json"
@@ -71,3 +73,112 @@ def to_messages(
     if tombstone and event.type == "deleted":
         messages.append(Message(topic, key, None, ()))
     return messages
+
+
+# ---- dead letters (poison records) ---------------------------------------------------------
+
+
+def raw_bytes(raw: Any) -> bytes:
+    """An item's canonical JSON (sorted keys), whatever it holds.
+
+    orjson refuses what the differ cannot hash either (nesting past its limit, say), so
+    those items fall back to the standard library's encoder.
+    """
+    try:
+        return orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        pass
+    try:
+        return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    except (TypeError, ValueError, RecursionError):
+        return repr(raw).encode(errors="replace")
+
+
+def fingerprint(raw: Any) -> str:
+    """What identifies a bad item's content: 32 hex of blake2b over ``raw_bytes``."""
+    return hashlib.blake2b(raw_bytes(raw), digest_size=16).hexdigest()
+
+
+def rejected_event_id(stream: StreamKey, digest: str) -> str:
+    """Deterministic: the same bad content of the same stream always has the same id."""
+    parts = (stream.connector, stream.model, "rejected", digest)
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def rejected_cloudevent(
+    stream: StreamKey,
+    item: RejectedItem,
+    *,
+    digest: str,
+    page: int,
+    scan: int,
+    record_id: str | None,
+    now: float,
+    schema_base_uri: str | None = None,
+) -> dict[str, Any]:
+    """The ``bindbee.lms.{model}.rejected`` CloudEvent of one poison item (the dead letter).
+
+    ``record_id`` is the record the item stands for, when known (its id, or the stored
+    row with its ``remote_id``): the event's ``subject``.
+    """
+    connector, model = stream.connector, stream.model
+    body: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": rejected_event_id(stream, digest),
+        "source": f"bindbee/lms/{connector}",
+        "type": f"bindbee.lms.{model}.rejected",
+    }
+    if record_id is not None:
+        body["subject"] = record_id
+    body["time"] = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    body["datacontenttype"] = "application/json"
+    body["dataschema"] = data_schema_id(model, "rejected", schema_base_uri)
+    body["data"] = {
+        "connector": connector,
+        "model": model,
+        "reason": item.reason,
+        "detail": item.detail,
+        "page": page,
+        "scan": scan,
+        "position": item.position,
+        "record_id": record_id,
+        "remote_id": item.remote_id,
+        "fingerprint": digest,
+        "item": item.raw,
+    }
+    return body
+
+
+def rejected_message(
+    topic: str,
+    stream: StreamKey,
+    item: RejectedItem,
+    *,
+    digest: str,
+    page: int,
+    scan: int,
+    record_id: str | None,
+    now: float,
+    schema_base_uri: str | None = None,
+) -> Message:
+    """The dead-letter Kafka message: keyed by the record id, or the fingerprint."""
+    body = rejected_cloudevent(
+        stream,
+        item,
+        digest=digest,
+        page=page,
+        scan=scan,
+        record_id=record_id,
+        now=now,
+        schema_base_uri=schema_base_uri,
+    )
+    try:
+        value = orjson.dumps(body)
+    except (TypeError, orjson.JSONEncodeError):
+        try:
+            value = json.dumps(body, ensure_ascii=False).encode()
+        except (TypeError, ValueError, RecursionError):
+            # Past what any encoder nests: the item goes as its text, nothing is lost.
+            body["data"]["item"] = raw_bytes(item.raw).decode(errors="replace")
+            value = json.dumps(body, ensure_ascii=False).encode()
+    return Message(topic, (record_id or digest).encode(), value, _HEADERS)

@@ -8,8 +8,9 @@ what an event's ``dataschema`` names:
   as CloudEvents defines it ("the schema that data adheres to");
 - ``{model}.{kind}``: the whole CloudEvent (envelope), whose ``data`` refers to the above.
 
-``kind`` is ``created``, ``updated`` or ``deleted``, plus two kinds reserved for later
-(``rejected``, ``scan_completed``), not yet emitted. ``$id``s are URNs
+``kind`` is ``created``, ``updated`` or ``deleted`` (on the data topic), ``rejected`` (a
+poison record, on the dead-letter topic ``kafka.dead_letter_topic``), plus
+``scan_completed``, reserved for later and not yet emitted. ``$id``s are URNs
 (``urn:lms-changefeed:schema:enrollments.updated:1``) or, with a base URI, ``{base}/{file}``
 so the generated files can be served from there. Regenerate docs/schemas with
 ``python -m daemon.sink.schemas --write docs/schemas``.
@@ -34,8 +35,9 @@ SCHEMA_VERSION = 1
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 CHANGE_KINDS = ("created", "updated", "deleted")
-RESERVED_KINDS = ("rejected", "scan_completed")
-EVENT_KINDS = CHANGE_KINDS + RESERVED_KINDS
+DEAD_LETTER_KINDS = ("rejected",)
+RESERVED_KINDS = ("scan_completed",)
+EVENT_KINDS = CHANGE_KINDS + DEAD_LETTER_KINDS + RESERVED_KINDS
 
 _URN_PREFIX = "urn:lms-changefeed:schema:"
 _RESERVED_NOTE = "Reserved, not yet emitted: the shape a later version will publish."
@@ -198,15 +200,46 @@ def data_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
         "model": {"const": model},
     }
     if kind == "rejected":
+        reasons = ("not_an_object", "no_id", "bad_id", "no_modified_at", "bad_modified_at",
+                   "unhashable")  # fmt: skip
         return {
-            **_resource(name, base_uri, title, f"{_RESERVED_NOTE} A dead-letter record."),
+            **_resource(
+                name,
+                base_uri,
+                title,
+                "A dead letter: an item of a well-formed page that could not be diffed, as "
+                "the API returned it, after the page was fetched `bindbee.max_attempts` "
+                "times. Published once per distinct content (`fingerprint`); the rest of "
+                "the page went on.",
+            ),
             "type": "object",
             "required": ["connector", "model", "reason", "page", "scan", "item"],
             "properties": {
                 **common,
-                "reason": _string("Why the item was rejected."),
+                "reason": {
+                    "description": "Why the item was rejected (a code; open list).",
+                    "type": "string",
+                    "examples": list(reasons),
+                },
+                "detail": _string("The reason in words (which item, which field)."),
                 "page": {"type": "integer", "minimum": 0, "description": "Page number."},
                 "scan": {"type": "integer", "minimum": 0, "description": "Scan number."},
+                "position": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "The item's index in its page's `items`.",
+                },
+                "record_id": _nullable(
+                    _string(
+                        "The record the item stands for, when known: its id, or the stored "
+                        "record with its remote_id (also the event's subject)."
+                    )
+                ),
+                "remote_id": _nullable(_string("The item's remote_id, when it has one.")),
+                "fingerprint": _string(
+                    "Hash of the item's canonical JSON: the same content is dead-lettered once.",
+                    pattern="^[0-9a-f]{32}$",
+                ),
                 "item": {"description": "The item as the API returned it (any JSON)."},
             },
             "additionalProperties": True,
@@ -296,11 +329,15 @@ def event_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
     else:
         subject = _string("The record id, when known.")
         time = _datetime("When the event was made")
-    description = (
-        f"A record of {model} was {kind}."
-        if change
-        else f"{_RESERVED_NOTE} bindbee.lms.{model}.{kind}."
-    )
+    if change:
+        description = f"A record of {model} was {kind}."
+    elif kind in DEAD_LETTER_KINDS:
+        description = (
+            f"An item of {model} the daemon could not use (a poison record), on the "
+            "dead-letter topic."
+        )
+    else:
+        description = f"{_RESERVED_NOTE} bindbee.lms.{model}.{kind}."
     # dataschema is not required: events written before 0.2 (e.g. sent from an upgraded
     # store's outbox) lack it, and CloudEvents makes it optional. Every new event has it.
     required = ["specversion", "id", "source", "type", "datacontenttype", "data"]
@@ -379,7 +416,8 @@ def index(base_uri: str | None = None) -> str:
         "Per model: `{model}.{kind}.json` is the whole CloudEvent, `{model}.{kind}.data.json`",
         "its `data` (what the event's `dataschema` names) and `{model}.record.json` the",
         "record in `data.record`. The schemas refer to one another by `$id`: load them all",
-        "into one registry. `rejected` and `scan_completed` are reserved, not yet emitted.",
+        "into one registry. `rejected` events go to the dead-letter topic",
+        "(`kafka.dead_letter_topic`); `scan_completed` is reserved, not yet emitted.",
         "",
         "| file | `$id` | what |",
         "| --- | --- | --- |",

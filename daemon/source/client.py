@@ -6,6 +6,11 @@ timeouts and dropped connections are retried with jittered exponential back-off 
 ``daemon.backoff``) up to ``max_attempts``, and any other 4xx is raised at once
 (``_client_error``). No ``httpx`` type or exception leaves this module; callers see
 ``daemon.errors``.
+
+A well-formed page with malformed items (not an object, no usable id, no readable
+``modified_at``, unhashable: ``classify_item``) is fetched again too, since a glitch
+clears; after the last try it is returned with its good items and the others in
+``Page.rejected``, for the stream to dead-letter: one poison record never stops the feed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -21,6 +26,7 @@ import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from daemon.backoff import full_jitter
+from daemon.diff import unhashable
 from daemon.errors import (
     ApiUnavailableError,
     AuthError,
@@ -30,7 +36,7 @@ from daemon.errors import (
     RateLimitedError,
     ScanInterrupted,
 )
-from daemon.models import Page, Record
+from daemon.models import Page, Record, RejectedItem, RejectReason
 from daemon.ops import metrics
 from daemon.settings import BindbeeSettings, ConnectorSettings
 from daemon.source.ratelimit import RateLimiter
@@ -50,6 +56,59 @@ class _Retry(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+class _BadItems(_Retry):
+    """Internal: a well-formed page with malformed items. Fetched again (a glitch clears);
+    after the last try the page goes on with its good items and the rejections."""
+
+    def __init__(self, reason: str, page: Page) -> None:
+        super().__init__(reason, "malformed_items")
+        self.page = page
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+               float: "number", type(None): "null"}  # fmt: skip
+
+
+def classify_item(position: int, item: Any) -> RejectedItem | None:
+    """None for an item the differ can use; otherwise why not, as a RejectedItem."""
+    if not isinstance(item, dict):
+        kind = _JSON_TYPES.get(type(item), type(item).__name__)
+        return RejectedItem(position, item, "not_an_object", f"item {position} is a JSON {kind}")
+    remote = item.get("remote_id")
+    remote_id = remote if isinstance(remote, str) and remote else None
+    if "id" not in item:
+        return RejectedItem(position, item, "no_id", f"item {position} has no id", None, remote_id)
+    record_id = item["id"]
+    if not isinstance(record_id, str) or not record_id:
+        return RejectedItem(
+            position,
+            item,
+            "bad_id",
+            f"item {position} has an id that is not a non-empty string",
+            None,
+            remote_id,
+        )
+    what = f"item {position} (id {record_id})"
+    modified_at = item.get("modified_at")
+    reason: RejectReason | None = None
+    if modified_at is None:
+        reason, detail = "no_modified_at", f"{what} has no modified_at"
+    elif not isinstance(modified_at, str):
+        reason, detail = "bad_modified_at", f"{what} has a modified_at that is not a string"
+    else:
+        try:
+            normalize_time(modified_at)
+        except ValueError:
+            reason, detail = "bad_modified_at", f"{what} has an unreadable modified_at"
+    if reason is None:
+        problem = unhashable(item)
+        if problem is not None:
+            reason, detail = "unhashable", f"{what} cannot be hashed ({problem})"
+    if reason is None:
+        return None
+    return RejectedItem(position, item, reason, detail, record_id, remote_id)
 
 
 def _query_value(value: str | int | float | bool) -> str | int | float:
@@ -217,10 +276,16 @@ class BindbeeClient:
                 delay=round(state.upcoming_sleep, 3),
             )
 
-        def give_up(state: RetryCallState) -> NoReturn:
+        def give_up(state: RetryCallState) -> Any:
             failure = state.outcome.exception() if state.outcome else None
             assert isinstance(failure, _Retry)
             attempts = state.attempt_number
+            if isinstance(failure, _BadItems):
+                # Still malformed after every try: not a glitch. The page goes on with its
+                # good items; the stream dead-letters the rest.
+                log.warning("api_items_rejected", where=where, reason=failure.reason,
+                            rejected=len(failure.page.rejected), attempts=attempts)  # fmt: skip
+                return failure.page  # type: ignore[return-value]
             if failure.status == "malformed":
                 raise MalformedResponseError(f"{failure.reason} ({attempts} attempts)")
             raise ApiUnavailableError(f"{failure.reason}; gave up after {attempts} attempts")
@@ -251,23 +316,22 @@ class BindbeeClient:
     def _parse_page(body: Any, where: str, number: int, cursor: str | None, requests: int) -> Page:
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             raise _Retry(f"{where}: response has no 'items' list", "malformed")
-        items: list[Record] = body["items"]
-        for position, item in enumerate(items):
-            if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
-                raise _Retry(f"{where}: item {position} has no id", "malformed")
-            modified_at = item.get("modified_at")
-            if not isinstance(modified_at, str):
-                raise _Retry(f"{where}: item {item['id']} has no modified_at", "malformed")
-            try:
-                normalize_time(modified_at)
-            except ValueError:
-                raise _Retry(
-                    f"{where}: item {item['id']} has an unreadable modified_at", "malformed"
-                ) from None
         next_cursor = body.get("cursor")
         if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
             raise _Retry(f"{where}: cursor is not a string", "malformed")
-        return Page(number, items, cursor, next_cursor, requests)
+        items: list[Record] = []
+        rejected: list[RejectedItem] = []
+        for position, item in enumerate(body["items"]):
+            problem = classify_item(position, item)
+            if problem is None:
+                items.append(item)
+            else:
+                rejected.append(problem)
+        page = Page(number, items, cursor, next_cursor, requests, tuple(rejected))
+        if rejected:
+            more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+            raise _BadItems(f"{where}: {rejected[0].detail}{more}", page)
+        return page
 
     def _observe_budget(
         self, connector: str, response: httpx.Response, limiter: RateLimiter

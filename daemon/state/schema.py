@@ -80,6 +80,23 @@ outbox = sa.Table(
     sqlite_with_rowid=False,
 )
 
+# Poison records already dead-lettered, by a fingerprint of their content: the same bad
+# content goes to the dead-letter topic once, not once per pass. Written with the page
+# that rejected it (its message in the same outbox); ``scan`` is the last scan that saw
+# it, so a full scan can tell which ones it met (and forget those it no longer meets).
+# ``record_id`` is the stored record it stands for, when the item can be identified.
+rejected = sa.Table(
+    "changefeed_rejected",
+    metadata,
+    sa.Column("sid", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("fingerprint", sa.Text, primary_key=True),
+    sa.Column("first_seen", sa.Double, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("record_id", sa.Text),
+    sa.Column("scan", sa.Integer, nullable=False),
+    sqlite_with_rowid=False,
+)
+
 # The columns a StreamState is built from, in its field order (after ``key``).
 STATE_COLUMNS = (
     streams.c.watermark,

@@ -22,6 +22,7 @@ from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
 from daemon.errors import StateStoreError
 from daemon.models import (
     Message,
+    RejectWrite,
     RowWrite,
     ScanKind,
     SnapshotRow,
@@ -31,7 +32,7 @@ from daemon.models import (
 )
 from daemon.state.dialects import Backend, reason
 from daemon.state.rows import LoadedRow, dump_headers, load_headers
-from daemon.state.schema import STATE_COLUMNS, outbox, records, seen, streams
+from daemon.state.schema import STATE_COLUMNS, outbox, records, rejected, seen, streams
 
 # SQLite's default limit on host parameters is 32766; pages are ≤ 100 ids anyway.
 _CHUNK = 500
@@ -166,7 +167,45 @@ _MISSING_ROWS = (
     .limit(bindparam("p_limit", type_=sa.Integer))
 )
 _RESET = tuple(
-    delete(table).where(table.c.sid == _SID) for table in (records, seen, outbox, streams)
+    delete(table).where(table.c.sid == _SID) for table in (records, seen, outbox, rejected, streams)
+)
+
+
+def _select_rejected(count: int) -> sa.Select[Any]:
+    return select(rejected.c.fingerprint, rejected.c.record_id).where(
+        rejected.c.sid == _SID, rejected.c.fingerprint.in_(_ids(count))
+    )
+
+
+# A stored row whose record holds ``"remote_id":<value>``: the substring narrows the rows,
+# the caller checks each one's decoded record. SQLite's LIKE does not read BLOBs (instr
+# does); PostgreSQL's bytea has LIKE.
+_PATTERN = bindparam("p_pattern", type_=sa.LargeBinary)
+_SELECT_BY_REMOTE = {
+    "sqlite": select(records.c.id, records.c.record).where(
+        records.c.sid == _SID, func.instr(records.c.record, _PATTERN) > 0
+    ),
+    "postgresql": select(records.c.id, records.c.record).where(
+        records.c.sid == _SID, records.c.record.op("LIKE")(_PATTERN)
+    ),
+}
+_COUNT_REJECTED = select(func.count()).select_from(rejected).where(rejected.c.sid == _SID)
+# Rejected items of the current scan that nothing identifies: its deletes are withheld.
+_COUNT_UNIDENTIFIED = (
+    select(func.count())
+    .select_from(rejected)
+    .where(
+        rejected.c.sid == _SID,
+        rejected.c.scan == _CURRENT_SCAN,
+        rejected.c.record_id.is_(None),
+    )
+)
+# A completed full scan met every bad item still there: forget the ones it did not meet
+# (fixed or deleted upstream), so the same content going bad again is dead-lettered anew.
+_PRUNE_REJECTED = delete(rejected).where(
+    rejected.c.sid == _SID,
+    rejected.c.scan != _CURRENT_SCAN,
+    select(streams.c.scan_kind).where(streams.c.sid == _SID).scalar_subquery() == "full",
 )
 _SELECT_OUTBOX = (
     select(outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
@@ -177,7 +216,19 @@ _CLEAR_OUTBOX = delete(outbox).where(outbox.c.sid == _SID)
 _RECORD_COLUMNS = ("sid", "id", "modified_at", "hash", "record")
 _SEEN_COLUMNS = ("sid", "id", "scan")
 _OUTBOX_COLUMNS = ("sid", "seq", "topic", "key", "value", "headers")
+_REJECTED_COLUMNS = ("sid", "fingerprint", "first_seen", "reason", "record_id", "scan")
 _PING = select(streams.c.sid).limit(1)
+
+
+def _remote_pattern(dialect: str, remote_id: str) -> bytes:
+    needle = b'"remote_id":' + orjson.dumps(remote_id)  # orjson writes compact JSON
+    if dialect == "sqlite":
+        return needle
+    # LIKE, without an ESCAPE clause: what LIKE treats specially (PostgreSQL's default
+    # escape, backslash, too) matches any one character instead.
+    for special in (b"\\", b"%"):
+        needle = needle.replace(special, b"_")
+    return b"%" + needle + b"%"
 
 
 class _Sql:
@@ -275,6 +326,20 @@ class StateStore:
 
         self._upsert_records = upsert(records, _RECORD_COLUMNS)
         self._upsert_seen = upsert(seen, _SEEN_COLUMNS)
+
+        def upsert_rejected(count: int) -> sa.Insert:
+            # Seen again: a newer scan, and the record it stands for if now known; the
+            # first sighting and its reason stay.
+            stmt = insert(rejected).values(_rows(rejected, _REJECTED_COLUMNS, count))
+            return stmt.on_conflict_do_update(
+                index_elements=[rejected.c.sid, rejected.c.fingerprint],
+                set_={
+                    "scan": stmt.excluded.scan,
+                    "record_id": func.coalesce(stmt.excluded.record_id, rejected.c.record_id),
+                },
+            )
+
+        self._upsert_rejected = upsert_rejected
         self._insert_outbox = lambda count: sa.insert(outbox).values(
             _rows(outbox, _OUTBOX_COLUMNS, count)
         )
@@ -377,13 +442,21 @@ class StateStore:
         next_cursor: str | None,
         max_modified: str | None,
         outbox: Sequence[Message] = (),
+        rejected: Sequence[RejectWrite] = (),
     ) -> StreamState:
-        """Write a page's rows, its messages to publish, mark its ids seen by this scan and
-        move the cursor: one transaction."""
+        """Write a page's rows, its messages to publish (dead letters included), the
+        contents it rejected, mark its ids seen by this scan and move the cursor: one
+        transaction."""
         with self._tx("commit page") as tx:
             sid = self._sid(tx, key)
             self._write_outbox(tx, sid, outbox)
             scan = tx.one(_SELECT_SCAN, p_sid=sid)[0]
+            if rejected:
+                unique = {r.fingerprint: r for r in rejected}.values()
+                rows = [(sid, r.fingerprint, r.first_seen, r.reason, r.record_id, scan)
+                        for r in unique]  # fmt: skip
+                for start in range(0, len(rows), _CHUNK):
+                    tx.values(self._upsert_rejected, rows[start : start + _CHUNK])
             rest: Sequence[str] = seen_ids
             if writes:
                 dumps = orjson.dumps
@@ -400,6 +473,52 @@ class StateStore:
                 tx.run_ids(_mark_seen, chunk, p_scan=scan, p_sid=sid)
             tx.run(_ADVANCE, p_cursor=next_cursor, p_max=max_modified, p_sid=sid)
             return self._state(tx, key)
+
+    def known_rejections(
+        self, key: StreamKey, fingerprints: Sequence[str]
+    ) -> dict[str, str | None]:
+        """Fingerprint -> record id (or None) of the contents already dead-lettered."""
+        known: dict[str, str | None] = {}
+        if not fingerprints:
+            return known
+        with self._tx("read rejected items", read=True) as tx:
+            sid = self._sid(tx, key)
+            for start in range(0, len(fingerprints), _CHUNK):
+                chunk = fingerprints[start : start + _CHUNK]
+                for fingerprint, record_id in tx.run_ids(
+                    _select_rejected, chunk, p_sid=sid
+                ).fetchall():
+                    known[fingerprint] = record_id
+        return known
+
+    def find_remote_ids(self, key: StreamKey, remote_ids: Sequence[str]) -> dict[str, str]:
+        """remote_id -> id of the stored rows whose record has that ``remote_id``.
+
+        Reads every row of the stream (no index on it): for rejected items only, whose
+        answer is remembered with them.
+        """
+        found: dict[str, str] = {}
+        with self._tx("find rows by remote_id", read=True) as tx:
+            sid = self._sid(tx, key)
+            statement = _SELECT_BY_REMOTE[self.dialect]
+            for remote_id in dict.fromkeys(remote_ids):
+                pattern = _remote_pattern(self.dialect, remote_id)
+                for rid, blob in tx.run(statement, p_pattern=pattern, p_sid=sid).fetchall():
+                    record = orjson.loads(bytes(blob))
+                    if isinstance(record, dict) and record.get("remote_id") == remote_id:
+                        found[remote_id] = rid
+                        break
+        return found
+
+    def count_unidentified(self, key: StreamKey) -> int:
+        """Items the current scan rejected that no stored row is known for."""
+        with self._tx("count unidentified rejected items", read=True) as tx:
+            return int(tx.one(_COUNT_UNIDENTIFIED, p_sid=self._sid(tx, key))[0])
+
+    def rejected_count(self, key: StreamKey) -> int:
+        """Distinct bad contents the stream dead-lettered and still meets (for status)."""
+        with self._tx("count rejected items", read=True) as tx:
+            return int(tx.one(_COUNT_REJECTED, p_sid=self._sid(tx, key))[0])
 
     def begin_deletes(self, key: StreamKey) -> StreamState:
         """Every page of a full scan is committed: move on to the delete phase."""
@@ -440,6 +559,7 @@ class StateStore:
         """Close the scan and move the watermark to the newest ``modified_at`` it published."""
         with self._tx("finish scan") as tx:
             sid = self._sid(tx, key)
+            tx.run(_PRUNE_REJECTED, p_sid=sid)
             tx.run(_FINISH_SCAN, p_now=now, p_guard=delete_guard, p_sid=sid)
             return self._state(tx, key)
 
