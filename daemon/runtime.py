@@ -42,7 +42,7 @@ class Runtime:
             settings=settings,
             store=store,
             client=BindbeeClient(settings.bindbee, stop=stop),
-            sink=KafkaSink(settings.kafka),
+            sink=KafkaSink(settings.kafka, stop=stop),
             stop=stop,
         )
 

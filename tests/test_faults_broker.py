@@ -87,6 +87,10 @@ def test_broker_frozen_mid_scan_then_back(sim, own_broker, tmp_path: Path) -> No
     assert len(daemon.matching("scan_failed", since=resumed + 0.01)) <= 1
     for line in failures_while_paused:
         assert line["retry_in_s"] <= 5, line
+    # One warning for the outage; the retries of the same failure are INFO lines.
+    assert [line["level"] for line in failures_while_paused][:1] == ["warning"]
+    assert all(line["level"] == "info" for line in failures_while_paused[1:])
+    assert daemon.matching("stream_recovered", since=resumed)
     assert not daemon.tracebacks()
     report = check(broker.bootstrap, topic_of(config, "acme"), sim, "acme")
     report.assert_holds()
@@ -100,6 +104,46 @@ def test_broker_frozen_mid_scan_then_back(sim, own_broker, tmp_path: Path) -> No
         scan_finished_after_resume_s=round(recovered, 2),
         redeliveries=report.redeliveries,
     )
+
+
+@pytest.mark.sim(enrollments=600)
+def test_sigterm_while_kafka_is_frozen_exits_at_once_and_loses_nothing(
+    sim, own_broker, tmp_path: Path
+) -> None:
+    config = base_config(sim, own_broker.bootstrap, tmp_path)
+    path = write_config(tmp_path, config)
+    db = tmp_path / "state.db"
+    daemon = Daemon(path, "run")
+    try:
+        daemon.wait_for("scan_finished", timeout=60)
+        own_broker.pause()
+        try:
+            for rid in sim.ids("acme", "enrollments")[:5]:
+                sim.update("acme", "enrollments", rid, {"start_date": "2045-01-01T00:00:00Z"})
+            # The next pass commits the changed page with its events, then cannot send them.
+            wait_until(
+                lambda: (stream_state(db, "acme") or {}).get("outbox", 0) > 0,
+                30,
+                "a committed page waiting for Kafka",
+            )
+            signalled = time.monotonic()
+            code = daemon.stop(timeout=20)
+            exit_s = time.monotonic() - signalled
+        finally:
+            own_broker.resume()
+    finally:
+        daemon.stop()
+    assert code == 0, daemon.lines[-10:]
+    assert not daemon.tracebacks()
+    assert (stream_state(db, "acme") or {}).get("outbox", 0) > 0  # kept for the restart
+    again = Daemon(path, "run")
+    try:
+        again.wait_for("outbox_published", timeout=60)
+        again.wait_for("scan_finished", timeout=60)
+    finally:
+        assert again.stop() == 0
+    check(own_broker.bootstrap, topic_of(config, "acme"), sim, "acme").assert_holds()
+    figures("sigterm_while_kafka_frozen", exit_s=round(exit_s, 2))
 
 
 # -- 3. no broker at start-up ----------------------------------------------------------------

@@ -49,6 +49,8 @@ class StreamHealth:
 
     failures: int = 0
     last_error: str | None = None
+    last_error_kind: str | None = None
+    failing_since: float | None = None
     running_since: float | None = None
     last_success: float | None = None
 
@@ -327,13 +329,26 @@ class Scheduler:
         except StreamFatalError as exc:
             self._failed(stream, exc, settings.scheduler.fatal_backoff_seconds)
         except ChangefeedError as exc:  # retriable, and anything not known to be fatal
-            self._failed(stream, exc, self._retry_delay(stream, health.failures + 1))
+            if self.runtime.stop.is_set():
+                # Shutdown cut a send or a wait short: the outbox keeps the page.
+                bound.info("scan_interrupted", reason=f"{type(exc).__name__}: {exc}")
+            else:
+                self._failed(stream, exc, self._retry_delay(stream, health.failures + 1))
         except Exception as exc:  # a bug in one stream must not stop the rest
             bound.exception("stream_crashed")
             self._failed(stream, exc, self._retry_delay(stream, health.failures + 1))
         else:
+            if health.failures:
+                log.info(
+                    "stream_recovered",
+                    connector=stream.connector.name,
+                    model=stream.model,
+                    failures=health.failures,
+                    failing_s=round(time.monotonic() - (health.failing_since or 0.0), 1),
+                )
             health.failures = 0
             health.last_error = None
+            health.last_error_kind = None
             health.last_success = time.monotonic()
             if model.trigger == "sync":
                 # The safety net counts from this scan, not from the process start.
@@ -360,9 +375,15 @@ class Scheduler:
     def _failed(self, stream: _Stream, exc: BaseException, delay: float) -> None:
         health = stream.health
         health.failures += 1
+        same = health.last_error is not None and health.last_error_kind == type(exc).__name__
         health.last_error = f"{type(exc).__name__}: {exc}"
+        health.last_error_kind = type(exc).__name__
+        if health.failures == 1:
+            health.failing_since = time.monotonic()
         metrics.STREAM_UP.labels(*stream.labels).set(0)
-        log.error(
+        # One warning per outage and stream: the retries of the same failure are INFO.
+        emit = log.info if same else log.warning
+        emit(
             "scan_failed",
             connector=stream.connector.name,
             model=stream.model,

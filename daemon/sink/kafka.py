@@ -40,6 +40,9 @@ _CODEC_AVAILABLE = {"gzip": has_gzip, "lz4": has_lz4, "snappy": has_snappy, "zst
 # unreachable. Without this cap a refused connection was retried for request_timeout_ms
 # (30 s) per stream and pass; requests to a connected broker keep request_timeout_ms.
 BOOTSTRAP_TIMEOUT_MS = 5000
+# send() blocks while it waits for a topic's metadata: one round trip on a live cluster.
+# Capped so a pass (and so a SIGTERM) never waits request_timeout_ms on a broker that left.
+SEND_BLOCK_MS = 3000
 
 
 class KafkaSink:
@@ -50,7 +53,11 @@ class KafkaSink:
     """
 
     def __init__(
-        self, settings: KafkaSettings, *, logger: FilteringBoundLogger | None = None
+        self,
+        settings: KafkaSettings,
+        *,
+        logger: FilteringBoundLogger | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         codec = settings.compression_type
         if codec != "none" and not _CODEC_AVAILABLE[codec]():
@@ -58,6 +65,9 @@ class KafkaSink:
                 "kafka.compression_type", f"{codec} needs a Python package that is not installed"
             )
         self._settings = settings
+        # A stop request ends a flush early: what Kafka has not acknowledged stays in the
+        # outbox (committed with its page) and is sent after the restart, same ids.
+        self._stop = stop or threading.Event()
         self._log: FilteringBoundLogger = logger or structlog.get_logger(__name__)
         self._lock = threading.Lock()
         self._producer: KafkaProducer | None = None
@@ -102,7 +112,7 @@ class KafkaSink:
             self._discard(producer)
             raise
         try:
-            _flush(producer, futures, deadline)
+            _flush(producer, futures, deadline, self._stop)
         except BaseException:
             self._discard(producer)
             raise
@@ -180,7 +190,8 @@ class KafkaSink:
         with self._lock:
             producer, self._producer = self._producer, None
         if producer is not None:
-            _close_producer(producer, _CLOSE_TIMEOUT_SECONDS)
+            # Stopping: the outbox holds whatever is unsent, so do not wait for a dead broker.
+            _close_producer(producer, 1.0 if self._stop.is_set() else _CLOSE_TIMEOUT_SECONDS)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -196,7 +207,7 @@ class KafkaSink:
             producer = KafkaProducer(
                 **producer_configs(s),
                 # Both bound how long publish can block before the first byte is sent.
-                max_block_ms=s.request_timeout_ms,
+                max_block_ms=min(s.request_timeout_ms, SEND_BLOCK_MS),
                 bootstrap_timeout_ms=bootstrap_timeout_ms(s),
                 # When we create topics, a producer must not auto-create one first with the
                 # broker's default partition count. (tansu 0.6.0 ignores this flag.)
@@ -355,8 +366,10 @@ def _close_producer(producer: KafkaProducer, timeout: float) -> None:
             producer.close(timeout=0)
 
 
-def _flush(producer: KafkaProducer, futures: list[Any], deadline: float) -> None:
-    """Flush until every future is done or the deadline passed.
+def _flush(
+    producer: KafkaProducer, futures: list[Any], deadline: float, stop: threading.Event
+) -> None:
+    """Flush until every future is done, the deadline passed or a stop was requested.
 
     ``KafkaProducer.flush(timeout)`` applies the timeout to each pending batch in turn, so
     one call can overrun it several times (measured: 4 s for a 2 s timeout); short steps
@@ -371,6 +384,8 @@ def _flush(producer: KafkaProducer, futures: list[Any], deadline: float) -> None
             # Other threads' batches count in a flush too; only ours matter here.
             if remaining <= _FLUSH_STEP_SECONDS or all(f.is_done for f in futures):
                 return
+            if stop.is_set():
+                return  # the caller finds the unacknowledged futures and fails the page
 
 
 def _describe(exc: BaseException) -> str:
