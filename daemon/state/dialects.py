@@ -119,8 +119,19 @@ class SqliteBackend(Backend):
                 # A read is one statement: autocommit, as pysqlite ran it before.
                 yield self._conn
                 return
-            with self._conn.begin():
+            # BEGIN IMMEDIATE / COMMIT on the driver connection itself: SQLAlchemy's
+            # Transaction object and its begin/commit events cost more than the page's
+            # statements (the store runs its SQL on the DBAPI cursor anyway).
+            raw = self._conn.connection.driver_connection
+            assert raw is not None
+            raw.execute("BEGIN IMMEDIATE")
+            try:
                 yield self._conn
+                raw.execute("COMMIT")
+            except BaseException:
+                if raw.in_transaction:  # also when COMMIT itself failed (busy, disk full)
+                    raw.execute("ROLLBACK")
+                raise
 
     def guard(self) -> AbstractContextManager[object]:
         return self._lock
