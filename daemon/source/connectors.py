@@ -11,7 +11,6 @@ broken connector must not stop the watcher from seeing the others.
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import orjson
 import structlog
 from pydantic import SecretStr
 
+from daemon.backoff import delay_after, full_jitter
 from daemon.errors import (
     ApiUnavailableError,
     AuthError,
@@ -197,6 +197,8 @@ class ConnectorDirectory:
         self.max_attempts = max_attempts
         self.backoff_base_seconds = backoff_base_seconds
         self.backoff_max_seconds = backoff_max_seconds
+        # The project's one back-off formula (full jitter), as the data client uses it.
+        self._wait = full_jitter(backoff_base_seconds, backoff_max_seconds)
         self.max_retry_after_seconds = max_retry_after_seconds
         self.max_pages = max_pages
         self._stop = stop or threading.Event()
@@ -340,10 +342,7 @@ class ConnectorDirectory:
                 if failure.outcome == "malformed":
                     raise MalformedResponseError(f"{failure.reason} ({failures} attempts)")
                 raise ApiUnavailableError(f"{failure.reason}; gave up after {failures} attempts")
-            delay = random.uniform(
-                0,
-                min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (failures - 1)),
-            )
+            delay = delay_after(self._wait, failures)
             log.warning(
                 "connectors_retry",
                 where=where,
