@@ -1,5 +1,5 @@
-"""Command line: ``lms-changefeed run | poll | status | reset | migrate | tail | check-config |
-dev``.
+"""Command line: ``lms-changefeed run | poll | status | resync | reset | migrate | tail |
+schema | check-config | dev``.
 
 Exit codes: 0 fine, 1 a stream or command failed, 2 refused (bad config or arguments, no
 state store, unknown stream, no confirmation), 130 interrupted.
@@ -8,9 +8,11 @@ state store, unknown stream, no confirmation), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 
 from daemon import log as logsetup
 from daemon.errors import ChangefeedError, ConfigError, StreamHeldElsewhere
+from daemon.models import LeaseInfo, ReplicaInfo, StreamKey, StreamState
 from daemon.service import StopOnSignal
 from daemon.settings import CONFIG_ENV, KafkaSettings, Settings, load_settings
 from daemon.stream import PassResult
@@ -104,6 +107,11 @@ def cmd_poll(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"{stream_pass.key}: FAILED: {exc}", file=sys.stderr)
                 continue
+            finally:
+                # The lease goes back at once (a running daemon's replicas may want the
+                # stream); the shared due time stays as the daemon set it.
+                with contextlib.suppress(ChangefeedError):
+                    runtime.store.release(stream_pass.key)
             s = result.stats
             print(
                 f"{result.key}: {result.kind} scan #{result.scan_number}: {s.pages} pages, "
@@ -153,12 +161,128 @@ def _check_streams(
         )
 
 
+def _age(seconds: float) -> str:
+    """A duration for people, to the unit that matters: 42s, 7m, 3h, 2d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _lease_cell(lease: LeaseInfo | None, now: float) -> str:
+    """Who scans the stream and for how long; an expired lease is free for any replica
+    (its holder died or stalled), so it says so rather than pass for a scan in progress."""
+    if lease is None:
+        return "-"
+    held = f"{lease.owner} {_age(now - lease.acquired_at)}"
+    return f"{held} (expired)" if lease.expires_at < now else held
+
+
+def _due_cell(due_at: float | None, now: float) -> str:
+    return "now" if due_at is None or due_at <= now else f"in {_age(due_at - now)}"
+
+
+def _stream_rows(
+    states: Sequence[StreamState],
+    rejected: dict[StreamKey, int],
+    leases: dict[StreamKey, LeaseInfo],
+    now: float,
+) -> list[tuple[str, ...]]:
+    """One row per stream, in the order of ``_STATUS_COLUMNS``."""
+    rows = []
+    for st in states:
+        progress = (
+            f"{st.scan_kind} #{st.scan_number} {st.scan_phase}, {st.scan_pages} pages"
+            if st.in_progress
+            else "-"
+        )
+        rows.append(
+            (
+                str(st.key),
+                st.watermark or "-",
+                str(st.records),
+                _ts(st.last_full_scan_at),
+                progress,
+                _lease_cell(leases.get(st.key), now),
+                _due_cell(st.due_at, now),
+                f"requested {_age(now - st.resync_requested_at)} ago"
+                if st.resync_requested_at is not None
+                else "-",
+                (st.sync_bookmark or "-")
+                + (f" (scanning {st.scan_sync})" if st.in_progress and st.scan_sync else ""),
+                str(rejected[st.key]),
+                st.delete_guard or "-",
+                "; ".join(
+                    part
+                    for part in (
+                        f"{st.last_error} ({_ts(st.last_error_at)})" if st.last_error else "",
+                        f"no scans: {st.connector_state}" if st.connector_state else "",
+                    )
+                    if part
+                )
+                or "-",
+            )
+        )
+    return rows
+
+
+_STATUS_COLUMNS = (
+    "stream",
+    "watermark",
+    "records",
+    "last full scan",
+    "scan in progress",
+    "lease",
+    "next due",
+    "resync",
+    "sync scanned",
+    "rejected",
+    "delete guard",
+    "last error",
+)
+
+
+def _replica_rows(
+    replicas: Sequence[ReplicaInfo],
+    leases: dict[StreamKey, LeaseInfo],
+    watcher: str | None,
+    lease_seconds: float,
+    now: float,
+) -> list[tuple[str, ...]]:
+    """One row per replica row in the store: a replica silent for longer than a lease is
+    dead or stalled (its leases are free), and the row says so until it is pruned."""
+    rows = []
+    for r in replicas:
+        held = sum(
+            1 for lease in leases.values() if lease.owner == r.replica and lease.expires_at >= now
+        )
+        holds = [f"{held} stream(s)"] if held else []
+        if watcher == r.replica:
+            holds.append("sync watcher")
+        silent = now - r.heartbeat_at > lease_seconds
+        rows.append(
+            (
+                r.replica,
+                r.host,
+                str(r.pid),
+                _ts(r.started_at),
+                f"{_age(now - r.heartbeat_at)} ago" + (" (silent)" if silent else ""),
+                f"{r.busy}/{r.workers}",
+                ", ".join(holds) or "-",
+            )
+        )
+    return rows
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    """A table per stream: watermark, records, last full scan, scan in progress, rejected
-    items (dead-lettered, still met), delete guard, error."""
+    """A table per stream: watermark, records, last full scan, scan in progress, lease
+    holder, next due time, pending resync, rejected items (dead-lettered, still met),
+    delete guard, error; then the replicas sharing the store."""
     from rich.console import Console
     from rich.table import Table
 
+    from daemon.schedule.fleet import WATCHER_LEASE
     from daemon.state import current_revision, head_revision, open_store, require_store
 
     settings = load_settings(args.config)
@@ -173,6 +297,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         states = store.states()
         # Poison records dead-lettered and still met (distinct contents), per stream.
         rejected = {st.key: store.rejected_count(st.key) for st in states}
+        leases = store.stream_leases()
+        replicas = store.replicas()
+        now = time.time()
+        watcher = next(
+            (lease.owner for lease in store.fleet(now).leases if lease.name == WATCHER_LEASE),
+            None,
+        )
     finally:
         store.close()
     _check_streams(settings, [st.key for st in states], args.connector, args.model)
@@ -183,51 +314,109 @@ def cmd_status(args: argparse.Namespace) -> int:
         and (args.model is None or st.key.model == args.model)
     ]
     table = Table(title=f"lms-changefeed streams ({_store_where(settings)})")
-    for column in (
-        "stream",
-        "watermark",
-        "records",
-        "last full scan",
-        "scan in progress",
-        "sync scanned",
-        "rejected",
-        "delete guard",
-        "last error",
-    ):
+    for column in _STATUS_COLUMNS:
         table.add_column(column)
-    unhealthy = False
-    for st in states:
-        progress = (
-            f"{st.scan_kind} #{st.scan_number} {st.scan_phase}, {st.scan_pages} pages"
-            if st.in_progress
-            else "-"
-        )
-        unhealthy |= bool(st.delete_guard or st.last_error or st.connector_state)
-        table.add_row(
-            str(st.key),
-            st.watermark or "-",
-            str(st.records),
-            _ts(st.last_full_scan_at),
-            progress,
-            (st.sync_bookmark or "-")
-            + (f" (scanning {st.scan_sync})" if st.in_progress and st.scan_sync else ""),
-            str(rejected[st.key]),
-            st.delete_guard or "-",
-            "; ".join(
-                part
-                for part in (
-                    f"{st.last_error} ({_ts(st.last_error_at)})" if st.last_error else "",
-                    f"no scans: {st.connector_state}" if st.connector_state else "",
-                )
-                if part
-            )
-            or "-",
-        )
+    for row in _stream_rows(states, rejected, leases, now):
+        table.add_row(*row)
+    unhealthy = any(st.delete_guard or st.last_error or st.connector_state for st in states)
     # Not a terminal (a pipe, a log): wide enough that a row stays on one line.
-    Console(width=240 if not sys.stdout.isatty() else None).print(table)
+    console = Console(width=240 if not sys.stdout.isatty() else None)
+    console.print(table)
     if not states:
         print("no stream has state yet (the first `poll` or `run` pass records it)")
+    if replicas:
+        # Every process sharing the store (one for SQLite); the columns say who is alive.
+        others = Table(title="replicas")
+        for column in ("replica", "host", "pid", "started", "heartbeat", "busy/workers", "holds"):
+            others.add_column(column)
+        for row in _replica_rows(replicas, leases, watcher, settings.state.lease_seconds, now):
+            others.add_row(*row)
+        console.print(others)
     return EXIT_FAILED if unhealthy else EXIT_OK
+
+
+def _stored_streams(
+    settings: Settings, stored: Sequence[StreamKey], connector: str | None, model: str | None
+) -> list[StreamKey]:
+    """The stored streams a filter selects; UsageError naming what selects none."""
+    try:
+        _check_streams(settings, stored, connector, model)
+    except UsageError as exc:
+        if connector is None or model is None:
+            raise
+        raise UsageError(f"cannot resync {StreamKey(connector, model)}: {exc}") from None
+    chosen = [
+        key
+        for key in stored
+        if (connector is None or key.connector == connector)
+        and (model is None or key.model == model)
+    ]
+    if not chosen:
+        if connector is not None and model is not None:
+            what = f"{StreamKey(connector, model)} has no"
+        elif connector is not None:
+            what = f"no stream of connector {connector!r} has"
+        elif model is not None:
+            what = f"no stream of model {model!r} has"
+        else:
+            what = "no stream has"
+        raise UsageError(
+            f"nothing to resync: {what} state in {_store_where(settings)} yet "
+            "(a stream's first pass is a full scan anyway)"
+        )
+    return chosen
+
+
+def _resync_notes(settings: Settings, state: StreamState) -> list[str]:
+    """What would keep this daemon's configuration from running the requested scan."""
+    notes = []
+    model = settings.models.get(state.key.model)
+    configured = {c.key for c in settings.connectors}
+    if model is None or (
+        state.key.connector not in configured and not settings.bindbee.discover_connectors
+    ):
+        notes.append("not configured here: only a daemon that follows it runs the scan")
+    elif model.trigger == "sync" and state.connector_state:
+        notes.append(f"its connector is held ({state.connector_state}): the scan waits for it")
+    if state.in_progress:
+        notes.append("the scan in progress finishes first")
+    return notes
+
+
+def cmd_resync(args: argparse.Namespace) -> int:
+    """Ask the running daemon (whichever replica is free) for a full scan that compares with
+    the stored snapshot: only real differences become events (``reset`` re-sends all)."""
+    from daemon.state import open_store
+
+    if args.all and (args.connector or args.model):
+        raise UsageError("--all selects every stream: give it without --connector or --model")
+    if not (args.all or args.connector or args.model):
+        raise UsageError("resync needs --connector C [--model M], --model M, or --all")
+    settings = load_settings(args.config)
+    # No migration from an operator's command: a daemon of this version migrated already.
+    store = open_store(settings.state, create=False, auto_migrate=False)
+    try:
+        states = {st.key: st for st in store.states()}
+        # Every stream checked before any request: a refusal leaves the store as it was.
+        keys = _stored_streams(settings, list(states), args.connector, args.model)
+        now = time.time()
+        for key in keys:
+            store.request_scan(key, now, resync=True)
+    finally:
+        store.close()
+    within = settings.scheduler.claim_interval_seconds
+    for key in keys:
+        state = states[key]
+        pending = state.resync_requested_at
+        said = f"already requested {_age(now - pending)} ago" if pending else "requested"
+        notes = "".join(f"; note: {note}" for note in _resync_notes(settings, state))
+        print(
+            f"resync {key}: {said}; a running daemon starts a full scan comparing with the "
+            f"stored snapshot (only real differences become events) within about {within:g}s "
+            f"(scheduler.claim_interval_seconds); `lms-changefeed status` shows the request "
+            f"until that scan is done{notes}"
+        )
+    return EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -256,7 +445,6 @@ def _confirm(question: str) -> bool:
 
 def cmd_reset(args: argparse.Namespace) -> int:
     """Forget a stream's snapshot and watermark: its next pass is an initial sync."""
-    from daemon.models import StreamKey
     from daemon.state import open_store
 
     settings = load_settings(args.config)
@@ -416,6 +604,21 @@ def build_parser() -> argparse.ArgumentParser:
     poll.add_argument("--full", action="store_true", help="force a full scan")
     status = add("status", cmd_status, "show each stream's watermark, records and scan state")
     stream_filter(status, required=False, what="to show only (default: all)")
+    resync = add(
+        "resync",
+        cmd_resync,
+        "ask the running daemon for a full scan that compares with the stored snapshot "
+        "(only real differences become events; `reset` re-sends everything)",
+    )
+    resync.add_argument(
+        "--connector", help="connector of the streams to resync (alone: all its models)"
+    )
+    resync.add_argument(
+        "--model", help="model to resync, e.g. enrollments (alone: for every connector)"
+    )
+    resync.add_argument(
+        "--all", action="store_true", help="resync every stream the state store knows"
+    )
     reset = add("reset", cmd_reset, "forget one stream's state (next pass is an initial sync)")
     stream_filter(reset, required=True, what="of the stream to reset")
     reset.add_argument(

@@ -90,5 +90,10 @@ class StreamHeldElsewhere(ChangefeedError):
     """Another replica sharing the PostgreSQL state runs this stream; not an error."""
 
 
+class LeaseLost(StreamHeldElsewhere):
+    """The pass's lease expired and may be another replica's now: it stopped before
+    writing (the page in flight is re-read by the new holder)."""
+
+
 class ScanInterrupted(RetriableError):
     """A stop was requested; the pass ended at a page boundary with nothing half-done."""

@@ -21,6 +21,48 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+_replica: str | None = None
+# One lock for both writers of the stream: structlog's lines and the stdlib handler's
+# (kafka, apscheduler). With a lock each, a library line could land between a message
+# and its newline, and two JSON objects shared a line.
+_WRITE_LOCK = threading.RLock()
+
+
+class _LineLogger:
+    """A structlog logger writing each line whole, in one write, under ``_WRITE_LOCK``."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def msg(self, message: str) -> None:
+        with _WRITE_LOCK:
+            self._out.write(message + "\n")
+            self._out.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The stdlib handler, sharing the structlog writer's lock."""
+
+    def createLock(self) -> None:
+        self.lock = _WRITE_LOCK
+
+
+def set_replica(name: str | None) -> None:
+    """Name this process in every log line (``replica``): one of a fleet's replicas."""
+    global _replica
+    _replica = name
+
+
+def _add_replica(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if _replica is not None:
+        event.setdefault("replica", _replica)
+    return event
+
+
 def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog and the stdlib root logger (kafka, httpx, apscheduler)."""
     out = stream or sys.stderr
@@ -36,17 +78,18 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_replica,
         _redact,
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=lambda *_args: _LineLogger(out),
         cache_logger_on_first_use=False,
     )
     # Libraries log through stdlib logging: render their lines the same way (one JSON
     # object per line in containers), and keep them quiet unless they warn.
-    handler = logging.StreamHandler(out)
+    handler = _LineHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
@@ -61,6 +104,9 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
     logging.basicConfig(handlers=[handler], level=max(numeric, logging.WARNING), force=True)
     for noisy in ("kafka", "httpx", "httpcore", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    # "Job ... skipped: maximum number of running instances reached": the claim loop still
+    # running when its next tick comes is normal under load, not news (errors still show).
+    logging.getLogger("apscheduler.scheduler").setLevel(max(numeric, logging.ERROR))
 
 
 class LibraryChatter(logging.Filter):

@@ -173,9 +173,58 @@ class StreamState:
     scan_sync: str | None = None
     # Why the sync watcher holds this stream's scans (relink needed, inactive), or None.
     connector_state: str | None = None
+    # Shared by the replicas: when the stream is next due (None: now), the last request
+    # for a scan and the Bindbee sync it was for, an operator's pending resync.
+    due_at: float | None = None
+    requested_at: float | None = None
+    requested_sync: str | None = None
+    resync_requested_at: float | None = None
     records: int = 0
 
     @property
     def in_progress(self) -> bool:
         """True when a scan was started and not finished (a restart resumes it)."""
         return self.scan_kind is not None
+
+
+@dataclass(frozen=True, slots=True)
+class DueStream:
+    """A stream due now that no live lease holds."""
+
+    key: StreamKey
+    due_at: float | None
+    connector_state: str | None  # why the sync watcher holds its scans, if it does
+    resync_requested_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """Who holds a lease (``stream:<sid>``, ``sync-watcher``) since when, until when."""
+
+    name: str
+    owner: str
+    acquired_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaInfo:
+    """One process sharing the state store, as its last heartbeat described it."""
+
+    replica: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    workers: int
+    busy: int
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """One read of the shared schedule: what is due, who holds what, who is alive."""
+
+    due: list[DueStream]
+    next_due: float | None
+    leases: list[LeaseInfo]
+    replicas: list[ReplicaInfo]

@@ -9,18 +9,19 @@ from dataclasses import dataclass, field
 from daemon.settings import ConnectorSettings, Settings, StateSettings
 from daemon.sink.kafka import KafkaSink
 from daemon.source.client import BindbeeClient
-from daemon.state import SnapshotStore
+from daemon.state import StateStore
 from daemon.state import open_store as _open_store
 from daemon.stream import StreamPass
 
 
-def open_store(state: StateSettings) -> SnapshotStore:
+def open_store(state: StateSettings, owner: str | None = None) -> StateStore:
     """The configured state store: PostgreSQL when ``state.url`` is set, else SQLite.
 
     A store behind the schema head is migrated first unless ``state.auto_migrate`` is
-    false (then StateStoreError asks for ``lms-changefeed migrate``).
+    false (then StateStoreError asks for ``lms-changefeed migrate``). ``owner`` names
+    this process in the leases it takes.
     """
-    return _open_store(state)
+    return _open_store(state, owner=owner)
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Runtime:
     """Settings plus the store, API client and Kafka sink every stream shares."""
 
     settings: Settings
-    store: SnapshotStore
+    store: StateStore
     client: BindbeeClient
     sink: KafkaSink
     stop: threading.Event = field(default_factory=threading.Event)
@@ -37,11 +38,20 @@ class Runtime:
     def open(cls, settings: Settings, stop: threading.Event | None = None) -> Runtime:
         """Open the state store and create (not connect) the client and the sink."""
         stop = stop or threading.Event()
-        store = open_store(settings.state)
+        store = open_store(settings.state, settings.scheduler.replica_id)
+        try:
+            store.free_dead_leases()  # a killed predecessor here need not be waited out
+        except BaseException:
+            store.close()
+            raise
         return cls(
             settings=settings,
             store=store,
-            client=BindbeeClient(settings.bindbee, stop=stop),
+            client=BindbeeClient(
+                settings.bindbee,
+                stop=stop,
+                connections_per_connector=settings.bindbee.connections_per_connector,
+            ),
             sink=KafkaSink(settings.kafka, stop=stop),
             stop=stop,
         )

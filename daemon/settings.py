@@ -64,6 +64,10 @@ class BindbeeSettings(_Section):
     timeout_seconds: float = Field(30.0, gt=0)
     rate_limit: RateLimitSettings = RateLimitSettings()
     max_attempts: int = Field(6, ge=1, le=50)
+    # Requests of one connector in flight at once (its own slots: one connector's slow
+    # answers never hold back another's). A pass has one in flight; 4 keep 200/min flowing
+    # up to ~1.2 s per request.
+    connections_per_connector: int = Field(4, ge=1, le=64)
     backoff_base_seconds: float = Field(0.5, gt=0)
     backoff_max_seconds: float = Field(30.0, gt=0)
     # The sync watcher reads GET /connectors this often (API key only, no data budget);
@@ -181,6 +185,10 @@ class KafkaSettings(_Section):
     # Items of a page the daemon cannot diff (no id, unreadable modified_at, ...) go here
     # as bindbee.lms.{model}.rejected CloudEvents, once per distinct content.
     dead_letter_topic: str = Field("bindbee.lms.deadletter", min_length=1)
+    # After every completed scan, a bindbee.lms.{model}.scan_completed CloudEvent here,
+    # keyed by stream: what the scan covered, up to which offsets of the data topic.
+    control_topic: str = Field("bindbee.lms.control", min_length=1)
+    scan_markers: bool = True
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -231,6 +239,12 @@ class StateSettings(_Section):
     url: SecretStr | None = None
     # run/poll apply pending schema migrations at start (under a lock); off: `migrate` does.
     auto_migrate: bool = True
+    # A stream's lease (PostgreSQL: replicas share the streams) is free for any replica
+    # once its holder has not renewed it for this long; the holder renews every third.
+    lease_seconds: float = Field(30.0, ge=1.0, le=3600.0)
+    # Database connections per process (PostgreSQL): workers share them, they never get
+    # one each. Keep replicas x pool_size below the server's max_connections.
+    pool_size: int = Field(5, ge=1, le=50)
 
     @field_validator("url")
     @classmethod
@@ -286,7 +300,13 @@ class WebhookSettings(_Section):
 
 
 class SchedulerSettings(_Section):
-    max_workers: int = Field(4, ge=1, le=64)
+    # Passes running at once in this process; unset: one per stream, at most 32.
+    max_workers: int | None = Field(None, ge=1, le=1000)
+    # How often this process looks for due streams in the state store (a request from
+    # the sync watcher, a webhook or `resync` wakes it at once).
+    claim_interval_seconds: float = Field(1.0, gt=0, le=60)
+    # This process's name in leases, logs, metrics and `status`; unset: host name + pid.
+    replica_id: str | None = Field(None, min_length=1, max_length=200)
     jitter_seconds: float = Field(5.0, ge=0)
     shutdown_timeout_seconds: float = Field(25.0, gt=0)
     stuck_scan_seconds: float = Field(3600.0, gt=0)

@@ -13,13 +13,21 @@ never stop the stream: each distinct bad content goes to the dead-letter topic o
 message in the page's outbox and its fingerprint committed with the page. A rejected item
 that names a record (its id, or a stored row's ``remote_id``) counts as seen, so it is
 never taken for deleted; one that names nothing makes its full scan withhold the deletes.
+
+A completed scan ends with a marker (``kafka.scan_markers``): a ``scan_completed``
+CloudEvent on ``kafka.control_topic``, written to the outbox in the transaction that closes
+the scan and published like a page. It carries the offsets Kafka acknowledged for the
+scan's last message on each partition of the data topic, gathered from every publish of
+the scan in this process (``_ScanProgress``, kept per sink so a pass that resumes after a
+failure in the same process still knows the earlier pages).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -39,7 +47,13 @@ from daemon.models import (
 )
 from daemon.ops import metrics
 from daemon.settings import ConnectorSettings, ModelSettings, Settings
-from daemon.sink.events import fingerprint, rejected_message, to_messages
+from daemon.sink.events import (
+    ScanMarker,
+    fingerprint,
+    rejected_message,
+    scan_completed_message,
+    to_messages,
+)
 from daemon.source.pagination import PageSource, iter_pages
 from daemon.state import SnapshotStore
 from daemon.timestamps import parse_time
@@ -48,7 +62,10 @@ from daemon.timestamps import parse_time
 class EventSink:
     """What a pass needs from Kafka (``daemon.sink.kafka.KafkaSink``)."""
 
-    def publish(self, messages: Sequence[Message]) -> None:  # pragma: no cover - protocol
+    def publish(  # pragma: no cover - protocol
+        self, messages: Sequence[Message]
+    ) -> Mapping[tuple[str, int], int] | None:
+        """Send and flush; returns (topic, partition) -> the last acknowledged offset."""
         raise NotImplementedError
 
     def ensure_topics(self, topics: Sequence[str]) -> None:  # pragma: no cover - protocol
@@ -70,6 +87,65 @@ class PassResult:
     duration: float = 0.0
     rejected: int = 0  # items rejected by this pass (poison records)
     dead_lettered: int = 0  # of which new contents, published to the dead-letter topic
+
+
+@dataclass(slots=True)
+class _ScanProgress:
+    """What this process published of one scan, over all its passes: for the marker.
+
+    ``partial``: the scan had pages (or its deletes) before this process met it, so an
+    earlier process published part of it, whose offsets and counts are not known here.
+    """
+
+    scan: int
+    started_at: float | None
+    partial: bool
+    offsets: dict[int, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("created", "updated", "deleted", "unchanged", "stale", "rejected", "dead_lettered"),
+            0,
+        )
+    )
+
+    def acked(self, topic: str, acked: Mapping[tuple[str, int], int] | None) -> None:
+        for (where, partition), offset in (acked or {}).items():
+            if where == topic and offset > self.offsets.get(partition, -1):
+                self.offsets[partition] = offset
+
+    def add(self, **counts: int) -> None:
+        for name, count in counts.items():
+            self.counts[name] += count
+
+
+# Per sink (one per process, as Runtime builds them), per stream: the scan in progress. A
+# StreamPass lives for one pass; what a scan published must outlive a failed pass.
+_PROGRESS: weakref.WeakKeyDictionary[object, dict[StreamKey, _ScanProgress]] = (
+    weakref.WeakKeyDictionary()
+)
+_PROGRESS_LOCK = threading.Lock()
+
+
+def _progress(sink: object, state: StreamState) -> _ScanProgress:
+    """The progress of ``state``'s scan known to ``sink``'s process (new if none)."""
+    with _PROGRESS_LOCK:
+        streams = _PROGRESS.setdefault(sink, {})
+        known = streams.get(state.key)
+        if (
+            known is None
+            or known.scan != state.scan_number
+            or known.started_at != state.scan_started_at
+        ):
+            begun = state.scan_pages > 0 or state.scan_phase == "deletes"
+            known = streams[state.key] = _ScanProgress(
+                state.scan_number, state.scan_started_at, partial=begun
+            )
+        return known
+
+
+def _forget_progress(sink: object, key: StreamKey) -> None:
+    with _PROGRESS_LOCK:
+        _PROGRESS.get(sink, {}).pop(key, None)
 
 
 class StreamPass:
@@ -96,6 +172,7 @@ class StreamPass:
         self.model: ModelSettings = settings.models[model]
         self.topic = settings.kafka.topic_for(connector.name, model)
         self.dead_letter_topic = settings.kafka.dead_letter_topic
+        self.control_topic = settings.kafka.control_topic if settings.kafka.scan_markers else None
         self.source = source
         self.store = store
         self.sink = sink
@@ -141,20 +218,29 @@ class StreamPass:
                 since=state.scan_since,
                 watermark=state.watermark,
             )
+            progress = _progress(self.sink, state)
             try:
-                # The dead-letter topic too, up front: created mid-run, a producer that
-                # predates it can miss its metadata and expire the page's batch.
-                self.sink.ensure_topics([self.topic, self.dead_letter_topic])
-                self._publish_pending(log)
+                # The dead-letter and control topics too, up front: created mid-run, a
+                # producer that predates one can miss its metadata and expire the batch.
+                topics = [self.topic, self.dead_letter_topic]
+                if self.control_topic is not None:
+                    topics.append(self.control_topic)
+                self.sink.ensure_topics(topics)
+                # What an earlier pass left of this scan is this scan's; a fresh scan's
+                # outbox holds only an earlier scan's marker (or an abandoned scan's page).
+                self._publish_pending(log, progress if result.resumed else None)
                 # Initial sync: until the first full scan completes, nothing is "changed".
                 initial = state.last_full_scan_at is None
                 if state.scan_phase == "pages" and not (
                     state.scan_pages > 0 and state.scan_cursor is None
                 ):
-                    state = self._walk_pages(state, result, initial, log, on_page)
+                    state = self._walk_pages(state, result, initial, log, on_page, progress)
                 if state.scan_kind == "full":
-                    state = self._deletes(state, result, log)
-                state = self.store.finish_scan(self.key, self.clock(), result.delete_guard)
+                    state = self._deletes(state, result, log, progress)
+                now = self.clock()
+                marker = self._marker(state, result, progress, initial, now)
+                state = self.store.finish_scan(self.key, now, result.delete_guard, outbox=marker)
+                _forget_progress(self.sink, self.key)
             except BaseException as exc:
                 result.duration = time.monotonic() - started
                 outcome = "interrupted" if isinstance(exc, ScanInterrupted) else "failed"
@@ -181,6 +267,10 @@ class StreamPass:
                 watermark=state.watermark,
                 delete_guard=result.delete_guard,
             )
+            if marker:
+                # The scan is closed and its marker durable in the outbox: a failed send
+                # fails the pass (retried soon), and the next pass sends the marker first.
+                self._publish_pending(log, None, event="scan_marker_published")
         return result
 
     # -- phases ------------------------------------------------------------------
@@ -217,6 +307,7 @@ class StreamPass:
         initial: bool,
         log: structlog.BoundLogger,
         on_page: Callable[[PassResult], None] | None,
+        progress: _ScanProgress,
     ) -> StreamState:
         params: dict[str, str | int | float | bool] = dict(self.model.params)
         if state.scan_kind == "incremental" and self.model.incremental_param and state.scan_since:
@@ -264,7 +355,16 @@ class StreamPass:
                 messages,
                 rejects,
             )
-            self._publish(diff.events, messages)
+            created = sum(1 for event in diff.events if event.type == "created")
+            progress.add(
+                created=created,
+                updated=len(diff.events) - created,
+                unchanged=diff.unchanged,
+                stale=diff.stale,
+                rejected=len(page.rejected),
+                dead_lettered=len(letters),
+            )
+            self._publish(diff.events, messages, progress)
             for reason in reasons:
                 metrics.ITEMS_REJECTED.labels(*self._labels, reason).inc()
             result.rejected += len(page.rejected)
@@ -356,7 +456,11 @@ class StreamPass:
         return rejects, letters, reasons, named
 
     def _deletes(
-        self, state: StreamState, result: PassResult, log: structlog.BoundLogger
+        self,
+        state: StreamState,
+        result: PassResult,
+        log: structlog.BoundLogger,
+        progress: _ScanProgress,
     ) -> StreamState:
         withheld = metrics.DELETES_WITHHELD.labels(*self._labels)
         if state.scan_phase != "deletes":
@@ -392,7 +496,8 @@ class StreamPass:
             events = deleted_events(self.key, rows)
             messages = self._messages(events)
             self.store.commit_deletes(self.key, [row.id for row in rows], messages)
-            self._publish(events, messages)
+            progress.add(deleted=len(rows))
+            self._publish(events, messages, progress)
             result.stats.deleted += len(rows)
             if self.stop.is_set():
                 raise ScanInterrupted(f"{self.name}: stop requested during deletes")
@@ -420,21 +525,64 @@ class StreamPass:
             )
         return messages
 
-    def _publish_pending(self, log: structlog.BoundLogger) -> None:
-        """Send what the last pass committed but Kafka may not have acknowledged."""
+    def _marker(
+        self,
+        state: StreamState,
+        result: PassResult,
+        progress: _ScanProgress,
+        initial: bool,
+        now: float,
+    ) -> tuple[Message, ...]:
+        """The scan's ``scan_completed`` message (none with ``kafka.scan_markers`` off)."""
+        if self.control_topic is None:
+            return ()
+        full = state.scan_kind == "full"
+        # A baseline's records are not on the topic: it cannot vouch for the source yet.
+        baseline = initial and self.model.initial_sync == "baseline"
+        marker = ScanMarker(
+            stream=self.key,
+            data_topic=self.topic,
+            scan=state.scan_number,
+            kind=result.kind,
+            started_at=state.scan_started_at if state.scan_started_at is not None else now,
+            finished_at=now,
+            modified_since=None if full else state.scan_since,
+            counts=progress.counts,
+            delete_guard=result.delete_guard if full else None,
+            partitions=progress.offsets,
+            partial=progress.partial,
+            initial_sync=initial,
+            consistent=full and result.delete_guard is None and not baseline,
+        )
+        base = self.settings.kafka.schema_base_uri
+        return (scan_completed_message(self.control_topic, marker, schema_base_uri=base),)
+
+    def _publish_pending(
+        self,
+        log: structlog.BoundLogger,
+        progress: _ScanProgress | None,
+        *,
+        event: str = "outbox_published",
+    ) -> None:
+        """Send what the outbox holds (an earlier pass's page, or a scan's marker)."""
         pending = self.store.pending(self.key)
         if pending:
-            self.sink.publish(pending)
+            acked = self.sink.publish(pending)
             self.store.clear_pending(self.key)
-            log.info("outbox_published", messages=len(pending))
+            if progress is not None:
+                progress.acked(self.topic, acked)
+            log.info(event, messages=len(pending))
 
-    def _publish(self, events: list[ChangeEvent], messages: list[Message]) -> None:
+    def _publish(
+        self, events: list[ChangeEvent], messages: list[Message], progress: _ScanProgress
+    ) -> None:
         # The page is committed with its messages in the outbox: send, then forget them.
         # A failure here leaves them in the outbox for the next pass to send first.
         if not messages:
             return
-        self.sink.publish(messages)
+        acked = self.sink.publish(messages)
         self.store.clear_pending(self.key)
+        progress.acked(self.topic, acked)
         counts: dict[str, int] = {}
         for event in events:
             counts[event.type] = counts.get(event.type, 0) + 1

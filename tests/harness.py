@@ -72,6 +72,7 @@ def base_config(
             "bootstrap_servers": bootstrap,
             "partitions": 2,
             "topic_template": prefix + ".{connector}.{model}",
+            "control_topic": prefix + ".control",
             "request_timeout_ms": 2000,
             "delivery_timeout_ms": 4000,
         },

@@ -36,6 +36,7 @@ def feed_config(sim, broker, tmp_path: Path, connectors=("acme",), **model) -> d
             "bootstrap_servers": broker.bootstrap,
             "partitions": 2,
             "topic_template": prefix + ".{model}",
+            "control_topic": prefix + ".control",
         },
         "state": {"path": str(tmp_path / "state.db")},
         "http": {"enabled": False},

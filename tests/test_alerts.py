@@ -1,7 +1,8 @@
 """The alert rules (helm/lms-changefeed/files/alerts.yaml), checked by the real promtool:
 ``promtool check rules`` and the unit tests in tests/promtool/alerts_test.yaml, which
 fire every alert from synthetic series. Plus what promtool does not check: each alert
-has a test that fires it, a severity, and a runbook anchor that exists in the docs.
+has a test that fires it, a severity, a runbook anchor that exists in the docs, and
+queries only metrics the daemon defines (a misspelt name would never fire).
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.test_dashboard import defined_metric_names
+
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "helm" / "lms-changefeed" / "files" / "alerts.yaml"
 ALERTS_TEST = REPO / "tests" / "promtool" / "alerts_test.yaml"
 OPERATIONS = REPO / "docs" / "operations.md"
+METRIC_NAME = re.compile(r"\b(changefeed_[A-Za-z0-9_:]+)")
+# A stream's state, as one replica last saw it: rules must ask every replica that ran it.
+STREAM_KEY = "by (namespace, job, connector, model)"
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +108,39 @@ def test_staleness_compares_with_the_interval_not_the_watermark() -> None:
     assert "changefeed_stream_interval_seconds" in stale["expr"]
     for rule in _rules():
         assert "watermark" not in rule["expr"], rule["alert"]
+
+
+def test_every_alert_metric_is_defined_by_the_daemon() -> None:
+    used = {name for rule in _rules() for name in METRIC_NAME.findall(rule["expr"])}
+    unknown = sorted(used - defined_metric_names())
+    assert not unknown, f"daemon/ops/metrics.py defines no {unknown}"
+
+
+def _rule(name: str) -> dict[str, Any]:
+    return next(rule for rule in _rules() if rule["alert"] == name)
+
+
+def test_stream_state_rules_hold_across_replicas() -> None:
+    # Several replicas each keep their own copy of a stream's gauges, as of their own
+    # last pass of it: an old copy alone must neither fire nor silence an alert.
+    assert STREAM_KEY in _rule("ChangefeedStreamDown")["expr"]
+    assert "max " + STREAM_KEY in _rule("ChangefeedStreamDown")["expr"]
+    assert "min " + STREAM_KEY in _rule("ChangefeedDeletesWithheld")["expr"]
+    stale = _rule("ChangefeedStreamStale")["expr"]
+    assert "max by (namespace, job, connector, model) (changefeed_last_successful" in stale
+    # Only the replica that runs the sync watcher reports on it.
+    for name in ("ChangefeedSyncWatcherFailing", "ChangefeedSyncWatcherStale"):
+        expr = _rule(name)["expr"]
+        assert "unless on (namespace, job, instance) changefeed_sync_watcher_leader == 0" in expr
+
+
+def test_fleet_rules_watch_leases_the_leader_and_the_replicas() -> None:
+    lost = _rule("ChangefeedLeaseLost")
+    assert "increase(changefeed_lease_lost_total[15m]) > 0" in lost["expr"]
+    assert lost["labels"]["severity"] == "warning"
+    leader = _rule("ChangefeedSyncWatcherLeaderMissing")
+    assert "sum by (namespace, job) (changefeed_sync_watcher_leader) == 0" in leader["expr"]
+    assert 'changefeed_stream_interval_seconds{trigger="sync"}' in leader["expr"]
+    assert leader["for"] == "5m"
+    replicas = _rule("ChangefeedReplicasMissing")["expr"]
+    assert "changefeed_replicas_live" in replicas and "changefeed_replica_info" in replicas

@@ -99,10 +99,14 @@ def _streams_in(state: Path) -> list[str]:
 # ---- status / reset: no store, unknown streams, confirmation -----------------------------
 
 
-@pytest.mark.parametrize("command", ["status", "reset"])
+@pytest.mark.parametrize("command", ["status", "reset", "resync"])
 def test_missing_store_is_refused_and_nothing_is_created(tmp_path: Path, command: str) -> None:
     config = _config(tmp_path)
-    extra = ["--connector", "acme", "--model", "enrollments", "--yes"] if command == "reset" else []
+    extra = {
+        "status": [],
+        "reset": ["--connector", "acme", "--model", "enrollments", "--yes"],
+        "resync": ["--connector", "acme", "--model", "enrollments"],
+    }[command]
     result = _cli(command, "--config", str(config), *extra)
     assert result.returncode == 2, result.stdout + result.stderr
     missing = tmp_path / "state" / "changefeed.db"
@@ -244,9 +248,17 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_every_option_has_help_text() -> None:
     parser = build_parser()
     commands = _subparsers(parser)
-    assert {"run", "poll", "status", "reset", "migrate", "tail", "check-config", "dev"} <= set(
-        commands
-    )
+    assert {
+        "run",
+        "poll",
+        "status",
+        "resync",
+        "reset",
+        "migrate",
+        "tail",
+        "check-config",
+        "dev",
+    } <= set(commands)
     missing = [
         f"{name} {'/'.join(action.option_strings)}"
         for name, sub in [("(top)", parser), *commands.items()]

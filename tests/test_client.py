@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -20,14 +21,21 @@ from daemon.errors import (
     ScanInterrupted,
 )
 from daemon.settings import BindbeeSettings, ConnectorSettings
-from daemon.source.client import BindbeeClient, classify_item
+from daemon.source.client import CONNECTIONS_PER_CONNECTOR, BindbeeClient, classify_item
 from daemon.source.pagination import iter_pages
+from tests.harness import wait_until
 from tests.helpers import SECRET_API_KEY, SECRET_TOKEN
 
 API_KEY, TOKEN = SECRET_API_KEY, SECRET_TOKEN
 
 
-def make_client(sim, **overrides) -> BindbeeClient:
+def make_client(
+    sim,
+    *,
+    stop: threading.Event | None = None,
+    connections: int = CONNECTIONS_PER_CONNECTOR,
+    **overrides,
+) -> BindbeeClient:
     values = {
         "base_url": sim.base_url,
         "api_key": sim.api_key,
@@ -39,7 +47,9 @@ def make_client(sim, **overrides) -> BindbeeClient:
         "rate_limit": {"requests": 10_000, "per_seconds": 60},
     }
     values.update(overrides)
-    return BindbeeClient(BindbeeSettings(**values))
+    return BindbeeClient(
+        BindbeeSettings(**values), stop=stop, connections_per_connector=connections
+    )
 
 
 def _nested(depth: int) -> object:
@@ -247,6 +257,45 @@ def test_classify_item_keeps_what_identifies_a_bad_item() -> None:
     assert no_id is not None and (no_id.record_id, no_id.remote_id) == (None, "LMS-9")
     bad_time = classify_item(0, {"id": "r1", "remote_id": "", "modified_at": "x"})
     assert bad_time is not None and (bad_time.record_id, bad_time.remote_id) == ("r1", None)
+
+
+@pytest.mark.sim(connectors={"acme": "tok_acme", "globex": "tok_globex"})
+def test_a_connector_with_hanging_requests_does_not_hold_back_another(sim, acme) -> None:
+    # More hanging requests than the old pool-wide cap (32 connections for everyone): acme
+    # gets its own few connection slots, globex walks all its pages while acme's hang.
+    globex = ConnectorSettings(name="globex", token=sim.tokens["globex"])
+    hanging = 40
+    sim.add_fault(delay_ms=2000, count=hanging, connector="acme")
+    stop = threading.Event()
+    with make_client(sim, stop=stop) as client, ThreadPoolExecutor(hanging) as pool:
+        slow = [pool.submit(client.fetch_page, acme, "enrollments") for _ in range(hanging)]
+        wait_until(
+            lambda: client.in_flight("acme") == CONNECTIONS_PER_CONNECTOR, 10, "acme's slots"
+        )
+        pages = list(iter_pages(client, globex, "enrollments"))
+        # Order, not time: the server answered globex's whole walk and none of acme's yet.
+        answered = sim.stats()
+        assert [len(p.items) for p in pages] == [100, 100, 50]
+        assert answered["globex"] == {"200": 3} and "acme" not in answered
+        assert not any(future.done() for future in slow)
+        stop.set()  # the requests still waiting for a slot end; the ones sent complete
+        done = [future.exception() or future.result() for future in slow]
+    sent = [d for d in done if not isinstance(d, BaseException)]
+    assert len(sent) == CONNECTIONS_PER_CONNECTOR and all(len(p.items) == 100 for p in sent)
+    assert all(isinstance(d, ScanInterrupted) for d in done if d not in sent)
+    assert sim.stats()["acme"] == {"200": CONNECTIONS_PER_CONNECTOR}  # never more at once
+
+
+@pytest.mark.parametrize(
+    "fault", [{"status": 503}, {"disconnect": True}, {"delay_ms": 1500}], ids=str
+)
+def test_failed_attempts_give_their_connection_slot_back(sim, acme, fault: dict) -> None:
+    # One slot: an attempt that kept it after failing would block its own retry forever.
+    sim.add_fault(count=2, connector="acme", **fault)
+    with make_client(sim, connections=1, timeout_seconds=0.5) as client:
+        with ThreadPoolExecutor(1) as pool:  # a deadline for a leak, which would hang
+            page = pool.submit(client.fetch_page, acme, "enrollments").result(timeout=30)
+        assert len(page.items) == 100 and client.in_flight("acme") == 0
 
 
 def test_cursor_loop_is_detected(sim, acme) -> None:

@@ -1,6 +1,7 @@
 """The Grafana dashboard (helm/lms-changefeed/files/dashboard.json): well-formed, its
-PromQL parses (promtool), and every metric it queries is one a real daemon exports,
-checked against the /metrics of ``lms-changefeed run`` after a real pass.
+PromQL parses (promtool), and every metric it queries is one the daemon defines
+(daemon/ops/metrics.py, as registered) and a real daemon exports, checked against the
+/metrics of ``lms-changefeed run`` after a real pass.
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ REQUIRED = {
     "changefeed_webhook_deliveries_total",
     "changefeed_sync_watcher_up",
     "changefeed_deletes_withheld",
+    # Several replicas on PostgreSQL: who runs what.
+    "changefeed_replica_info",
+    "changefeed_replicas_live",
+    "changefeed_leases_held",
+    "changefeed_lease_lost_total",
+    "changefeed_sync_watcher_leader",
+}
+# Series names of each metric type, from its family name (prometheus_client's naming).
+_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("_sum", "_count", ""),
+    "info": ("_info",),
+    "gauge": ("",),
 }
 # Grafana's variables, replaced by plain values for promtool.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$connector": ".*", "$model": ".*"}
@@ -66,6 +81,20 @@ def _metric_names(exprs: list[str]) -> set[str]:
     return {name for expr in exprs for name in METRIC_NAME.findall(expr)}
 
 
+def defined_metric_names() -> set[str]:
+    """Every changefeed_* series name the daemon can export: the families registered by
+    daemon/ops/metrics.py (also those without samples yet), expanded by type."""
+    from prometheus_client import REGISTRY
+
+    import daemon.ops.metrics  # noqa: F401  (registers the families)
+
+    names: set[str] = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("changefeed_"):
+            names.update(f"{family.name}{s}" for s in _SUFFIXES.get(family.type, ("",)))
+    return names
+
+
 def test_dashboard_is_well_formed() -> None:
     dashboard = _dashboard()
     assert dashboard["uid"] == "lms-changefeed"
@@ -93,6 +122,12 @@ def test_dashboard_is_well_formed() -> None:
 def test_dashboard_covers_the_operators_metrics() -> None:
     missing = REQUIRED - _metric_names(_expressions(_dashboard()))
     assert not missing, f"no panel queries {sorted(missing)}"
+
+
+def test_every_dashboard_metric_is_defined_by_the_daemon() -> None:
+    # Fast and without a daemon; the live test below checks the same against /metrics.
+    unknown = sorted(_metric_names(_expressions(_dashboard())) - defined_metric_names())
+    assert not unknown, f"daemon/ops/metrics.py defines no {unknown}"
 
 
 def test_dashboard_promql_parses(tmp_path: Path) -> None:

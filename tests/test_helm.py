@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,11 +26,15 @@ REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "lms-changefeed"
 THREE_CONNECTORS = CHART / "ci" / "three-connectors-values.yaml"
 WEBHOOK_DISCOVERY = CHART / "ci" / "webhook-discovery-values.yaml"
+POSTGRES_REPLICAS = CHART / "ci" / "postgres-replicas-values.yaml"
 EXAMPLE_CONFIG = REPO / "config" / "example.yaml"
 KUBE_VERSION = "1.34.0"
 RELEASE = "lcf"
 NAMESPACE = "lms"
 CONFIG_PATH = "/etc/lms-changefeed/config.yaml"
+# What the downward API gives CHANGEFEED_SCHEDULER__REPLICA_ID (metadata.name) in a test.
+POD_NAME = "lcf-lms-changefeed-7d9f8c6b5-x2x7q"
+PG_URL = "postgresql://changefeed:not-a-real-password@pg.lms.svc:5432/changefeed"
 
 # Settings fields that must never appear in the chart's config block.
 SECRET_FIELDS = {
@@ -40,8 +45,9 @@ SECRET_FIELDS = {
 }
 # Set by connector discovery, not by people: neither the chart nor the example offer it.
 INTERNAL_FIELDS = {("connectors", "bindbee_id")}
-# Settings the chart sets itself rather than taking from values.
-CHART_OWNED_SECTIONS = {"state"}
+# Settings the chart sets itself rather than taking from values: state.path (the
+# volume), state.url (from state.urlSecret) and the replica id (the pod's name).
+CHART_OWNED_FIELDS = {("state", "path"), ("state", "url"), ("scheduler", "replica_id")}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +70,12 @@ def three_values(helm: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def hook_values(helm: Any) -> dict[str, Any]:
     values: dict[str, Any] = helm.values_from_yaml(WEBHOOK_DISCOVERY.read_text(encoding="utf-8"))
+    return values
+
+
+@pytest.fixture(scope="module")
+def pg_values(helm: Any) -> dict[str, Any]:
+    values: dict[str, Any] = helm.values_from_yaml(POSTGRES_REPLICAS.read_text(encoding="utf-8"))
     return values
 
 
@@ -118,8 +130,14 @@ class Rendered:
         text: str = self.one("ConfigMap")["data"]["config.yaml"]
         return text
 
-    def pod_env(self, existing_secret: dict[str, str] | None = None) -> dict[str, str]:
-        """The container's env as Kubernetes would resolve it from the Secret."""
+    def pod_env(
+        self,
+        existing_secret: dict[str, str] | None = None,
+        other_secrets: dict[str, dict[str, str]] | None = None,
+    ) -> dict[str, str]:
+        """The container's env as Kubernetes would resolve it: from the credentials Secret
+        (the chart's, or ``existing_secret``), from ``other_secrets`` by Secret name (the
+        PostgreSQL URL's), and the pod's own name from the downward API."""
         secret = self.maybe("Secret")
         if existing_secret is not None:
             assert secret is None, "the chart made a Secret although existingSecret is set"
@@ -132,7 +150,15 @@ class Rendered:
             if "value" in entry:
                 env[entry["name"]] = entry["value"]
                 continue
-            ref = entry["valueFrom"]["secretKeyRef"]
+            source = entry["valueFrom"]
+            if "fieldRef" in source:
+                assert source["fieldRef"] == {"fieldPath": "metadata.name"}, entry
+                env[entry["name"]] = POD_NAME
+                continue
+            ref = source["secretKeyRef"]
+            if other_secrets and ref["name"] in other_secrets:
+                env[entry["name"]] = other_secrets[ref["name"]][ref["key"]]
+                continue
             if existing_secret is None:
                 assert ref["name"] == secret["metadata"]["name"]  # type: ignore[index]
             if ref["key"] in data:
@@ -162,6 +188,11 @@ def hooks(chart: Any, hook_values: dict[str, Any]) -> Rendered:
     return render(chart, hook_values)
 
 
+@pytest.fixture(scope="module")
+def pg(chart: Any, pg_values: dict[str, Any]) -> Rendered:
+    return render(chart, pg_values)
+
+
 def existing_secret_values(three_values: dict[str, Any]) -> dict[str, Any]:
     return {**three_values, "secrets": {"existingSecret": "lms-changefeed-creds"}}
 
@@ -185,13 +216,22 @@ def load_rendered_config(
 # -- lint ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["defaults", "three-connectors", "webhook-discovery"])
+@pytest.mark.parametrize(
+    "which", ["defaults", "three-connectors", "webhook-discovery", "postgres-replicas"]
+)
 def test_lint_strict_is_clean(
-    helm: Any, three_values: dict[str, Any], hook_values: dict[str, Any], which: str
+    helm: Any,
+    three_values: dict[str, Any],
+    hook_values: dict[str, Any],
+    pg_values: dict[str, Any],
+    which: str,
 ) -> None:
-    values = {"defaults": None, "three-connectors": three_values, "webhook-discovery": hook_values}[
-        which
-    ]
+    values = {
+        "defaults": None,
+        "three-connectors": three_values,
+        "webhook-discovery": hook_values,
+        "postgres-replicas": pg_values,
+    }[which]
     report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
     assert report["errors"] == []
     # Severity 1 is INFO ("icon is recommended"); warnings and errors fail --strict.
@@ -219,10 +259,23 @@ def _check_service_monitor(rendered: Rendered, monitor: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "which", ["defaults", "three", "existing-secret", "no-persistence", "webhook-discovery"]
+    "which",
+    [
+        "defaults",
+        "three",
+        "existing-secret",
+        "no-persistence",
+        "webhook-discovery",
+        "postgres-replicas",
+        "postgres-min-available",
+    ],
 )
 def test_every_manifest_validates_against_kubernetes(
-    chart: Any, three_values: dict[str, Any], hook_values: dict[str, Any], which: str
+    chart: Any,
+    three_values: dict[str, Any],
+    hook_values: dict[str, Any],
+    pg_values: dict[str, Any],
+    which: str,
 ) -> None:
     kubernetes_validate = pytest.importorskip(
         "kubernetes_validate", reason="kubernetes-validate is in the dev extra"
@@ -233,6 +286,12 @@ def test_every_manifest_validates_against_kubernetes(
         "existing-secret": existing_secret_values(three_values),
         "no-persistence": {**three_values, "persistence": {"enabled": False}},
         "webhook-discovery": hook_values,
+        "postgres-replicas": pg_values,
+        "postgres-min-available": {
+            **pg_values,
+            "podDisruptionBudget": {"minAvailable": "50%"},
+            "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1},
+        },
     }[which]
     rendered = render(chart, values)
     assert rendered.docs
@@ -247,7 +306,9 @@ def test_every_manifest_validates_against_kubernetes(
             pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {where}: {exc.message}")
 
 
-def test_rendered_kinds(defaults: Rendered, three: Rendered, hooks: Rendered, chart: Any) -> None:
+def test_rendered_kinds(
+    defaults: Rendered, three: Rendered, hooks: Rendered, pg: Rendered, chart: Any
+) -> None:
     common = ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Secret", "Service"]
     assert defaults.kinds() == sorted([*common, "ServiceAccount"])
     assert three.kinds() == sorted([*common, "ServiceAccount", "ServiceMonitor"])
@@ -255,6 +316,17 @@ def test_rendered_kinds(defaults: Rendered, three: Rendered, hooks: Rendered, ch
         [*common, "Ingress", "Service", "ServiceAccount", "ServiceMonitor"]
     )
     assert "StatefulSet" not in render(chart, {"persistence": {"enabled": False}}).kinds()
+    # PostgreSQL: no volume, no chart-made Secret (existingSecret), a disruption budget.
+    assert pg.kinds() == sorted(
+        [
+            "ConfigMap",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ]
+    )
 
 
 # -- the config the pod runs with -----------------------------------------------------
@@ -308,7 +380,7 @@ def test_existing_secret_config_loads_with_the_users_secret(
     refs = {
         e["valueFrom"]["secretKeyRef"]["name"]
         for e in rendered.container()["env"]
-        if "valueFrom" in e
+        if "secretKeyRef" in e.get("valueFrom", {})
     }
     assert refs == {"lms-changefeed-creds"}
     annotations = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
@@ -721,6 +793,164 @@ def test_grace_period_covers_the_shutdown_timeout(
     assert explicit.pod()["terminationGracePeriodSeconds"] == 120
 
 
+# -- several replicas: the state in PostgreSQL -------------------------------------------
+
+PG_SECRET = "lms-changefeed-postgres"
+PG_CREDENTIALS = {
+    "CHANGEFEED_BINDBEE__API_KEY": "from-existing",
+    "BINDBEE_TOKEN_ACME": "t1",
+    "BINDBEE_TOKEN_GLOBEX_EU": "t2",
+}
+
+
+def _env_entry(rendered: Rendered, name: str) -> dict[str, Any] | None:
+    return next((e for e in rendered.container()["env"] if e["name"] == name), None)
+
+
+def test_replicas_on_postgres_share_the_streams_without_a_volume(
+    pg: Rendered, pg_values: dict[str, Any]
+) -> None:
+    deployment = pg.one("Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    # The URL comes from the user's Secret, by reference; it is nowhere in the manifests.
+    url = _env_entry(pg, "CHANGEFEED_STATE__URL")
+    assert url == {
+        "name": "CHANGEFEED_STATE__URL",
+        "valueFrom": {"secretKeyRef": {"name": PG_SECRET, "key": "url"}},
+    }
+    # No volume: nothing at /data, no PVC, no emptyDir standing in for one.
+    assert pg.maybe("PersistentVolumeClaim") is None
+    assert {m["mountPath"] for m in pg.container()["volumeMounts"]} == {
+        "/etc/lms-changefeed",
+        "/tmp",
+    }
+    assert {v["name"] for v in pg.pod()["volumes"]} == {"config", "tmp"}
+    assert "state" in yaml.safe_load(pg.config_text())
+    assert "path" not in yaml.safe_load(pg.config_text())["state"]
+
+    pdb = pg.one("PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    spread = pg.pod()["topologySpreadConstraints"]
+    assert spread == pg_values["topologySpreadConstraints"]
+
+    assert "State: PostgreSQL, URL from Secret lms-changefeed-postgres (key url)" in pg.notes
+    assert "3 replica(s) share the streams through leases" in pg.notes
+    assert "persistence.enabled=false" not in pg.notes
+
+
+def test_replica_config_loads_through_the_daemon_loader(
+    pg: Rendered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = pg.pod_env(PG_CREDENTIALS, other_secrets={PG_SECRET: {"url": PG_URL}})
+    settings = load_rendered_config(pg, env, tmp_path, monkeypatch)
+    assert settings.state.url is not None
+    assert settings.state.url.get_secret_value() == PG_URL
+    assert settings.state.lease_seconds == 15
+    assert settings.state.pool_size == 4
+    assert settings.scheduler.max_workers == 8
+    # Each pod names itself after its pod (the downward API's metadata.name).
+    assert settings.scheduler.replica_id == POD_NAME
+    assert [c.name for c in settings.connectors] == ["acme", "globex-eu"]
+    for doc in ("ConfigMap", "Deployment"):
+        assert "not-a-real-password" not in yaml.safe_dump(pg.one(doc))
+
+
+def test_every_pod_is_named_by_the_downward_api(defaults: Rendered, three: Rendered) -> None:
+    for rendered in (defaults, three):
+        assert _env_entry(rendered, "CHANGEFEED_SCHEDULER__REPLICA_ID") == {
+            "name": "CHANGEFEED_SCHEDULER__REPLICA_ID",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+        }
+
+
+def test_sqlite_default_is_unchanged(defaults: Rendered, three: Rendered) -> None:
+    # One pod, Recreate, the PVC at /data, state.path in the config, no PDB, no URL.
+    for rendered in (defaults, three):
+        assert rendered.one("Deployment")["spec"]["replicas"] == 1
+        assert rendered.one("Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+        assert rendered.maybe("PodDisruptionBudget") is None
+        assert rendered.one("PersistentVolumeClaim")
+        assert yaml.safe_load(rendered.config_text())["state"] == {"path": "/data/changefeed.db"}
+        assert _env_entry(rendered, "CHANGEFEED_STATE__URL") is None
+    # The daemon chooses the workers (one per stream, at most 32) unless values say.
+    assert "max_workers" not in yaml.safe_load(defaults.config_text())["scheduler"]
+
+
+def test_one_replica_on_postgres_rolls_and_needs_no_budget(
+    chart: Any, pg_values: dict[str, Any]
+) -> None:
+    one = render(chart, {**pg_values, "replicaCount": 1})
+    deployment = one.one("Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert one.maybe("PodDisruptionBudget") is None
+    assert one.maybe("PersistentVolumeClaim") is None
+
+
+def test_disruption_budget_options(chart: Any, pg_values: dict[str, Any]) -> None:
+    minimum = render(chart, {**pg_values, "podDisruptionBudget": {"minAvailable": 2}})
+    spec = minimum.one("PodDisruptionBudget")["spec"]
+    assert spec["minAvailable"] == 2
+    assert "maxUnavailable" not in spec
+    percent = render(chart, {**pg_values, "podDisruptionBudget": {"maxUnavailable": "34%"}})
+    assert percent.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == "34%"
+    off = render(chart, {**pg_values, "podDisruptionBudget": {"enabled": False}})
+    assert off.maybe("PodDisruptionBudget") is None
+
+
+def test_sqlite_can_be_scaled_to_zero(chart: Any) -> None:
+    # `reset` wants the daemon stopped: replicaCount 0 keeps the PVC and the Recreate.
+    stopped = render(chart, {"replicaCount": 0})
+    assert stopped.one("Deployment")["spec"]["replicas"] == 0
+    assert stopped.one("PersistentVolumeClaim")
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        # SQLite is one process: more replicas need the state in PostgreSQL.
+        ({"replicaCount": 3}, "/state/urlSecret"),
+        ({"replicaCount": 2, "state": {"urlSecret": {}}}, "/state/urlSecret"),
+        ({"replicaCount": 3, "state": {"urlSecret": {"name": "pg"}}}, "'key' required"),
+        ({"state": {"urlSecret": {"key": "url"}}}, "'name' required"),
+        ({"state": {"urlSecret": {"name": "Not_A_Name", "key": "url"}}}, "/state/urlSecret/name"),
+        ({"state": {"url": "postgresql://u:p@h/db"}}, "'url' not allowed"),
+        ({"replicaCount": -1}, "/replicaCount"),
+        ({"podDisruptionBudget": {"maxUnavailable": "half"}}, "maxUnavailable"),
+        ({"rollingUpdate": {"maxSurge": -1}}, "maxSurge"),
+    ],
+)
+def test_schema_refuses_replicas_without_postgres(
+    helm: Any, chart: Any, values: dict[str, Any], where: str
+) -> None:
+    with pytest.raises(helm.HelmValuesError, match=re.escape(where)) as caught:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    if values.get("replicaCount", 1) > 1:
+        # Both ways out are named: one replica, or the state in PostgreSQL.
+        assert "at '/replicaCount': maximum: got" in str(caught.value)
+
+
+def test_template_refuses_replicas_without_postgres_too(helm: Any, tmp_path: Path) -> None:
+    # The second line of defence, for installs that skip the schema
+    # (--skip-schema-validation): the same chart without values.schema.json.
+    copy_ = tmp_path / "lms-changefeed"
+    shutil.copytree(CHART, copy_)
+    (copy_ / "values.schema.json").unlink()
+    with helm.Chart.load(copy_) as unchecked, pytest.raises(helm.HelmRenderError) as caught:
+        unchecked.render({"replicaCount": 3}, name=RELEASE, namespace=NAMESPACE)
+    message = str(caught.value)
+    assert "replicaCount 3 needs the state in PostgreSQL: set state.urlSecret" in message
+
+
 # -- values that must be refused --------------------------------------------------------
 
 
@@ -730,7 +960,15 @@ def test_grace_period_covers_the_shutdown_timeout(
         ({"bindbee": {"api_key": "oops"}}, "api_key"),
         ({"kafka": {"sasl_plain_password": "oops"}}, "sasl_plain_password"),
         ({"connectors": [{"name": "acme", "token": "oops"}]}, "token"),
-        ({"state": {"path": "/var/lib/x.db"}}, "state"),
+        ({"state": {"path": "/var/lib/x.db"}}, "/config/state"),
+        # The URL holds the password: only through state.urlSecret, never in values.
+        ({"state": {"url": "postgresql://u:p@h/db"}}, "'url' not allowed"),
+        ({"state": {"lease_seconds": 0.5}}, "lease_seconds"),
+        ({"state": {"pool_size": 0}}, "pool_size"),
+        # Each pod's name, from the downward API: one value for all would merge them.
+        ({"scheduler": {"replica_id": "one"}}, "'replica_id' not allowed"),
+        ({"scheduler": {"max_workers": 1001}}, "max_workers"),
+        ({"scheduler": {"claim_interval_seconds": 0}}, "claim_interval_seconds"),
         ({"models": {"grades": {}}}, "grades"),
         ({"http": {"enabled": False}}, "enabled"),
         ({"models": {"enrollments": {"initial_sync": "silent"}}}, "initial_sync"),
@@ -843,15 +1081,19 @@ def _model_fields(model: type[BaseModel]) -> set[str]:
 
 def test_schema_covers_every_setting_except_secrets(chart: Any) -> None:
     schema = chart.schema["properties"]["config"]["properties"]
-    sections = {name for name in Settings.model_fields if name not in CHART_OWNED_SECTIONS}
-    assert set(schema) == sections
+    assert set(schema) == set(Settings.model_fields)
     for section, field in Settings.model_fields.items():
-        if section in CHART_OWNED_SECTIONS or section in {"connectors", "models"}:
+        if section in {"connectors", "models"}:
             continue
         model = field.annotation
         assert isinstance(model, type) and issubclass(model, BaseModel)
-        expected = {f for f in _model_fields(model) if (section, f) not in SECRET_FIELDS}
+        expected = {
+            f
+            for f in _model_fields(model)
+            if (section, f) not in SECRET_FIELDS | CHART_OWNED_FIELDS
+        }
         assert set(schema[section]["properties"]) == expected, section
+        assert schema[section]["additionalProperties"] is False, section
     connector = schema["connectors"]["items"]["properties"]
     assert set(connector) == _model_fields(ConnectorSettings) - {"token", "bindbee_id"}
     model_schema = schema["models"]["additionalProperties"]["anyOf"][0]["properties"]

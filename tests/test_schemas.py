@@ -18,10 +18,12 @@ from daemon.runtime import Runtime
 from daemon.settings import LMS_MODELS, load_settings
 from daemon.sink import schemas
 from daemon.sink.events import (
+    ScanMarker,
     cloudevent,
     event_id,
     fingerprint,
     rejected_message,
+    scan_completed_message,
     to_messages,
 )
 from tests.helpers import feed_config
@@ -114,8 +116,12 @@ def test_reserved_kinds_say_so() -> None:
         for kind in schemas.RESERVED_KINDS:
             for value in (schemas.event_schema(model, kind), schemas.data_schema(model, kind)):
                 assert "Reserved, not yet emitted" in value["description"]
-        for kind in schemas.CHANGE_KINDS:
-            assert "Reserved" not in schemas.event_schema(model, kind)["description"]
+        emitted = schemas.CHANGE_KINDS + schemas.DEAD_LETTER_KINDS + schemas.CONTROL_KINDS
+        for kind in emitted:
+            for value in (schemas.event_schema(model, kind), schemas.data_schema(model, kind)):
+                assert "Reserved" not in value["description"], (model, kind)
+    assert "scan_completed" in schemas.CONTROL_KINDS
+    assert "not yet emitted" not in schemas.index()
 
 
 def test_docs_schemas_are_what_the_code_generates(tmp_path: Path) -> None:
@@ -254,7 +260,7 @@ def test_records_allow_unknown_fields_and_expanded_relations() -> None:
     validate_event(None)  # a tombstone
 
 
-def test_reserved_events_validate_as_designed() -> None:
+def test_hand_written_rejected_events_validate() -> None:
     base = {
         "specversion": "1.0",
         "id": "0" * 32,
@@ -276,31 +282,80 @@ def test_reserved_events_validate_as_designed() -> None:
         },
     }
     validate_event(rejected)
-    done = {
-        **base,
-        "type": "bindbee.lms.users.scan_completed",
-        "dataschema": schemas.data_schema_id("users", "scan_completed"),
-        "data": {
-            "connector": "acme",
-            "model": "users",
-            "scan": 4,
-            "kind": "full",
-            "counts": dict.fromkeys(
-                ("created", "updated", "deleted", "unchanged", "stale", "rejected"), 0
-            ),
-            "delete_guard": None,
-            "deletes_withheld": False,
-            "partitions": {"0": 41, "1": 7},
-            "consistent_as_of": "2025-01-01T00:00:00Z",
-        },
-    }
-    validate_event(done)
-    done["data"]["partitions"] = {"zero": 1}
-    with pytest.raises(ValidationError):
-        validate_event(done)
     rejected["data"].pop("item")
     with pytest.raises(ValidationError, match="'item' is a required property"):
         validate_event(rejected)
+
+
+def _marker(**overrides: Any) -> ScanMarker:
+    values: dict[str, Any] = {
+        "stream": KEY,
+        "data_topic": "bindbee.lms.enrollments",
+        "scan": 4,
+        "kind": "full",
+        "started_at": 1.7e9,
+        "finished_at": 1.7e9 + 12.5,
+        "modified_since": None,
+        "counts": dict.fromkeys(
+            ("created", "updated", "deleted", "unchanged", "stale", "rejected"), 0
+        ),
+        "delete_guard": None,
+        "partitions": {0: 41, 1: 7},
+        "partial": False,
+        "initial_sync": False,
+        "consistent": True,
+    }
+    return ScanMarker(**(values | overrides))
+
+
+def test_the_daemons_scan_markers_validate() -> None:
+    complete = _marker()
+    incremental = _marker(
+        kind="incremental",
+        modified_since="2025-01-01T00:00:00.000000Z",
+        partitions={},
+        consistent=False,
+    )
+    guarded = _marker(delete_guard="3 of 4 records vanished", consistent=False, partial=True)
+    for marker in (complete, incremental, guarded):
+        message = scan_completed_message("control", marker)
+        validate_event(message.value)
+        validate_event(
+            scan_completed_message("control", marker, schema_base_uri=BASE).value, base_uri=BASE
+        )
+        assert message.key == b"acme/enrollments" and message.topic == "control"
+    body = orjson.loads(scan_completed_message("control", complete).value)
+    assert body["type"] == "bindbee.lms.enrollments.scan_completed"
+    assert body["subject"] == "acme/enrollments"
+    assert body["dataschema"] == schemas.data_schema_id("enrollments", "scan_completed")
+    data = body["data"]
+    assert data["partitions"] == {"0": 41, "1": 7}
+    assert data["consistent_as_of"] == data["started_at"] == "2023-11-14T22:13:20.000000Z"
+    assert body["time"] == data["finished_at"] == "2023-11-14T22:13:32.500000Z"
+    assert (data["covers"], data["modified_since"]) == ("all_records", None)
+    inc = orjson.loads(scan_completed_message("control", incremental).value)["data"]
+    assert "consistent_as_of" not in inc
+    assert (inc["covers"], inc["modified_since"]) == (
+        "modified_since",
+        "2025-01-01T00:00:00.000000Z",
+    )
+    held = orjson.loads(scan_completed_message("control", guarded).value)["data"]
+    assert held["deletes_withheld"] and held["partial"] and "consistent_as_of" not in held
+    # A redelivery has the same id; the same scan number after a reset does not.
+    again = orjson.loads(scan_completed_message("control", _marker()).value)
+    assert again["id"] == body["id"]
+    after_reset = orjson.loads(scan_completed_message("control", _marker(started_at=1.8e9)).value)
+    assert after_reset["id"] != body["id"]
+    for mutate, message in (
+        (lambda d: d["partitions"].update({"zero": 1}), "does not match"),
+        (lambda d: d["partitions"].update({"2": -1}), "less than the minimum"),
+        (lambda d: d.pop("partial"), "'partial' is a required property"),
+        (lambda d: d.update(kind="partial"), "is not one of"),
+    ):
+        broken = copy.deepcopy(body)
+        mutate(broken["data"])
+        with pytest.raises(ValidationError, match=message):
+            validate_event(broken)
 
 
 def test_rejected_is_real_now_and_the_daemons_dead_letters_validate() -> None:

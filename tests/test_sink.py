@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
 from pydantic import SecretStr, ValidationError
 from structlog.testing import capture_logs
 
@@ -250,3 +253,87 @@ def test_check_ready_follows_the_broker(own_broker: TansuBroker) -> None:
 def test_timeouts_kafka_python_would_refuse_are_a_config_error() -> None:
     with pytest.raises(ValidationError, match="delivery_timeout_ms"):
         settings_for("127.0.0.1:9", request_timeout_ms=5000, delivery_timeout_ms=4000)
+
+
+# ---- acknowledged offsets, and when the shared producer is replaced ------------------------
+
+
+def read_at(bootstrap: str, topic: str, partition: int, offset: int) -> Any:
+    """The record at ``offset`` of one partition, by assign() and seek (no group)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        where = TopicPartition(topic, partition)
+        consumer.assign([where])
+        consumer.seek(where, offset)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    if record.offset == offset:
+                        return record
+                    raise AssertionError(f"seek to {offset} read offset {record.offset} first")
+        raise AssertionError(f"nothing at {topic}[{partition}]@{offset}")
+    finally:
+        consumer.close()
+
+
+def test_publish_returns_the_acknowledged_offset_of_each_partitions_last_message(
+    broker: TansuBroker, sink: KafkaSink, topic: str
+) -> None:
+    first = sink.publish(page(topic, 0, 40))
+    second = sink.publish(page(topic, 40, 40))
+
+    records = read_topic(broker.bootstrap, topic, expected=80)
+    last: dict[tuple[str, int], Any] = {}
+    for record in records:
+        where = (record.topic, record.partition)
+        if where not in last or record.offset > last[where].offset:
+            last[where] = record
+    # The second page is the latest on every partition it used; seeking there finds it.
+    assert second == {where: record.offset for where, record in last.items()}
+    for (name, partition), offset in second.items():
+        assert seqs([read_at(broker.bootstrap, name, partition, offset)])[0] >= 40
+    for where, offset in first.items():
+        assert offset < second[where]
+
+
+def test_a_page_kafka_refuses_keeps_the_producer_for_the_other_streams(
+    broker: TansuBroker, sink: KafkaSink, topic: str
+) -> None:
+    oversize = Message(topic, b"rec-big", b"x" * (2 * 1024 * 1024))  # > max_request_size
+    with capture_logs() as logs:
+        sink.publish(page(topic, 0, 10))
+        with pytest.raises(SinkError, match="MessageSizeTooLargeError") as info:
+            sink.publish([*page(topic, 10, 5), oversize])
+        sink.publish(page(topic, 15, 10))
+
+    assert "new producer" not in str(info.value)
+    events = [entry["event"] for entry in logs]
+    assert events.count("kafka_producer_created") == 1
+    assert "kafka_producer_kept" in events and "kafka_producer_discarded" not in events
+    # What the refused page sent before the refusal may land (at-least-once); the rest did.
+    got = set(seqs(read_topic(broker.bootstrap, topic, quiet_seconds=1.0)))
+    assert set(range(10)) | set(range(15, 25)) <= got <= set(range(25))
+
+
+def test_a_producer_whose_idempotent_state_failed_is_replaced(
+    broker: TansuBroker, sink: KafkaSink, topic: str
+) -> None:
+    # tansu cannot be made to answer a produce with a non-retriable error, the one way
+    # kafka-python 3.0.12 puts an idempotent producer in this state; so the state is set
+    # as the sender sets it, and the producer and broker are real.
+    sink.publish(page(topic, 0, 5))
+    producer = sink._producer
+    assert producer is not None
+    producer._transaction_manager.transition_to_fatal_error(KafkaError("poisoned for the test"))
+    with capture_logs() as logs:
+        with pytest.raises(SinkError, match="new producer"):
+            sink.publish(page(topic, 5, 5))
+        sink.publish(page(topic, 10, 5))
+
+    events = [entry["event"] for entry in logs]
+    assert events.count("kafka_producer_discarded") == 1
+    assert events.count("kafka_producer_created") == 1
+    assert sink._producer is not producer
+    got = set(seqs(read_topic(broker.bootstrap, topic, quiet_seconds=1.0)))
+    assert set(range(5)) | set(range(10, 15)) <= got

@@ -121,7 +121,7 @@ def wait_initial(
 
     wait_until(done, timeout, "the initial scans")
     for key in streams:
-        wait_until(lambda k=key: not scheduler._streams[k].latch.running, timeout, "idle")
+        wait_until(lambda k=key: not scheduler.running(k), timeout, "idle")
 
 
 def events(config: dict[str, Any], broker: Any, connector: str, expected: int) -> list[dict]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import threading
 from dataclasses import replace
 
 import pytest
 from pydantic import SecretStr
 
-from daemon.schedule.sync_rule import Action, Decision, TriggerLatch, decide
+from daemon.schedule.sync_rule import Action, Decision, decide
 from daemon.source.connectors import ConnectorInfo
 
 SYNC = "2026-01-02T03:04:05.000000Z"
@@ -133,101 +132,3 @@ def test_extra_spellings_can_be_configured() -> None:
 def test_decision_for_equal_bookmark_is_stable_across_calls() -> None:
     connector = info()
     assert decide(connector, SYNC) == decide(replace(connector), SYNC)
-
-
-# -- TriggerLatch ------------------------------------------------------------------
-
-
-def test_latch_sequence() -> None:
-    latch = TriggerLatch()
-    assert not latch.running
-    assert latch.trigger() is True  # idle: start now
-    assert latch.running and not latch.pending
-    assert latch.trigger() is False  # queued
-    assert latch.trigger() is False  # still one queued
-    assert latch.pending
-    assert latch.finish() is True  # run the trailing pass now
-    assert latch.running and not latch.pending
-    assert latch.finish() is False  # idle again
-    assert not latch.running
-    with pytest.raises(RuntimeError):
-        latch.finish()
-
-
-def test_cancel_pending() -> None:
-    latch = TriggerLatch()
-    latch.trigger()
-    latch.trigger()
-    assert latch.cancel_pending() is True
-    assert latch.cancel_pending() is False
-    assert latch.finish() is False
-
-
-def test_triggers_during_a_pass_queue_exactly_one_trailing_pass() -> None:
-    latch = TriggerLatch()
-    passes: list[int] = []
-    in_pass = threading.Event()
-    release = threading.Event()
-
-    def run_passes() -> None:
-        # The caller's loop: run while the latch says so.
-        number = 0
-        while True:
-            number += 1
-            passes.append(number)
-            if number == 1:
-                in_pass.set()
-                assert release.wait(30)
-            if not latch.finish():
-                return
-
-    assert latch.trigger()
-    runner = threading.Thread(target=run_passes)
-    runner.start()
-    assert in_pass.wait(30)
-
-    started: list[bool] = []
-    lock = threading.Lock()
-    go = threading.Barrier(8)
-
-    def hammer() -> None:
-        go.wait(30)
-        for _ in range(100):
-            result = latch.trigger()
-            with lock:
-                started.append(result)
-
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    release.set()
-    runner.join(30)
-    assert not runner.is_alive()
-    assert started == [False] * 800  # nobody started a second concurrent pass
-    assert passes == [1, 2]  # 800 triggers during pass 1 -> exactly one trailing pass
-    assert not latch.running and not latch.pending
-
-
-def test_only_one_of_many_concurrent_triggers_starts_a_pass() -> None:
-    latch = TriggerLatch()
-    go = threading.Barrier(16)
-    results: list[bool] = []
-    lock = threading.Lock()
-
-    def fire() -> None:
-        go.wait(30)
-        result = latch.trigger()
-        with lock:
-            results.append(result)
-
-    threads = [threading.Thread(target=fire) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert results.count(True) == 1
-    assert latch.pending  # the other 15 queued one trailing pass
-    assert latch.finish() is True
-    assert latch.finish() is False

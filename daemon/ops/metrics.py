@@ -102,8 +102,28 @@ STREAM_TRIGGER = Gauge(
 )
 PASSES_SKIPPED = Counter(
     "changefeed_passes_skipped",
-    "Passes not started, by reason (already_running: queued as a trailing pass; blocked)",
+    "Passes not started, by reason (blocked: the connector needs the customer; "
+    "up_to_date: the sync asked for is already scanned)",
     [*_STREAM, "reason"],
+)
+
+# Per process: which replica of a fleet sharing one PostgreSQL state store says so.
+REPLICA_INFO = Gauge(
+    "changefeed_replica_info", "1, labelled with this process's replica name", ["replica"]
+)
+REPLICAS_LIVE = Gauge(
+    "changefeed_replicas_live", "Replicas with a live heartbeat, as this one sees them", ["replica"]
+)
+LEASES_HELD = Gauge("changefeed_leases_held", "Stream leases this replica holds", ["replica"])
+LEASE_LOST = Counter(
+    "changefeed_lease_lost",
+    "Passes stopped before writing because their lease expired (fencing)",
+    ["replica", *_STREAM],
+)
+SYNC_WATCHER_LEADER = Gauge(
+    "changefeed_sync_watcher_leader",
+    "1 on the one replica that reads the connectors list for the fleet",
+    ["replica"],
 )
 
 # Pre-create the label sets of bounded outcomes so dashboards see zeros, not gaps.

@@ -16,13 +16,12 @@ scan covered. ``decide`` compares the connector's state with that bookmark:
 The scan records ``Decision.sync_start_time`` when it starts; the bookmark moves to it
 only after the scan completed and its events are on Kafka.
 
-``TriggerLatch`` coalesces triggers (interval ticks, webhook hints) per stream: a
-trigger that arrives while the stream's pass runs queues exactly one trailing pass.
+A request that arrives while the stream's pass runs keeps the stream due (its shared
+``due_at`` in the store), so exactly one trailing pass follows (see ``scheduler``).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
@@ -108,54 +107,3 @@ def decide(
     return Decision(
         Action.SCAN, start, f"sync started {start} is Done; last scanned sync started {bookmark}"
     )
-
-
-class TriggerLatch:
-    """One stream's pass state: idle, running, or running with one trailing pass queued.
-
-    ``trigger()`` returns True when the caller must start a pass now; while a pass
-    runs it queues one trailing pass instead (any number of triggers queue one).
-    ``finish()`` ends a pass and returns True when the caller must run the queued
-    trailing pass now (the latch stays running), False when it went idle.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running = False
-        self._pending = False
-
-    def trigger(self) -> bool:
-        """Ask for a pass: True = start one now; False = queued behind the running one."""
-        with self._lock:
-            if self._running:
-                self._pending = True
-                return False
-            self._running = True
-            return True
-
-    def finish(self) -> bool:
-        """The running pass ended: True = run the trailing pass now; False = now idle."""
-        with self._lock:
-            if not self._running:
-                raise RuntimeError("finish() without a running pass")
-            if self._pending:
-                self._pending = False
-                return True
-            self._running = False
-            return False
-
-    def cancel_pending(self) -> bool:
-        """Drop a queued trailing pass (e.g. on shutdown); True if one was queued."""
-        with self._lock:
-            pending, self._pending = self._pending, False
-            return pending
-
-    @property
-    def running(self) -> bool:
-        with self._lock:
-            return self._running
-
-    @property
-    def pending(self) -> bool:
-        with self._lock:
-            return self._pending

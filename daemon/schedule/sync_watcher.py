@@ -188,8 +188,13 @@ class SyncWatcher:
         min_gap_seconds: float = 5.0,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        leader: Callable[[], bool] | None = None,
     ) -> None:
         self._directory = directory
+        # Replicas sharing a store read the list once per fleet: a timed check runs only
+        # on the replica holding the watcher's lease (``leader()`` takes or renews it).
+        # A webhook hint is read by whichever replica got it (at most one read per gap).
+        self._leader = leader
         self._on_listing = on_listing
         self._interval = interval_seconds
         self._min_gap = min_gap_seconds
@@ -266,7 +271,12 @@ class SyncWatcher:
             first = False
             if self._stop.is_set():
                 return
+            hinted = self._wake.is_set()
             self._wake.clear()
+            if not hinted and self._leader is not None and not self._leader():
+                self.first_check.set()  # another replica reads the list
+                next_check = self._clock() + (self._interval if self._interval > 0 else 0)
+                continue
             gap = self._min_gap - (self._clock() - last_read)
             if gap > 0 and self._stop.wait(gap):
                 return

@@ -1,15 +1,18 @@
-"""CloudEvents 1.0 (structured mode) for change events and dead letters, with deterministic ids."""
+"""CloudEvents 1.0 (structured mode) for change events, dead letters and scan markers, with
+deterministic ids."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from daemon.models import ChangeEvent, Message, RejectedItem, StreamKey
+from daemon.models import ChangeEvent, Message, RejectedItem, ScanKind, StreamKey
 from daemon.sink.schemas import data_schema_id
 
 CONTENT_TYPE = b"application/cloudevents+json"
@@ -182,3 +185,92 @@ def rejected_message(
             body["data"]["item"] = raw_bytes(item.raw).decode(errors="replace")
             value = json.dumps(body, ensure_ascii=False).encode()
     return Message(topic, (record_id or digest).encode(), value, _HEADERS)
+
+
+# ---- scan markers (the control topic) ------------------------------------------------------
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class ScanMarker:
+    """What one completed scan of a stream put on its data topic, for consumers.
+
+    ``partitions`` maps a partition of ``data_topic`` to the acknowledged offset of the
+    scan's last message there (only partitions the scan wrote to). ``partial``: an earlier
+    process published part of the scan (a restart), so ``counts`` and ``partitions`` cover
+    only this process's part. ``consistent`` is set by the caller only for a complete full
+    scan that withheld no deletes: the marker then carries ``consistent_as_of``.
+    """
+
+    stream: StreamKey
+    data_topic: str
+    scan: int
+    kind: ScanKind
+    started_at: float
+    finished_at: float
+    modified_since: str | None
+    counts: Mapping[str, int]
+    delete_guard: str | None
+    partitions: Mapping[int, int]
+    partial: bool
+    initial_sync: bool
+    consistent: bool
+
+
+def scan_marker_id(marker: ScanMarker) -> str:
+    """Deterministic: a redelivery from the outbox has the same id. The start time is in
+    it because a ``reset`` numbers scans from 1 again."""
+    stream = marker.stream
+    parts = (stream.connector, stream.model, "scan_completed", str(marker.scan),
+             repr(marker.started_at))  # fmt: skip
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def scan_completed_cloudevent(
+    marker: ScanMarker, schema_base_uri: str | None = None
+) -> dict[str, Any]:
+    """The ``bindbee.lms.{model}.scan_completed`` CloudEvent of one completed scan."""
+    connector, model = marker.stream.connector, marker.stream.model
+    full = marker.kind == "full"
+    data: dict[str, Any] = {
+        "connector": connector,
+        "model": model,
+        "topic": marker.data_topic,
+        "scan": marker.scan,
+        "kind": marker.kind,
+        "started_at": _utc(marker.started_at),
+        "finished_at": _utc(marker.finished_at),
+        "covers": "all_records" if full else "modified_since",
+        "modified_since": marker.modified_since,
+        "initial_sync": marker.initial_sync,
+        "counts": dict(marker.counts),
+        "delete_guard": marker.delete_guard,
+        "deletes_withheld": marker.delete_guard is not None,
+        "partitions": {str(p): marker.partitions[p] for p in sorted(marker.partitions)},
+        "partial": marker.partial,
+    }
+    if marker.consistent:
+        data["consistent_as_of"] = data["started_at"]
+    return {
+        "specversion": "1.0",
+        "id": scan_marker_id(marker),
+        "source": f"bindbee/lms/{connector}",
+        "type": f"bindbee.lms.{model}.scan_completed",
+        "subject": str(marker.stream),
+        "time": data["finished_at"],
+        "datacontenttype": "application/json",
+        "dataschema": data_schema_id(model, "scan_completed", schema_base_uri),
+        "data": data,
+    }
+
+
+def scan_completed_message(
+    topic: str, marker: ScanMarker, *, schema_base_uri: str | None = None
+) -> Message:
+    """The marker's Kafka message on the control topic, keyed by stream (connector/model):
+    one partition holds a stream's markers in order."""
+    value = orjson.dumps(scan_completed_cloudevent(marker, schema_base_uri))
+    return Message(topic, str(marker.stream).encode(), value, _HEADERS)

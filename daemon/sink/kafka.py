@@ -1,9 +1,17 @@
 """The Kafka publisher: send a page of messages, flush, and succeed only if Kafka acked them all.
 
-Failure policy: any failure raises ``SinkError`` (nothing of the page counts as delivered)
-and throws the producer away. kafka-python 3.0.12's idempotent producer does not recover
-once a batch has expired (broker paused or restarted), while a new producer works at once;
-the next ``publish`` builds one. No ``kafka.errors`` exception leaves this module.
+``publish`` returns, per (topic, partition), the offset of the page's last message there as
+the broker acknowledged it (RecordMetadata): what scan markers carry (tansu misreports end
+offsets, so nothing else would do).
+
+Failure policy: any failure raises ``SinkError`` (nothing of the page counts as delivered).
+The producer is shared by every stream, so it is thrown away only when it is broken
+(``_broken``), not because one stream's page failed: kafka-python 3.0.12's idempotent
+producer does not recover once a batch has expired (broker paused or restarted) or its
+idempotent state failed, while a new producer works at once; the next ``publish`` builds
+one. A refusal that concerns one page (a message over ``max_request_size``, a topic the
+client may not write) keeps it, and the other streams' batches in flight with it. No
+``kafka.errors`` exception leaves this module.
 """
 
 from __future__ import annotations
@@ -18,7 +26,12 @@ import structlog
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 from kafka.net.compat import KafkaNetClient
 from structlog.typing import FilteringBoundLogger
 
@@ -43,6 +56,9 @@ BOOTSTRAP_TIMEOUT_MS = 5000
 # send() blocks while it waits for a topic's metadata: one round trip on a live cluster.
 # Capped so a pass (and so a SIGTERM) never waits request_timeout_ms on a broker that left.
 SEND_BLOCK_MS = 3000
+
+Acked = dict[tuple[str, int], int]
+"""(topic, partition) -> the offset of the last message of a publish there, as acked."""
 
 
 class KafkaSink:
@@ -85,15 +101,16 @@ class KafkaSink:
 
     # -- public API ----------------------------------------------------------------------
 
-    def publish(self, messages: Sequence[Message]) -> None:
+    def publish(self, messages: Sequence[Message]) -> Acked:
         """Send every message, flush, and return only when Kafka acknowledged ALL of them.
 
+        Returns the acknowledged offset of the last message per (topic, partition).
         Otherwise raise SinkError: nothing is considered delivered (some messages may
-        still reach Kafka, so a retry can duplicate them), and the producer is closed so
+        still reach Kafka, so a retry can duplicate them); a broken producer is closed so
         the next call builds a fresh one.
         """
         if not messages:
-            return
+            return {}
         if self._settings.create_topics:
             topics = {m.topic for m in messages}
             if not topics <= self._known_topics:
@@ -106,8 +123,8 @@ class KafkaSink:
                 send(m.topic, value=m.value, key=m.key, headers=list(m.headers)) for m in messages
             ]
         except _KAFKA_FAILURES as exc:
-            self._discard(producer)
-            raise self._publish_error(messages, exc) from None
+            renewed = self._discard_if_broken(producer, exc)
+            raise self._publish_error(messages, exc, renewed=renewed) from None
         except BaseException:
             self._discard(producer)
             raise
@@ -121,8 +138,16 @@ class KafkaSink:
             # Read the cause before discarding: closing the producer fails what is pending
             # with its own, misleading "closed forcefully" error.
             first = next((f.exception for f in failed if f.exception is not None), None)
-            self._discard(producer)
-            raise self._publish_error(messages, first, failed=len(failed))
+            unanswered = any(not f.is_done for f in failed)
+            renewed = self._discard_if_broken(producer, first, unanswered=unanswered)
+            raise self._publish_error(messages, first, failed=len(failed), renewed=renewed)
+        acked: Acked = {}
+        for future in futures:
+            meta = future.value
+            where = (meta.topic, meta.partition)
+            if meta.offset > acked.get(where, -1):
+                acked[where] = meta.offset
+        return acked
 
     def ensure_topics(self, topics: Iterable[str]) -> None:
         """Create the missing ``topics`` with the configured partitions and replication.
@@ -222,6 +247,19 @@ class KafkaSink:
         self._log.info("kafka_producer_created", bootstrap_servers=s.bootstrap_servers)
         return producer
 
+    def _discard_if_broken(
+        self, producer: KafkaProducer, exc: BaseException | None, *, unanswered: bool = False
+    ) -> bool:
+        """Close ``producer`` if the failure left it unfit for any stream; True if so."""
+        why = _broken(producer, exc, unanswered=unanswered)
+        if why is None:
+            cause = _describe(exc) if exc is not None else None
+            self._log.info("kafka_producer_kept", reason=cause and self._scrub(cause))
+            return False
+        self._log.info("kafka_producer_discarded", reason=self._scrub(why))
+        self._discard(producer)
+        return True
+
     def _discard(self, producer: KafkaProducer) -> None:
         with self._lock:
             if self._producer is producer:
@@ -229,7 +267,12 @@ class KafkaSink:
         _close_producer(producer, 0.0)
 
     def _publish_error(
-        self, messages: Sequence[Message], exc: BaseException | None, *, failed: int | None = None
+        self,
+        messages: Sequence[Message],
+        exc: BaseException | None,
+        *,
+        failed: int | None = None,
+        renewed: bool = True,
     ) -> SinkError:
         topics = ", ".join(sorted({m.topic for m in messages}))
         count = len(messages)
@@ -238,7 +281,8 @@ class KafkaSink:
         message = self._scrub(
             f"Kafka at {self._settings.bootstrap_servers} did not acknowledge {what} "
             f"message(s) for topic(s) {topics} within {self._publish_timeout:g}s: {cause}; "
-            "none of them count as delivered, the next publish uses a new producer"
+            "none of them count as delivered"
+            + (", the next publish uses a new producer" if renewed else "")
         )
         self._log.warning(
             "kafka_publish_failed",
@@ -247,6 +291,7 @@ class KafkaSink:
             messages=count,
             failed=failed,
             error=self._scrub(cause),
+            producer_replaced=renewed,
         )
         return SinkError(message)
 
@@ -364,6 +409,31 @@ def _close_producer(producer: KafkaProducer, timeout: float) -> None:
             sender.join(_CLOSE_TIMEOUT_SECONDS)
         with contextlib.suppress(Exception):
             producer.close(timeout=0)
+
+
+def _broken(producer: KafkaProducer, exc: BaseException | None, *, unanswered: bool) -> str | None:
+    """Why ``producer`` must not send another page (for any stream), or None if it may.
+
+    Broken: its idempotent state failed (kafka-python 3.0.12 then refuses every later
+    send; a non-retriable error in a produce response puts it there, e.g. a topic
+    authorization the broker refuses only at produce time), or the broker did not answer
+    in time (an expired batch resets the producer id and the producer stays unable to
+    send; its reconnect back-off may have grown to 30 s, while a new producer connects at
+    once). A topic missing from the metadata also ends in a timeout, so it counts as the
+    latter. Not broken: a refusal of this page alone with the state sound: a message over
+    ``max_request_size`` (refused by ``send``), a topic the metadata says we may not write.
+    """
+    manager = getattr(producer, "_transaction_manager", None)
+    if manager is None or not callable(getattr(manager, "has_error", None)):
+        return "its state cannot be inspected (kafka-python changed): replaced to be safe"
+    if manager.has_error():
+        cause = manager.last_error or exc
+        return "its idempotent state failed" + (f": {_describe(cause)}" if cause else "")
+    if unanswered:
+        return "the broker did not acknowledge the page in time"
+    if exc is None or isinstance(exc, KafkaTimeoutError | KafkaConnectionError | OSError):
+        return f"the broker did not answer: {_describe(exc) if exc else 'no error given'}"
+    return None
 
 
 def _flush(

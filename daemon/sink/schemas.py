@@ -9,8 +9,8 @@ what an event's ``dataschema`` names:
 - ``{model}.{kind}``: the whole CloudEvent (envelope), whose ``data`` refers to the above.
 
 ``kind`` is ``created``, ``updated`` or ``deleted`` (on the data topic), ``rejected`` (a
-poison record, on the dead-letter topic ``kafka.dead_letter_topic``), plus
-``scan_completed``, reserved for later and not yet emitted. ``$id``s are URNs
+poison record, on the dead-letter topic ``kafka.dead_letter_topic``) or ``scan_completed``
+(a scan's marker, on the control topic ``kafka.control_topic``). ``$id``s are URNs
 (``urn:lms-changefeed:schema:enrollments.updated:1``) or, with a base URI, ``{base}/{file}``
 so the generated files can be served from there. Regenerate docs/schemas with
 ``python -m daemon.sink.schemas --write docs/schemas``.
@@ -36,8 +36,10 @@ SCHEMA_VERSION = 1
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 CHANGE_KINDS = ("created", "updated", "deleted")
 DEAD_LETTER_KINDS = ("rejected",)
-RESERVED_KINDS = ("scan_completed",)
-EVENT_KINDS = CHANGE_KINDS + DEAD_LETTER_KINDS + RESERVED_KINDS
+CONTROL_KINDS = ("scan_completed",)
+# Kinds whose schema is published before the daemon emits them (none at the moment).
+RESERVED_KINDS: tuple[str, ...] = ()
+EVENT_KINDS = CHANGE_KINDS + DEAD_LETTER_KINDS + CONTROL_KINDS + RESERVED_KINDS
 
 _URN_PREFIX = "urn:lms-changefeed:schema:"
 _RESERVED_NOTE = "Reserved, not yet emitted: the shape a later version will publish."
@@ -245,42 +247,7 @@ def data_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
             "additionalProperties": True,
         }
     if kind == "scan_completed":
-        counts = ("created", "updated", "deleted", "unchanged", "stale", "rejected")
-        return {
-            **_resource(name, base_uri, title, f"{_RESERVED_NOTE} On the control topic."),
-            "type": "object",
-            "required": [
-                "connector",
-                "model",
-                "scan",
-                "kind",
-                "counts",
-                "delete_guard",
-                "deletes_withheld",
-                "partitions",
-            ],
-            "properties": {
-                **common,
-                "scan": {"type": "integer", "minimum": 0, "description": "Scan number."},
-                "kind": {"enum": ["full", "incremental"]},
-                "counts": {
-                    "type": "object",
-                    "required": list(counts),
-                    "properties": {c: {"type": "integer", "minimum": 0} for c in counts},
-                    "additionalProperties": True,
-                },
-                "delete_guard": _nullable(_string("Why the delete guard held deletes back.")),
-                "deletes_withheld": {"type": "boolean"},
-                "partitions": {
-                    "type": "object",
-                    "description": "Partition number -> last offset the scan's events used.",
-                    "propertyNames": {"pattern": "^[0-9]+$"},
-                    "additionalProperties": {"type": "integer"},
-                },
-                "consistent_as_of": _datetime("The topic equals the source as of this time"),
-            },
-            "additionalProperties": True,
-        }
+        return _scan_completed_data(name, base_uri, title, common)
     record_note = " (the last known record)" if kind == "deleted" else ""
     changes: Schema | bool = False
     if kind == "updated":
@@ -318,6 +285,107 @@ def data_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
     }
 
 
+_COUNTS = ("created", "updated", "deleted", "unchanged", "stale", "rejected")
+
+
+def _scan_completed_data(name: str, base_uri: str | None, title: str, common: Schema) -> Schema:
+    count = {"type": "integer", "minimum": 0}
+    return {
+        **_resource(
+            name,
+            base_uri,
+            title,
+            "A scan of one stream (connector x model) completed: what it covered, what it "
+            "found, and up to which offsets of the data topic its events went. On the "
+            "control topic (`kafka.control_topic`), keyed by `connector/model`; see "
+            "docs/consumers.md.",
+        ),
+        "type": "object",
+        "required": [
+            "connector",
+            "model",
+            "topic",
+            "scan",
+            "kind",
+            "started_at",
+            "finished_at",
+            "covers",
+            "modified_since",
+            "counts",
+            "delete_guard",
+            "deletes_withheld",
+            "partitions",
+            "partial",
+        ],
+        "properties": {
+            **common,
+            "topic": _string("The data topic the scan's events went to.", minLength=1),
+            "scan": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "The stream's scan number (counts from 1 again after `reset`).",
+            },
+            "kind": {
+                "enum": ["full", "incremental"],
+                "description": "full: every record was listed (deletes are found only so); "
+                "incremental: only records changed since `modified_since`.",
+            },
+            "started_at": _datetime("When the scan started"),
+            "finished_at": _datetime("When the scan completed (also the event's time)"),
+            "covers": {
+                "enum": ["all_records", "modified_since"],
+                "description": "all_records (a full scan) or the records modified since "
+                "`modified_since` (an incremental scan).",
+            },
+            "modified_since": _nullable(
+                _datetime("An incremental scan asked for changes since this time")
+            ),
+            "initial_sync": {
+                "type": "boolean",
+                "description": "True for the stream's first full scan.",
+            },
+            "counts": {
+                "type": "object",
+                "description": "What the scan found (only this process's part when `partial`).",
+                "required": list(_COUNTS),
+                "properties": {
+                    **{c: count for c in _COUNTS},
+                    "dead_lettered": count,
+                },
+                "additionalProperties": True,
+            },
+            "delete_guard": _nullable(
+                _string("Why the scan withheld its deletes (full scans only).")
+            ),
+            "deletes_withheld": {
+                "type": "boolean",
+                "description": "True when the delete guard held the scan's deletes back.",
+            },
+            "partitions": {
+                "type": "object",
+                "description": "Partition of `topic` -> offset of the scan's last message "
+                "there, as Kafka acknowledged it; only partitions the scan wrote to.",
+                "propertyNames": {"pattern": "^[0-9]+$"},
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
+            "partial": {
+                "type": "boolean",
+                "description": "True when an earlier process (before a restart, or another "
+                "replica) published part of the scan: `counts` and `partitions` cover only "
+                "this process's part, so a partition not listed may still hold earlier "
+                "events of the scan.",
+            },
+            "consistent_as_of": _datetime(
+                "Only on a full scan that withheld no deletes (and was not a silent "
+                "baseline): every change of the stream's records made before this time "
+                "(the scan's start) is on `topic`, at or before `partitions`' offsets or "
+                "in earlier scans"
+            ),
+        },
+        "additionalProperties": True,
+    }
+
+
 def event_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
     """The whole ``bindbee.lms.{model}.{kind}`` CloudEvent 1.0 (structured mode)."""
     _check(model, kind)
@@ -326,6 +394,9 @@ def event_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
     time = _datetime("The record's modified_at, normalised to UTC")
     if change:
         time["pattern"] = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$"
+    elif kind in CONTROL_KINDS:
+        subject = _string("The stream, connector/model (the Kafka key).", minLength=3)
+        time = _datetime("When the scan completed")
     else:
         subject = _string("The record id, when known.")
         time = _datetime("When the event was made")
@@ -336,12 +407,14 @@ def event_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
             f"An item of {model} the daemon could not use (a poison record), on the "
             "dead-letter topic."
         )
+    elif kind in CONTROL_KINDS:
+        description = f"A scan of a {model} stream completed (a marker), on the control topic."
     else:
         description = f"{_RESERVED_NOTE} bindbee.lms.{model}.{kind}."
     # dataschema is not required: events written before 0.2 (e.g. sent from an upgraded
     # store's outbox) lack it, and CloudEvents makes it optional. Every new event has it.
     required = ["specversion", "id", "source", "type", "datacontenttype", "data"]
-    if change:
+    if change or kind in CONTROL_KINDS:
         required[4:4] = ["subject", "time"]
     return {
         **_resource(schema_name(model, kind), base_uri, f"bindbee.lms.{model}.{kind}", description),
@@ -417,7 +490,8 @@ def index(base_uri: str | None = None) -> str:
         "its `data` (what the event's `dataschema` names) and `{model}.record.json` the",
         "record in `data.record`. The schemas refer to one another by `$id`: load them all",
         "into one registry. `rejected` events go to the dead-letter topic",
-        "(`kafka.dead_letter_topic`); `scan_completed` is reserved, not yet emitted.",
+        "(`kafka.dead_letter_topic`), `scan_completed` markers to the control topic",
+        "(`kafka.control_topic`; how to use them: [docs/consumers.md](../consumers.md)).",
         "",
         "| file | `$id` | what |",
         "| --- | --- | --- |",

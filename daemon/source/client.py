@@ -7,6 +7,13 @@ timeouts and dropped connections are retried with jittered exponential back-off 
 (``_client_error``). No ``httpx`` type or exception leaves this module; callers see
 ``daemon.errors``.
 
+Connections: one ``httpx`` pool for every connector, since connections to the API are
+interchangeable (the connector is a header) and keep-alive then serves whichever connector
+asks next; httpx limits a pool as a whole, not per key, so the per-connector bound is a
+``ConnectionSlots`` of ``connections_per_connector`` around each request. The pool itself
+is unbounded: the slots (and the scheduler's workers) bound it, and a pool-wide cap is
+exactly what would let one connector's hanging requests starve every other connector.
+
 A well-formed page with malformed items (not an object, no usable id, no readable
 ``modified_at``, unhashable: ``classify_item``) is fetched again too, since a glitch
 clears; after the last try it is returned with its good items and the others in
@@ -39,7 +46,7 @@ from daemon.errors import (
 from daemon.models import Page, Record, RejectedItem, RejectReason
 from daemon.ops import metrics
 from daemon.settings import BindbeeSettings, ConnectorSettings
-from daemon.source.ratelimit import RateLimiter
+from daemon.source.ratelimit import ConnectionSlots, RateLimiter
 from daemon.timestamps import normalize_time
 
 log = structlog.get_logger("daemon.source.client")
@@ -47,6 +54,12 @@ log = structlog.get_logger("daemon.source.client")
 API_PREFIX = "/api/lms/v1"
 QueryParams = Mapping[str, str | int | float | bool]
 _T = TypeVar("_T")
+# Requests of one connector in flight at once. A pass has one request in flight (the page
+# fetched ahead), so this only bites when several models of a connector scan together; 4
+# keep 200 requests/min flowing up to ~1.2 s per request, far above the API's latency.
+CONNECTIONS_PER_CONNECTOR = 4
+# Idle keep-alive connections close after this; between Bindbee syncs (hours) none stay.
+KEEPALIVE_SECONDS = 5.0
 
 
 class _Retry(Exception):
@@ -127,9 +140,12 @@ def _float_header(response: httpx.Response, name: str) -> float | None:
 
 
 class BindbeeClient:
-    """One client per Bindbee organisation; holds one rate limiter per connector.
+    """One client per Bindbee organisation; per connector, a rate limiter and
+    ``connections_per_connector`` slots, created on the connector's first request and shared
+    by all its streams.
 
-    ``stop`` makes every wait (rate budget, back-off) end early with ScanInterrupted.
+    ``stop`` makes every wait (rate budget, connection slot, back-off) end early with
+    ScanInterrupted.
     """
 
     def __init__(
@@ -138,6 +154,7 @@ class BindbeeClient:
         *,
         stop: threading.Event | None = None,
         sleep: Callable[[float], None] | None = None,
+        connections_per_connector: int = CONNECTIONS_PER_CONNECTOR,
     ) -> None:
         self.settings = settings
         self._stop = stop or threading.Event()
@@ -147,9 +164,15 @@ class BindbeeClient:
             base_url=settings.base_url,
             timeout=settings.timeout_seconds,
             headers={"Authorization": f"Bearer {settings.api_key.get_secret_value()}"},
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=None,
+                keepalive_expiry=KEEPALIVE_SECONDS,
+            ),
         )
+        self._per_connector = connections_per_connector
         self._limiters: dict[str, RateLimiter] = {}
+        self._slots: dict[str, ConnectionSlots] = {}
         self._limiters_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -167,13 +190,22 @@ class BindbeeClient:
 
     def limiter(self, connector: str) -> RateLimiter:
         """The rate limiter shared by every stream of ``connector``."""
+        return self._budget(connector)[0]
+
+    def in_flight(self, connector: str) -> int:
+        """Requests of ``connector`` holding a connection slot now."""
+        with self._limiters_lock:
+            slots = self._slots.get(connector)
+        return 0 if slots is None else slots.in_flight
+
+    def _budget(self, connector: str) -> tuple[RateLimiter, ConnectionSlots]:
         with self._limiters_lock:
             limiter = self._limiters.get(connector)
             if limiter is None:
                 rate = self.settings.rate_limit
-                limiter = RateLimiter(rate.requests, rate.per_seconds)
-                self._limiters[connector] = limiter
-            return limiter
+                limiter = self._limiters[connector] = RateLimiter(rate.requests, rate.per_seconds)
+                self._slots[connector] = ConnectionSlots(self._per_connector)
+            return limiter, self._slots[connector]
 
     def fetch_page(
         self,
@@ -222,7 +254,7 @@ class BindbeeClient:
     ) -> _T:
         assert connector.token is not None  # settings guarantee it
         headers = {"x-connector-token": connector.token.get_secret_value()}
-        limiter = self.limiter(connector.name)
+        limiter, slots = self._budget(connector.name)
         # Across the attempts of this call: requests sent (the page reports them) and 429s.
         sent = 0
         rate_limited = 0
@@ -231,20 +263,25 @@ class BindbeeClient:
             """One try; a 429 is not a failed try: it waits the server out and asks again."""
             nonlocal sent, rate_limited
             while True:
-                limiter.acquire(self._stop)
-                sent += 1
-                try:
-                    response = self._http.get(path, params=query, headers=headers)
-                except httpx.TimeoutException:
-                    raise self._transport_failure(
-                        connector,
-                        f"{where}: timed out after {self.settings.timeout_seconds}s",
-                        "timeout",
-                    ) from None
-                except httpx.TransportError as exc:
-                    raise self._transport_failure(
-                        connector, f"{where}: connection failed ({type(exc).__name__})", "error"
-                    ) from None
+                # The slot first, then the budget: a request the limiter admitted is sent at
+                # once, so its sliding log matches what the server counts.
+                with slots.hold(self._stop):
+                    limiter.acquire(self._stop)
+                    sent += 1
+                    try:
+                        response = self._http.get(path, params=query, headers=headers)
+                    except httpx.TimeoutException:
+                        raise self._transport_failure(
+                            connector,
+                            f"{where}: timed out after {self.settings.timeout_seconds}s",
+                            "timeout",
+                        ) from None
+                    except httpx.TransportError as exc:
+                        raise self._transport_failure(
+                            connector,
+                            f"{where}: connection failed ({type(exc).__name__})",
+                            "error",
+                        ) from None
                 status = response.status_code
                 metrics.API_REQUESTS.labels(connector.name, str(status)).inc()
                 self._observe_budget(connector.name, response, limiter)

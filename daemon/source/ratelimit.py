@@ -1,13 +1,17 @@
-"""Client-side request budget per connector, shared by every stream of that connector."""
+"""Client-side budgets per connector, shared by every stream of that connector: requests
+per time window (``RateLimiter``) and requests in flight at once (``ConnectionSlots``)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from daemon.errors import ScanInterrupted
+
+_SLICE_SECONDS = 0.25  # waits are cut into slices this long, so a stop is noticed promptly
 
 
 class RateLimiter:
@@ -49,11 +53,57 @@ class RateLimiter:
                     return now - started
                 if stop is not None and stop.is_set():
                     raise ScanInterrupted("stop requested while waiting for the API budget")
-                # Short slices so a stop request is noticed promptly.
-                self._cond.wait(min(wait, 0.25))
+                self._cond.wait(min(wait, _SLICE_SECONDS))
 
     def block_for(self, seconds: float) -> None:
         """The server says the budget is spent: send nothing for ``seconds``."""
         with self._cond:
             self._blocked_until = max(self._blocked_until, self._clock() + max(0.0, seconds))
             self._cond.notify_all()
+
+
+class ConnectionSlots:
+    """At most ``slots`` requests of one connector in flight at once.
+
+    The HTTP connection pool is shared by every connector (connections to the API are
+    interchangeable: the connector is a header), so its size is no per-connector bound;
+    this is. A connector whose requests hang holds its own slots, never another's.
+    """
+
+    def __init__(self, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.slots = slots
+        self._busy = 0
+        self._cond = threading.Condition()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding a slot now."""
+        with self._cond:
+            return self._busy
+
+    @contextlib.contextmanager
+    def hold(self, stop: threading.Event | None = None) -> Iterator[None]:
+        """Hold one slot for the block; waits (interruptibly) while all are taken.
+
+        A request that had to wait does not start once a stop was requested, even if a
+        slot just came free: the stop was meant to end that wait.
+        """
+        with self._cond:
+            waited = False
+            while True:
+                stopping = stop is not None and stop.is_set()
+                if self._busy < self.slots and not (waited and stopping):
+                    break
+                if stopping:
+                    raise ScanInterrupted("stop requested while waiting for a connection slot")
+                self._cond.wait(_SLICE_SECONDS)
+                waited = True
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify()

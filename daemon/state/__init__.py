@@ -30,7 +30,13 @@ __all__ = [
 ]
 
 
-def open_store(state: Any, *, auto_migrate: bool | None = None, create: bool = True) -> StateStore:
+def open_store(
+    state: Any,
+    *,
+    auto_migrate: bool | None = None,
+    create: bool = True,
+    owner: str | None = None,
+) -> StateStore:
     """The store of ``state`` (StateSettings: PostgreSQL when ``url`` is set, else the
     SQLite file at ``path``; or a URL / path), at the head schema revision.
 
@@ -40,6 +46,7 @@ def open_store(state: Any, *, auto_migrate: bool | None = None, create: bool = T
 
     ``create=False`` (the inspecting commands: ``status``, ``reset``) refuses with
     StoreMissing when the SQLite file does not exist, and creates nothing on disk.
+    ``owner`` names this process in the leases it takes (default: host name and pid).
     """
     if auto_migrate is None:
         auto_migrate = bool(getattr(state, "auto_migrate", True))
@@ -49,7 +56,9 @@ def open_store(state: Any, *, auto_migrate: bool | None = None, create: bool = T
     except BaseException:
         backend.close()
         raise
-    return StateStore(backend)
+    return StateStore(
+        backend, owner=owner, lease_seconds=float(getattr(state, "lease_seconds", 30.0))
+    )
 
 
 def require_store(state: Any) -> None:

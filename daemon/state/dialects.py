@@ -1,4 +1,4 @@
-"""What differs between SQLite and PostgreSQL: engines, locking and claims.
+"""What differs between SQLite and PostgreSQL: engines, pools and the migration lock.
 
 Everything else (the statements, the transactions, the migrations) is written once
 against ``schema.metadata``; a ``Backend`` supplies only the parts below.
@@ -23,7 +23,8 @@ from sqlalchemy.pool import StaticPool
 from daemon.errors import StateStoreError
 
 # Advisory lock keys live in one shared namespace: tag ours. Key (namespace, 0) guards
-# migrations (0.1.0 used it around CREATE TABLE), (namespace, sid) claims a stream.
+# migrations (0.1.0 used it around CREATE TABLE, and (namespace, sid) to claim a stream
+# for the life of a process: leases in the store replaced those).
 LOCK_NAMESPACE = 0x4C4D5343  # "LMSC"
 
 
@@ -39,7 +40,7 @@ class StoreMissing(StateStoreError):
 
 
 class Backend:
-    """One database: its engine, how it names itself in errors, its locks and claims."""
+    """One database: its engine, how it names itself in errors, its migration lock."""
 
     name: str
     engine: Engine
@@ -58,10 +59,6 @@ class Backend:
 
     def migration_lock(self, conn: Connection) -> None:
         """Serialise migrations between processes, inside the migration transaction."""
-
-    def claim(self, sid: int) -> bool:
-        """Take stream ``sid`` for this process; False while another process holds it."""
-        return True
 
     def close(self) -> None:
         """Close every connection."""
@@ -160,18 +157,20 @@ def _sqlite_begin(conn: Connection) -> None:
 
 
 class PostgresBackend(Backend):
-    """A small connection pool; stream claims are session advisory locks held on one
-    dedicated connection for the life of the process (closing it releases them)."""
+    """A bounded connection pool shared by the workers (``state.pool_size``)."""
 
     name = "postgresql"
     insert = staticmethod(postgresql.insert)
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, *, pool_size: int = 5) -> None:
         self.where = f"postgresql://{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
         self.engine = sa.create_engine(
             url,
-            pool_size=5,
-            max_overflow=5,
+            # Bounded: workers wait for a connection rather than each opening its own, so
+            # replicas x pool_size stays below the server's max_connections.
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=30,
             pool_pre_ping=True,
             # Positional, as on SQLite: the store runs its compiled SQL on the DBAPI cursor.
             paramstyle="format",
@@ -180,42 +179,11 @@ class PostgresBackend(Backend):
             connect_args={"connect_timeout": 10, "prepare_threshold": None},
             hide_parameters=True,
         )
-        self._claims: Connection | None = None
-        self._claimed: set[int] = set()
-        self._claim_lock = threading.Lock()
 
     def migration_lock(self, conn: Connection) -> None:
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_NAMESPACE, 0)))
 
-    def claim(self, sid: int) -> bool:
-        with self._claim_lock:
-            if sid in self._claimed:
-                return True
-            try:
-                if self._claims is None:
-                    self._claims = self.engine.connect().execution_options(
-                        isolation_level="AUTOCOMMIT"
-                    )
-                held = self._claims.execute(
-                    sa.select(sa.func.pg_try_advisory_lock(LOCK_NAMESPACE, sid))
-                ).scalar_one()
-            except sa.exc.DBAPIError as exc:
-                raise StateStoreError(
-                    f"state store {self.where}: claim stream failed: {reason(exc)}"
-                ) from None
-            if held:
-                self._claimed.add(sid)
-            return bool(held)
-
     def close(self) -> None:
-        with self._claim_lock:
-            if self._claims is not None:
-                # invalidate() closes the session itself: returned to the pool it would
-                # keep the advisory locks.
-                with contextlib.suppress(Exception):
-                    self._claims.invalidate()
-                self._claims = None
-                self._claimed.clear()
         self.engine.dispose()
 
 
@@ -248,7 +216,7 @@ def backend_for(target: Any, *, create: bool = True) -> Backend:
     path = getattr(state, "path", None)
     if url is not None:
         raw = url.get_secret_value() if hasattr(url, "get_secret_value") else str(url)
-        return _postgres(raw)
+        return _postgres(raw, int(getattr(state, "pool_size", 5)))
     if path is not None:
         return _sqlite(path, create)
     text = str(target)
@@ -266,10 +234,10 @@ def _sqlite(path: Path | str, create: bool) -> Backend:
         raise StateStoreError(f"cannot open state store {path}: {exc}") from None
 
 
-def _postgres(raw: str) -> Backend:
+def _postgres(raw: str, pool_size: int = 5) -> Backend:
     url = engine_url(raw)
     try:
-        return PostgresBackend(url)
+        return PostgresBackend(url, pool_size=pool_size)
     except sa.exc.SQLAlchemyError as exc:
         raise StateStoreError(
             f"cannot open PostgreSQL state store: {_scrub(str(exc), url)}"

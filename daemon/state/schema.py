@@ -38,7 +38,14 @@ streams = sa.Table(
     sa.Column("sync_bookmark", sa.Text),
     sa.Column("scan_sync", sa.Text),
     sa.Column("connector_state", sa.Text),
+    # Shared by every replica: when the stream is next due (NULL: now), the last request
+    # for a scan and the sync it was for, and an operator's resync until it is done.
+    sa.Column("due_at", sa.Double),
+    sa.Column("requested_at", sa.Double),
+    sa.Column("requested_sync", sa.Text),
+    sa.Column("resync_requested_at", sa.Double),
     sa.UniqueConstraint("connector", "model"),
+    sa.Index("changefeed_streams_due", "due_at"),
 )
 
 # The last published version of each record, keyed by (stream, id).
@@ -97,6 +104,37 @@ rejected = sa.Table(
     sqlite_with_rowid=False,
 )
 
+# Who holds a piece of work until when: ``stream:<sid>`` (a pass) or ``sync-watcher``.
+# A lease not renewed by ``expires_at`` is free for anyone; every write of a pass checks
+# its token (fencing), so a holder that lost its lease writes nothing more.
+leases = sa.Table(
+    "changefeed_leases",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("token", sa.Text, nullable=False),
+    sa.Column("acquired_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    # Where the holder runs: a process on this host (and pid namespace) that is gone has
+    # its leases freed at once by the next process there, not after the lease period.
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+)
+
+# Each running process's heartbeat: live replicas and their free workers make claims fair;
+# host and pid let a restarted process free the leases of its dead predecessor at once.
+replicas = sa.Table(
+    "changefeed_replicas",
+    metadata,
+    sa.Column("replica", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("heartbeat_at", sa.Double, nullable=False),
+    sa.Column("workers", sa.Integer, nullable=False),
+    sa.Column("busy", sa.Integer, nullable=False),
+)
+
 # The columns a StreamState is built from, in its field order (after ``key``).
 STATE_COLUMNS = (
     streams.c.watermark,
@@ -117,4 +155,8 @@ STATE_COLUMNS = (
     streams.c.sync_bookmark,
     streams.c.scan_sync,
     streams.c.connector_state,
+    streams.c.due_at,
+    streams.c.requested_at,
+    streams.c.requested_sync,
+    streams.c.resync_requested_at,
 )

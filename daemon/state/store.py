@@ -10,7 +10,12 @@ SQL did. Rows go in by executemany.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import socket
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,10 +24,14 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
 
-from daemon.errors import StateStoreError
+from daemon.errors import LeaseLost, StateStoreError
 from daemon.models import (
+    DueStream,
+    FleetView,
+    LeaseInfo,
     Message,
     RejectWrite,
+    ReplicaInfo,
     RowWrite,
     ScanKind,
     SnapshotRow,
@@ -32,7 +41,16 @@ from daemon.models import (
 )
 from daemon.state.dialects import Backend, reason
 from daemon.state.rows import LoadedRow, dump_headers, load_headers
-from daemon.state.schema import STATE_COLUMNS, outbox, records, rejected, seen, streams
+from daemon.state.schema import (
+    STATE_COLUMNS,
+    leases,
+    outbox,
+    records,
+    rejected,
+    replicas,
+    seen,
+    streams,
+)
 
 # SQLite's default limit on host parameters is 32766; pages are ≤ 100 ids anyway.
 _CHUNK = 500
@@ -109,6 +127,14 @@ _FINISH_SCAN = _stream_update().values(
     last_scan_at=_NOW,
     last_error=None,
     last_error_at=None,
+    # An operator's resync is done once a full scan that started after it completes.
+    resync_requested_at=case(
+        (
+            and_(_FULL, streams.c.resync_requested_at <= streams.c.scan_started_at),
+            None,
+        ),
+        else_=streams.c.resync_requested_at,
+    ),
     **_CLEAR_SCAN,
 )
 _RECORD_ERROR = _stream_update().values(
@@ -219,6 +245,112 @@ _OUTBOX_COLUMNS = ("sid", "seq", "topic", "key", "value", "headers")
 _REJECTED_COLUMNS = ("sid", "fingerprint", "first_seen", "reason", "record_id", "scan")
 _PING = select(streams.c.sid).limit(1)
 
+# -- leases, due times, replicas ---------------------------------------------------
+_NAME = bindparam("p_name", type_=sa.Text)
+_TOKEN = bindparam("p_token", type_=sa.Text)
+_OWNER = bindparam("p_owner", type_=sa.Text)
+_EXPIRES = bindparam("p_expires", type_=sa.Double)
+_LIVE = leases.c.expires_at >= _NOW
+_LEASE_NAME = sa.literal("stream:", sa.Text) + sa.cast(streams.c.sid, sa.Text)
+_STREAM_LEASE = leases.c.name == _LEASE_NAME
+_RENEW = (
+    update(leases)
+    .where(leases.c.name == _NAME, leases.c.token == _TOKEN, _LIVE)
+    .values(expires_at=_EXPIRES)
+)
+_DROP_LEASE = delete(leases).where(leases.c.name == _NAME, leases.c.token == _TOKEN)
+_SELECT_DUE = select(streams.c.due_at).where(streams.c.sid == _SID)
+_DUE = or_(streams.c.due_at.is_(None), streams.c.due_at <= _NOW)
+# Streams due now that no live lease holds, oldest due first.
+_DUE_STREAMS = (
+    select(
+        streams.c.connector,
+        streams.c.model,
+        streams.c.due_at,
+        streams.c.connector_state,
+        streams.c.resync_requested_at,
+    )
+    .select_from(streams.outerjoin(leases, and_(_STREAM_LEASE, _LIVE)))
+    .where(_DUE, leases.c.name.is_(None))
+    .order_by(func.coalesce(streams.c.due_at, 0.0), streams.c.sid)
+)
+_NEXT_DUE = select(func.min(streams.c.due_at)).where(streams.c.due_at > _NOW)
+_LIVE_LEASES = select(
+    leases.c.name, leases.c.owner, leases.c.acquired_at, leases.c.expires_at
+).where(_LIVE)
+_STREAM_LEASES = select(
+    streams.c.connector,
+    streams.c.model,
+    leases.c.owner,
+    leases.c.acquired_at,
+    leases.c.expires_at,
+).select_from(streams.join(leases, _STREAM_LEASE))
+_REPLICA_COLUMNS = (
+    replicas.c.replica,
+    replicas.c.host,
+    replicas.c.pid,
+    replicas.c.started_at,
+    replicas.c.heartbeat_at,
+    replicas.c.workers,
+    replicas.c.busy,
+)
+_LIVE_REPLICAS = (
+    select(*_REPLICA_COLUMNS)
+    .where(replicas.c.heartbeat_at >= bindparam("p_since", type_=sa.Double))
+    .order_by(replicas.c.replica)
+)
+_ALL_REPLICAS = select(*_REPLICA_COLUMNS).order_by(replicas.c.replica)
+
+
+def _renew_held(count: int) -> sa.Update:
+    # By token, not by owner: a one-off command (`poll`) run with the same replica name
+    # must not have its leases kept alive by the daemon's heartbeat.
+    return (
+        update(leases)
+        .where(leases.c.owner == _OWNER, _LIVE, leases.c.token.in_(_ids(count)))
+        .values(expires_at=_EXPIRES)
+    )
+
+
+_MY_LEASES = select(leases.c.name, leases.c.token).where(leases.c.owner == _OWNER)
+_DROP_OWNER_LEASES = delete(leases).where(leases.c.owner == _OWNER)
+_HOST = bindparam("p_host", type_=sa.Text)
+_PID = bindparam("p_pid", type_=sa.Integer)
+_LOCAL_PIDS = select(leases.c.pid).where(leases.c.host == _HOST).distinct()
+_DROP_PID_LEASES = delete(leases).where(leases.c.host == _HOST, leases.c.pid == _PID)
+_DROP_PID_REPLICAS = delete(replicas).where(replicas.c.host == _HOST, replicas.c.pid == _PID)
+_DROP_REPLICA = delete(replicas).where(replicas.c.replica == _OWNER)
+_PRUNE_REPLICAS = delete(replicas).where(
+    replicas.c.heartbeat_at < bindparam("p_since", type_=sa.Double)
+)
+_EARLIER = or_(streams.c.due_at.is_(None), streams.c.due_at > _NOW)
+_REQUEST = _stream_update().values(
+    requested_at=_NOW,
+    requested_sync=func.coalesce(bindparam("p_sync", type_=sa.Text), streams.c.requested_sync),
+    due_at=case((_EARLIER, _NOW), else_=streams.c.due_at),
+)
+_REQUEST_RESYNC = _stream_update().values(
+    requested_at=_NOW,
+    resync_requested_at=func.coalesce(streams.c.resync_requested_at, _NOW),
+    due_at=case((_EARLIER, _NOW), else_=streams.c.due_at),
+)
+# A request newer than what the pass saw keeps the stream due at once (its trailing pass).
+_SET_DUE = _stream_update().values(
+    due_at=case(
+        (
+            func.coalesce(streams.c.requested_at, 0.0) > bindparam("p_seen", type_=sa.Double),
+            streams.c.requested_at,
+        ),
+        else_=bindparam("p_due", type_=sa.Double),
+    )
+)
+_POSTPONE = _stream_update().values(due_at=bindparam("p_due", type_=sa.Double))
+_BRING_FORWARD = (
+    update(streams)
+    .where(streams.c.sid == _SID, streams.c.due_at > bindparam("p_due", type_=sa.Double))
+    .values(due_at=bindparam("p_due", type_=sa.Double))
+)
+
 
 def _remote_pattern(dialect: str, remote_id: str) -> bytes:
     needle = b'"remote_id":' + orjson.dumps(remote_id)  # orjson writes compact JSON
@@ -229,6 +361,48 @@ def _remote_pattern(dialect: str, remote_id: str) -> bytes:
     for special in (b"\\", b"%"):
         needle = needle.replace(special, b"_")
     return b"%" + needle + b"%"
+
+
+def default_owner() -> str:
+    """This process's name when none is configured: host name and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def local_host() -> str:
+    """This host as a lease records it: the host name, plus the pid namespace where there
+    is one (two containers with one host name, e.g. with host networking, differ)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}/pidns:{namespace}"
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid runs here."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
+class _NotDue(Exception):
+    """Raised inside a claim's transaction to roll the lease back."""
+
+
+class _Lease:
+    __slots__ = ("acquired_at", "key", "lost", "name", "token")
+
+    def __init__(self, name: str, token: str, acquired_at: float, key: StreamKey | None) -> None:
+        self.name = name
+        self.token = token
+        self.acquired_at = acquired_at
+        self.key = key
+        # Set by a heartbeat that found the lease gone: the holder's next write fails.
+        self.lost = False
 
 
 class _Sql:
@@ -296,8 +470,14 @@ class _Tx:
 class StateStore:
     """The snapshot store over one backend (``dialects.SqliteBackend`` or ``PostgresBackend``)."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(
+        self, backend: Backend, *, owner: str | None = None, lease_seconds: float = 30.0
+    ) -> None:
         self.backend = backend
+        self.owner = owner or default_owner()
+        self.host = local_host()
+        self.lease_seconds = lease_seconds
+        self._leases: dict[str, _Lease] = {}
         self.dialect = backend.name
         self._engine = backend.engine
         self._errors: tuple[type[BaseException], ...] = (
@@ -340,6 +520,38 @@ class StateStore:
             )
 
         self._upsert_rejected = upsert_rejected
+        take = insert(leases).values(
+            name=_NAME,
+            owner=_OWNER,
+            token=_TOKEN,
+            acquired_at=_NOW,
+            expires_at=_EXPIRES,
+            host=bindparam("p_host", type_=sa.Text),
+            pid=bindparam("p_pid", type_=sa.Integer),
+        )
+        # Only a lease nobody renewed in time is taken over: the upsert does nothing
+        # (rowcount 0) while the holder's is live.
+        self._take_lease = take.on_conflict_do_update(
+            index_elements=[leases.c.name],
+            set_={
+                c: take.excluded[c]
+                for c in ("owner", "token", "acquired_at", "expires_at", "host", "pid")
+            },
+            where=leases.c.expires_at < _NOW,
+        )
+        beat = insert(replicas).values(
+            replica=_OWNER,
+            host=bindparam("p_host", type_=sa.Text),
+            pid=bindparam("p_pid", type_=sa.Integer),
+            started_at=bindparam("p_started", type_=sa.Double),
+            heartbeat_at=_NOW,
+            workers=bindparam("p_workers", type_=sa.Integer),
+            busy=bindparam("p_busy", type_=sa.Integer),
+        )
+        self._upsert_replica = beat.on_conflict_do_update(
+            index_elements=[replicas.c.replica],
+            set_={c: beat.excluded[c] for c in ("host", "pid", "heartbeat_at", "workers", "busy")},
+        )
         self._insert_outbox = lambda count: sa.insert(outbox).values(
             _rows(outbox, _OUTBOX_COLUMNS, count)
         )
@@ -419,6 +631,7 @@ class StateStore:
         sync (its start time) the scan covers: the bookmark moves to it when it completes."""
         with self._tx("begin scan") as tx:
             sid = self._sid(tx, key)
+            self._fence(tx, sid, key)
             tx.run(_BEGIN_SCAN, p_kind=kind, p_since=since, p_now=now, p_sync=sync, p_sid=sid)
             return self._state(tx, key)
 
@@ -449,6 +662,7 @@ class StateStore:
         transaction."""
         with self._tx("commit page") as tx:
             sid = self._sid(tx, key)
+            self._fence(tx, sid, key)
             self._write_outbox(tx, sid, outbox)
             scan = tx.one(_SELECT_SCAN, p_sid=sid)[0]
             if rejected:
@@ -523,7 +737,9 @@ class StateStore:
     def begin_deletes(self, key: StreamKey) -> StreamState:
         """Every page of a full scan is committed: move on to the delete phase."""
         with self._tx("begin deletes") as tx:
-            tx.run(_BEGIN_DELETES, p_sid=self._sid(tx, key))
+            sid = self._sid(tx, key)
+            self._fence(tx, sid, key)
+            tx.run(_BEGIN_DELETES, p_sid=sid)
             return self._state(tx, key)
 
     def count_missing(self, key: StreamKey) -> tuple[int, int]:
@@ -549,16 +765,27 @@ class StateStore:
         """Forget deleted rows and keep their ``deleted`` messages to publish: one transaction."""
         with self._tx("commit deletes") as tx:
             sid = self._sid(tx, key)
+            self._fence(tx, sid, key)
             self._write_outbox(tx, sid, outbox)
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
                 for n in range(2):  # records, then seen
                     tx.run_ids(_delete_rows_n[n], chunk, p_sid=sid)
 
-    def finish_scan(self, key: StreamKey, now: float, delete_guard: str | None) -> StreamState:
-        """Close the scan and move the watermark to the newest ``modified_at`` it published."""
+    def finish_scan(
+        self,
+        key: StreamKey,
+        now: float,
+        delete_guard: str | None,
+        outbox: Sequence[Message] = (),
+    ) -> StreamState:
+        """Close the scan and move the watermark to the newest ``modified_at`` it published;
+        ``outbox`` (the scan's marker) is kept to publish in the same transaction."""
         with self._tx("finish scan") as tx:
             sid = self._sid(tx, key)
+            self._fence(tx, sid, key)
+            if outbox:
+                self._write_outbox(tx, sid, outbox)
             tx.run(_PRUNE_REJECTED, p_sid=sid)
             tx.run(_FINISH_SCAN, p_now=now, p_guard=delete_guard, p_sid=sid)
             return self._state(tx, key)
@@ -577,7 +804,9 @@ class StateStore:
     def abandon_scan(self, key: StreamKey) -> None:
         """Drop the scan in progress without moving the watermark."""
         with self._tx("abandon scan") as tx:
-            tx.run(_ABANDON_SCAN, p_sid=self._sid(tx, key))
+            sid = self._sid(tx, key)
+            self._fence(tx, sid, key)
+            tx.run(_ABANDON_SCAN, p_sid=sid)
 
     def reset(self, key: StreamKey) -> None:
         """Forget a stream entirely: its next pass is an initial sync."""
@@ -604,16 +833,234 @@ class StateStore:
     def clear_pending(self, key: StreamKey) -> None:
         """Kafka acknowledged the outbox: forget it."""
         with self._tx("clear outbox") as tx:
-            tx.run(_CLEAR_OUTBOX, p_sid=self._sid(tx, key))
+            sid = self._sid(tx, key)
+            # Another replica that took the stream over may have an outbox of its own.
+            self._fence(tx, sid, key)
+            tx.run(_CLEAR_OUTBOX, p_sid=sid)
 
-    def claim(self, key: StreamKey) -> bool:
-        """Take this stream for this process; False while another replica holds it
-        (SQLite state belongs to one process: always True)."""
-        sid = self._sids.get(key)
-        if sid is None:
+    # -- leases, due times, replicas --------------------------------------------------
+
+    def claim(self, key: StreamKey, *, now: float | None = None, due_only: bool = False) -> bool:
+        """Take the stream's lease for this process; False while another holder's lease
+        is live (or, with ``due_only``, when the stream is not due). Holding it already:
+        True. Every write of the stream checks the lease from then on (fencing)."""
+        now = time.time() if now is None else now
+        token = uuid.uuid4().hex
+        try:
             with self._tx("claim stream") as tx:
                 sid = self._sid(tx, key)
-        return self.backend.claim(sid)
+                name = f"stream:{sid}"
+                held = self._leases.get(name)
+                if held is not None and not held.lost:
+                    return True
+                if not self._take(tx, name, token, now):
+                    return False
+                if due_only:
+                    due = tx.one(_SELECT_DUE, p_sid=sid)
+                    if due is None or (due[0] is not None and due[0] > now):
+                        raise _NotDue  # rolls the lease back
+        except _NotDue:
+            return False
+        self._leases[name] = _Lease(name, token, now, key)
+        return True
+
+    def claim_named(self, name: str, *, now: float | None = None) -> bool:
+        """Take a fleet-wide lease that is not a stream's (``sync-watcher``)."""
+        now = time.time() if now is None else now
+        if self.holds(name):
+            return True
+        token = uuid.uuid4().hex
+        with self._tx(f"claim {name}") as tx:
+            if not self._take(tx, name, token, now):
+                return False
+        self._leases[name] = _Lease(name, token, now, None)
+        return True
+
+    def holds(self, name: str) -> bool:
+        """True while this store holds the named lease (as far as it knows)."""
+        lease = self._leases.get(name)
+        return lease is not None and not lease.lost
+
+    def _take(self, tx: _Tx, name: str, token: str, now: float) -> bool:
+        cursor = tx.run(
+            self._take_lease,
+            p_name=name,
+            p_owner=self.owner,
+            p_token=token,
+            p_now=now,
+            p_expires=now + self.lease_seconds,
+            p_host=self.host,
+            p_pid=os.getpid(),
+        )
+        return bool(cursor.rowcount == 1)
+
+    def _fence(self, tx: _Tx, sid: int, key: StreamKey) -> None:
+        lease = self._leases.get(f"stream:{sid}")
+        if lease is None:
+            return  # not claimed here: an operator command, or a single-process test
+        if lease.lost:
+            # Stays lost until the pass releases it: no later write of it gets through.
+            raise LeaseLost(f"{key}: lease lost (not renewed for {self.lease_seconds:g}s)")
+        now = time.time()
+        cursor = tx.run(
+            _RENEW,
+            p_name=lease.name,
+            p_token=lease.token,
+            p_now=now,
+            p_expires=now + self.lease_seconds,
+        )
+        if cursor.rowcount != 1:
+            lease.lost = True
+            raise LeaseLost(f"{key}: lease lost (not renewed for {self.lease_seconds:g}s)")
+
+    def release(
+        self,
+        key: StreamKey,
+        *,
+        next_due: float | None = None,
+        seen_request: float | None = None,
+    ) -> bool:
+        """Give the stream's lease back, first setting when it is next due (unless a
+        request newer than ``seen_request`` arrived: then it stays due). False when the
+        lease was lost: another holder decides the stream's due time then."""
+        sid = self._sids.get(key)
+        lease = self._leases.pop(f"stream:{sid}", None) if sid is not None else None
+        if lease is None:
+            return False
+        with self._tx("release stream") as tx:
+            if tx.run(_DROP_LEASE, p_name=lease.name, p_token=lease.token).rowcount != 1:
+                return False
+            if next_due is not None:
+                tx.run(_SET_DUE, p_sid=sid, p_due=next_due, p_seen=seen_request or 0.0)
+        return True
+
+    def release_named(self, name: str) -> None:
+        """Give a named lease back (shutdown, or the watcher stepping down)."""
+        lease = self._leases.pop(name, None)
+        if lease is not None:
+            with self._tx(f"release {name}") as tx:
+                tx.run(_DROP_LEASE, p_name=lease.name, p_token=lease.token)
+
+    def request_scan(
+        self, key: StreamKey, now: float, *, sync: str | None = None, resync: bool = False
+    ) -> None:
+        """Make the stream due now for whichever replica is free: a Bindbee sync (``sync``
+        is its start time), a hint, or an operator's ``resync`` (a full, comparing scan;
+        shown by ``status`` until one that started after the request completes)."""
+        with self._tx("request scan") as tx:
+            sid = self._sid(tx, key)
+            if resync:
+                tx.run(_REQUEST_RESYNC, p_sid=sid, p_now=now)
+            else:
+                tx.run(_REQUEST, p_sid=sid, p_now=now, p_sync=sync)
+
+    def postpone(self, key: StreamKey, due: float) -> None:
+        """Set when the stream is next due without a pass (e.g. its connector is blocked)."""
+        with self._tx("postpone stream") as tx:
+            tx.run(_POSTPONE, p_sid=self._sid(tx, key), p_due=due)
+
+    def bring_forward(self, key: StreamKey, due: float) -> None:
+        """Make the stream due no later than ``due`` (a shorter interval after a reload)."""
+        with self._tx("reschedule stream") as tx:
+            tx.run(_BRING_FORWARD, p_sid=self._sid(tx, key), p_due=due)
+
+    def ensure_streams(self, keys: Sequence[StreamKey]) -> None:
+        """Create the rows of streams the store has not seen yet (due at once)."""
+        with self._tx("add streams") as tx:
+            for key in keys:
+                self._sid(tx, key)
+
+    def fleet(self, now: float) -> FleetView:
+        """What a replica needs to claim fairly: due streams no live lease holds, the
+        next due time after now, the live leases and the live replicas."""
+        with self._tx("read due streams", read=True) as tx:
+            due = [
+                DueStream(StreamKey(c, m), due_at, state, resync)
+                for c, m, due_at, state, resync in tx.run(_DUE_STREAMS, p_now=now).fetchall()
+            ]
+            next_due = tx.one(_NEXT_DUE, p_now=now)[0]
+            held = [LeaseInfo(*row) for row in tx.run(_LIVE_LEASES, p_now=now).fetchall()]
+            alive = [
+                ReplicaInfo(*row)
+                for row in tx.run(_LIVE_REPLICAS, p_since=now - self.lease_seconds).fetchall()
+            ]
+        return FleetView(due, next_due, held, alive)
+
+    def heartbeat(
+        self, now: float, *, workers: int, busy: int, host: str, pid: int, started_at: float
+    ) -> list[str]:
+        """Announce this replica and renew every lease it holds; returns the names of the
+        leases it had and lost (their holders must stop writing: fencing stops them)."""
+        with self._tx("heartbeat") as tx:
+            tx.run(
+                self._upsert_replica,
+                p_owner=self.owner,
+                p_host=host,
+                p_pid=pid,
+                p_started=started_at,
+                p_now=now,
+                p_workers=workers,
+                p_busy=busy,
+            )
+            tokens = [lease.token for lease in self._leases.values() if not lease.lost]
+            for start in range(0, len(tokens), _CHUNK):
+                tx.run_ids(
+                    _renew_held,
+                    tokens[start : start + _CHUNK],
+                    p_owner=self.owner,
+                    p_now=now,
+                    p_expires=now + self.lease_seconds,
+                )
+            mine = dict(tx.run(_MY_LEASES, p_owner=self.owner).fetchall())
+            # A replica silent for ten lease periods is gone: forget its row.
+            tx.run(_PRUNE_REPLICAS, p_since=now - 10 * self.lease_seconds)
+        lost = []
+        for name, lease in list(self._leases.items()):
+            if not lease.lost and mine.get(name) != lease.token:
+                lease.lost = True  # its holder's next write fails (fencing)
+                lost.append(name)
+        return lost
+
+    def free_dead_leases(self, alive: Callable[[int], bool] = pid_alive) -> int:
+        """Free the leases of processes on this host that are gone (a killed `run` or
+        `poll` restarted here need not wait out its own lease); returns how many."""
+        me = os.getpid()
+        with self._tx("free dead leases") as tx:
+            dead = {
+                pid
+                for (pid,) in tx.run(_LOCAL_PIDS, p_host=self.host).fetchall()
+                if pid != me and not alive(pid)
+            }
+            for pid in dead:
+                tx.run(_DROP_PID_LEASES, p_host=self.host, p_pid=pid)
+                tx.run(_DROP_PID_REPLICAS, p_host=self.host, p_pid=pid)
+        return len(dead)
+
+    def free_own_leases(self) -> None:
+        """Free the leases held under this replica's name by an earlier life (a restarted
+        pod keeps its name): only the daemon does this at start, never a one-off command."""
+        with self._tx("free own leases") as tx:
+            tx.run(_DROP_OWNER_LEASES, p_owner=self.owner)
+
+    def retire(self) -> None:
+        """A clean exit: give back every lease this store holds and drop its replica row."""
+        self._leases.clear()
+        with self._tx("retire replica") as tx:
+            tx.run(_DROP_OWNER_LEASES, p_owner=self.owner)
+            tx.run(_DROP_REPLICA, p_owner=self.owner)
+
+    def stream_leases(self) -> dict[StreamKey, LeaseInfo]:
+        """Who holds which stream's lease (live or expired, as stored), for ``status``."""
+        with self._tx("list leases", read=True) as tx:
+            return {
+                StreamKey(c, m): LeaseInfo(f"{c}/{m}", owner, acquired, expires)
+                for c, m, owner, acquired, expires in tx.run(_STREAM_LEASES).fetchall()
+            }
+
+    def replicas(self) -> list[ReplicaInfo]:
+        """Every replica row (live or not yet pruned), for ``status``."""
+        with self._tx("list replicas", read=True) as tx:
+            return [ReplicaInfo(*row) for row in tx.run(_ALL_REPLICAS).fetchall()]
 
     def ping(self) -> None:
         """Raise StateStoreError unless the store answers a query."""
@@ -621,7 +1068,12 @@ class StateStore:
             tx.run(_PING).fetchall()
 
     def close(self) -> None:
-        """Close the database (on PostgreSQL this also releases this process's claims)."""
+        """Give back the leases this store holds, then close the database."""
+        if self._leases:
+            with contextlib.suppress(StateStoreError), self._tx("release leases") as tx:
+                for lease in list(self._leases.values()):
+                    tx.run(_DROP_LEASE, p_name=lease.name, p_token=lease.token)
+            self._leases.clear()
         with self.backend.guard():
             self.backend.close()
 

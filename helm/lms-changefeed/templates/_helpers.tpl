@@ -92,16 +92,42 @@ Rendered as YAML; callers use `include ... | fromYamlArray`.
 {{- toYaml $out }}
 {{- end }}
 
-{{/* The config file: .Values.config with token_env filled in and state on the volume. */}}
+{{/*
+"true" when the state is in PostgreSQL: state.urlSecret names the Secret holding the URL.
+Then the replicas share the streams through leases; otherwise SQLite, one pod.
+*/}}
+{{- define "lms-changefeed.postgres" -}}
+{{- $state := .Values.state | default dict }}
+{{- $secret := $state.urlSecret | default dict }}
+{{- if $secret.name }}true{{ end }}
+{{- end }}
+
+{{/*
+The config file: .Values.config with token_env filled in and the state section: the
+tuning from config.state, plus (SQLite) the file on the volume. With PostgreSQL the URL
+arrives as CHANGEFEED_STATE__URL from the Secret, never through this file.
+*/}}
 {{- define "lms-changefeed.configFile" -}}
 {{- $config := deepCopy (.Values.config | default dict) }}
 {{- $_ := set $config "connectors" (include "lms-changefeed.connectors" . | fromYamlArray) }}
-{{- $_ := set $config "state" (dict "path" "/data/changefeed.db") }}
+{{- $state := deepCopy ($config.state | default dict) }}
+{{- if not (include "lms-changefeed.postgres" .) }}
+{{- $_ := set $state "path" "/data/changefeed.db" }}
+{{- end }}
+{{- if $state }}
+{{- $_ := set $config "state" $state }}
+{{- else }}
+{{- $_ := unset $config "state" }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 
 {{/* Refuse values that would give a pod that cannot start, naming the value to fix. */}}
 {{- define "lms-changefeed.validate" -}}
+{{- /* The schema refuses this too; this message also reaches --skip-schema-validation. */}}
+{{- if and (gt (int .Values.replicaCount) 1) (not (include "lms-changefeed.postgres" .)) }}
+{{- fail (printf "replicaCount %d needs the state in PostgreSQL: set state.urlSecret (name and key of an existing Secret holding the postgresql:// URL); with SQLite the chart runs exactly one pod" (int .Values.replicaCount)) }}
+{{- end }}
 {{- $connectors := include "lms-changefeed.connectors" . | fromYamlArray }}
 {{- $names := list }}
 {{- $envs := list }}
