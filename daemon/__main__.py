@@ -21,7 +21,7 @@ from typing import Any
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from daemon import log as logsetup
-from daemon.errors import ChangefeedError, ConfigError, StreamHeldElsewhere
+from daemon.errors import ChangefeedError, ConfigError, LeaseLost, StreamHeldElsewhere
 from daemon.models import LeaseInfo, ReplicaInfo, StreamKey, StreamState
 from daemon.service import StopOnSignal
 from daemon.settings import CONFIG_ENV, KafkaSettings, Settings, load_settings
@@ -100,6 +100,10 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
             try:
                 result = stream_pass.run(force_full=args.full, on_page=on_page)
+            except LeaseLost as exc:
+                failed += 1
+                print(f"{stream_pass.key}: FAILED: {exc}", file=sys.stderr)
+                continue
             except StreamHeldElsewhere as exc:
                 print(f"{stream_pass.key}: skipped: {exc}")
                 continue

@@ -567,6 +567,7 @@ class StreamPass:
         """Send what the outbox holds (an earlier pass's page, or a scan's marker)."""
         pending = self.store.pending(self.key)
         if pending:
+            self.store.check_lease(self.key)
             acked = self.sink.publish(pending)
             self.store.clear_pending(self.key)
             if progress is not None:
@@ -580,6 +581,9 @@ class StreamPass:
         # A failure here leaves them in the outbox for the next pass to send first.
         if not messages:
             return
+        # Still ours? A replica paused since the commit must not send an older page after
+        # the new holder's newer one.
+        self.store.check_lease(self.key)
         acked = self.sink.publish(messages)
         self.store.clear_pending(self.key)
         progress.acked(self.topic, acked)

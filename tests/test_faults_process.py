@@ -34,7 +34,7 @@ from tests.kafka_read import read_topic
 # -- 1. SIGKILL during the initial sync -------------------------------------------------------
 
 
-@pytest.mark.sim(enrollments=20_000)
+@pytest.mark.sim(enrollments=10_000)
 def test_sigkill_during_initial_sync_at_three_points(sim, own_broker, tmp_path: Path) -> None:
     broker = own_broker
     config = base_config(sim, broker.bootstrap, tmp_path)
@@ -49,7 +49,7 @@ def test_sigkill_during_initial_sync_at_three_points(sim, own_broker, tmp_path: 
 
     # 1: while the daemon waits for a slow API answer.
     run = Daemon(path, "poll")
-    wait_until(lambda: scan_pages(db) >= 40, 120, "40 pages")
+    wait_until(lambda: scan_pages(db) >= 20, 120, "20 pages")
     sim.add_fault(delay_ms=3000, count=1, connector="acme")
     wait_until(lambda: not sim.state.pending_faults(), 60, "the slow request")
     kills.append({"where": "waiting for the API", "page": scan_pages(db) + 1})
@@ -60,7 +60,7 @@ def test_sigkill_during_initial_sync_at_three_points(sim, own_broker, tmp_path: 
     run = Daemon(path, "poll")
     started = run.wait_for("scan_started")
     assert started["resumed"] and started["cursor_set"], started
-    wait_until(lambda: scan_pages(db) >= 100, 120, "100 pages")
+    wait_until(lambda: scan_pages(db) >= 50, 120, "50 pages")
     in_flight = set(kill_while_publishing(run, broker, sim, db))
     kills.append({"where": "publishing (broker frozen)", "page": scan_pages(db) + 1})
     redelivered.append(redeliveries())
@@ -77,7 +77,7 @@ def test_sigkill_during_initial_sync_at_three_points(sim, own_broker, tmp_path: 
     run = Daemon(path, "poll")
     started = run.wait_for("scan_started")
     assert started["resumed"] and started["cursor_set"], started
-    wait_until(lambda: scan_pages(db) >= 160, 120, "160 pages")
+    wait_until(lambda: scan_pages(db) >= 80, 120, "80 pages")
     run.kill()
     kills.append({"where": "anywhere", "page": scan_pages(db) + 1})
     redelivered.append(redeliveries())
@@ -96,11 +96,11 @@ def test_sigkill_during_initial_sync_at_three_points(sim, own_broker, tmp_path: 
     # Kill 2 happened with a page on the wire: the broker appended (some of) it, the restart
     # sent the whole page again from the outbox (same ids): exactly those are redelivered.
     assert per_kill[1] == appended, (per_kill, appended)
-    # Every restart resumed from its checkpoint: 200 pages in all, plus at most the page in
+    # Every restart resumed from its checkpoint: 100 pages in all, plus at most the page in
     # flight and the page fetched ahead at each kill (and the slow request, if it finished
     # after its client died).
     requests = ok_requests(sim)
-    assert 200 <= requests <= 200 + 2 * 3 + 1, requests
+    assert 100 <= requests <= 100 + 2 * 3 + 1, requests
     figures(
         "sigkill_initial_sync",
         kills=kills,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Daemon, base_config, topic_of, wait_until, write_config
+from tests.harness import Daemon, base_config, figures, topic_of, wait_until, write_config
 from tests.helpers import new_enrollment
 from tests.invariant import check
 
@@ -132,6 +133,9 @@ def test_three_replicas_share_thirty_streams(sim, broker, pg_schema: str, tmp_pa
     assert_never_two_at_once(history, daemons)
     runs = Counter(who for runs in history.values() for _, _, who in runs)
     total = sum(runs.values())
+    figures(
+        "three_replicas", passes=total, **{f"share_{n}": round(runs[n] / total, 2) for n in daemons}
+    )
     assert all(runs[name] >= 0.15 * total for name in daemons), runs
     for stream, stream_runs in history.items():
         # The shared due time: the next scan starts an interval after the last one ended,
@@ -164,6 +168,7 @@ def test_killed_replica_streams_fail_over_within_a_lease(
             return in_flight.most_common(1)[0][0] if in_flight else None
 
         victim = wait_until(mid_scan, 30, "a replica in the middle of a scan")
+        killed_at = time.monotonic()
         daemons[victim].kill()
         survivors = {n: d for n, d in daemons.items() if n != victim}
         for connector in sim.tokens:
@@ -179,6 +184,12 @@ def test_killed_replica_streams_fail_over_within_a_lease(
                 f"{connector}'s changes on Kafka after {victim} died",
             )
             assert report.conflicts == [] and report.invented == []
+        figures(
+            "failover",
+            lease_s=LEASE,
+            all_changes_delivered_s=round(time.monotonic() - killed_at, 2),
+            redeliveries=report.redeliveries,
+        )
         assert_never_two_at_once(scans(survivors))
     for daemon in survivors.values():
         assert not daemon.tracebacks()

@@ -11,6 +11,7 @@ waits).
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from daemon.models import FleetView
 
@@ -23,11 +24,15 @@ def claim_budget(view: FleetView, me: str, free_workers: int, candidates: int) -
     if free_workers <= 0 or candidates <= 0:
         return 0
     alive = {r.replica: r for r in view.replicas}
-    others_free = any(r.workers > r.busy for name, r in alive.items() if name != me)
-    if not others_free:
-        return min(free_workers, candidates)
     replicas = len(alive.keys() | {me})
     stream_leases = [lease for lease in view.leases if lease.name.startswith(STREAM_LEASE)]
-    mine = sum(1 for lease in stream_leases if lease.owner == me)
+    held = Counter(lease.owner for lease in stream_leases)
     share = math.ceil((candidates + len(stream_leases)) / replicas)
-    return max(0, min(free_workers, candidates, share - mine))
+    # Hold back only for a replica that will take the rest: one with a free worker and
+    # below its own share (a busy or full one would leave the streams waiting).
+    others_take = any(
+        r.workers > r.busy and held[name] < share for name, r in alive.items() if name != me
+    )
+    if not others_take:
+        return min(free_workers, candidates)
+    return max(0, min(free_workers, candidates, share - held[me]))

@@ -104,8 +104,12 @@ class Scheduler:
             timezone="UTC",
         )
         self._set_streams(settings.connectors)
-        self.workers = settings.scheduler.max_workers or min(
-            DEFAULT_MAX_WORKERS, max(1, len(self._streams))
+        # Unset: one per stream, at most 32; discovered connectors come later, so a
+        # discovering process starts with the cap.
+        self.workers = settings.scheduler.max_workers or (
+            DEFAULT_MAX_WORKERS
+            if settings.bindbee.discover_connectors
+            else min(DEFAULT_MAX_WORKERS, max(1, len(self._streams)))
         )
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="stream")
         self.follower = SyncFollower(
@@ -240,6 +244,7 @@ class Scheduler:
                 min_gap_seconds=settings.bindbee.sync_check_min_gap_seconds,
                 stop=self.runtime.stop,
                 leader=self._lead_watcher,
+                read_when_not_leader=settings.bindbee.discover_connectors,
             )
             self.watcher.start()
             self.watcher.first_check.wait(first_check_timeout)
@@ -351,17 +356,15 @@ class Scheduler:
                     metrics.PASSES_SKIPPED.labels(*stream.labels, "blocked").inc()
                     store.postpone(due.key, self._next_regular(stream, now))
                     continue
-                if not store.claim(due.key, now=now, due_only=True):
+                if not store.claim(due.key, due_only=True):
                     continue  # another replica was quicker, or it is no longer due
             except ChangefeedError as exc:
                 log.warning("state_store_unavailable", error=str(exc))
                 return
-            with self._lock:
-                self._active.add(due.key)
             try:
-                future = self._pool.submit(self._run, stream)
-                with self._lock:
-                    self._futures[due.key] = future
+                with self._lock:  # shutdown sees the stream and its future together
+                    self._active.add(due.key)
+                    self._futures[due.key] = self._pool.submit(self._run, stream)
             except RuntimeError:  # the pool is shut down: we are stopping
                 with self._lock:
                     self._active.discard(due.key)
@@ -433,11 +436,11 @@ class Scheduler:
         key = stream.key
         store = self.runtime.store
         settings = self.runtime.settings
-        model = settings.models[stream.model]
         bound = log.bind(connector=stream.connector.name, model=stream.model)
         next_due: float | None = None
         seen: float | None = None
         try:
+            model = settings.models[stream.model]
             state = store.state(key)
             seen = state.requested_at
             skip_until = self._up_to_date(stream, state)
@@ -488,6 +491,10 @@ class Scheduler:
             health.last_success = time.monotonic()
             # For trigger: sync the safety net counts from this scan, not the process start.
             next_due = self._next_regular(stream, time.time())
+            if store.state(key).resync_requested_at is not None:
+                # The scan finished was one resumed from before the request: the full scan
+                # the operator asked for comes next, not an interval later.
+                next_due = time.time()
         finally:
             try:
                 store.release(key, next_due=next_due, seen_request=seen)
@@ -534,8 +541,9 @@ class Scheduler:
 
     # -- syncs, discovery, reload -----------------------------------------------
 
-    def on_listing(self, listing: ConnectorListing) -> None:
-        """A fresh connectors list: follow new connectors, drop gone ones, apply syncs."""
+    def on_listing(self, listing: ConnectorListing, follow: bool = True) -> None:
+        """A fresh connectors list: follow new connectors, drop gone ones, and (``follow``:
+        the sync watcher's leader, or a hinted read) turn completed syncs into requests."""
         settings = self.runtime.settings
         if settings.bindbee.discover_connectors:
             found = discovered(listing, settings.connectors, settings.bindbee.discover_filter)
@@ -546,7 +554,8 @@ class Scheduler:
                 added = self._set_streams(settings.connectors)
                 if added:
                     log.info("connectors_discovered", streams=[self._name(k) for k in added])
-        self.follower.apply(listing)
+        if follow:
+            self.follower.apply(listing)
 
     def reload(self, settings: Settings) -> None:
         """New settings (SIGHUP): intervals, triggers and connectors apply to the next pass."""
@@ -632,7 +641,10 @@ class Scheduler:
         leases free at once for the other replicas); True if every scan stopped in time."""
         self.runtime.stop.set()
         if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+            # Stop claiming; the heartbeat keeps renewing the running passes' leases until
+            # they reach a page boundary.
+            with contextlib.suppress(Exception):
+                self._scheduler.remove_job("claim")
         if self.watcher is not None:
             self.watcher.stop(timeout=1.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -654,6 +666,8 @@ class Scheduler:
                     clean = False
                     break
                 self._idle.wait(left)
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
         if clean:
             # Leaving the fleet frees this replica's leases (the watcher's too) at once.
             with contextlib.suppress(ChangefeedError):

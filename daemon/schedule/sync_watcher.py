@@ -182,19 +182,23 @@ class SyncWatcher:
     def __init__(
         self,
         directory: ConnectorDirectory,
-        on_listing: Callable[[ConnectorListing], object],
+        on_listing: Callable[[ConnectorListing, bool], object],
         *,
         interval_seconds: float,
         min_gap_seconds: float = 5.0,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         leader: Callable[[], bool] | None = None,
+        read_when_not_leader: bool = False,
     ) -> None:
         self._directory = directory
         # Replicas sharing a store read the list once per fleet: a timed check runs only
         # on the replica holding the watcher's lease (``leader()`` takes or renews it).
         # A webhook hint is read by whichever replica got it (at most one read per gap).
         self._leader = leader
+        # Discovery needs the list on every replica: then each reads it on the interval,
+        # and only the leader's (or a hinted) read follows syncs (``on_listing``'s flag).
+        self._read_always = read_when_not_leader
         self._on_listing = on_listing
         self._interval = interval_seconds
         self._min_gap = min_gap_seconds
@@ -229,8 +233,9 @@ class SyncWatcher:
         """False while the last read of the list failed."""
         return not self._failing
 
-    def check_now(self) -> ConnectorListing | None:
-        """Read the list and apply it; None (logged, counted) when the read failed."""
+    def check_now(self, follow: bool = True) -> ConnectorListing | None:
+        """Read the list and apply it (``follow``: its syncs too); None (logged, counted)
+        when the read failed."""
         try:
             listing = self._directory.list()
         except ScanInterrupted:
@@ -253,7 +258,7 @@ class SyncWatcher:
         metrics.SYNC_WATCHER_UP.set(1)
         metrics.SYNC_WATCHER_LAST_OK.set(self.last_ok)
         try:
-            self._on_listing(listing)
+            self._on_listing(listing, follow)
         except ChangefeedError as exc:
             log.error("sync_check_apply_failed", error=f"{type(exc).__name__}: {exc}")
         return listing
@@ -273,7 +278,8 @@ class SyncWatcher:
                 return
             hinted = self._wake.is_set()
             self._wake.clear()
-            if not hinted and self._leader is not None and not self._leader():
+            follow = hinted or self._leader is None or self._leader()
+            if not follow and not self._read_always:
                 self.first_check.set()  # another replica reads the list
                 next_check = self._clock() + (self._interval if self._interval > 0 else 0)
                 continue
@@ -283,7 +289,7 @@ class SyncWatcher:
             self._wake.clear()  # hints during the gap are covered by this read
             last_read = self._clock()
             try:
-                self.check_now()
+                self.check_now(follow)
             finally:
                 self.first_check.set()
             if self._interval > 0:

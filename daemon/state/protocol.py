@@ -56,6 +56,7 @@ class SnapshotStore(Protocol):
     def claim(
         self, key: StreamKey, *, now: float | None = None, due_only: bool = False
     ) -> bool: ...
+    def check_lease(self, key: StreamKey) -> None: ...
     def release(
         self,
         key: StreamKey,

@@ -251,11 +251,15 @@ _TOKEN = bindparam("p_token", type_=sa.Text)
 _OWNER = bindparam("p_owner", type_=sa.Text)
 _EXPIRES = bindparam("p_expires", type_=sa.Double)
 _LIVE = leases.c.expires_at >= _NOW
+# Renewals match the token alone: a token nobody replaced means nobody took the lease over
+# (takers are serialised by the row lock), so a holder that was slow (a long Retry-After,
+# a late heartbeat) keeps its lease; once another replica took it, the token differs and
+# the old holder's next write fails.
 _LEASE_NAME = sa.literal("stream:", sa.Text) + sa.cast(streams.c.sid, sa.Text)
 _STREAM_LEASE = leases.c.name == _LEASE_NAME
 _RENEW = (
     update(leases)
-    .where(leases.c.name == _NAME, leases.c.token == _TOKEN, _LIVE)
+    .where(leases.c.name == _NAME, leases.c.token == _TOKEN)
     .values(expires_at=_EXPIRES)
 )
 _DROP_LEASE = delete(leases).where(leases.c.name == _NAME, leases.c.token == _TOKEN)
@@ -307,7 +311,7 @@ def _renew_held(count: int) -> sa.Update:
     # must not have its leases kept alive by the daemon's heartbeat.
     return (
         update(leases)
-        .where(leases.c.owner == _OWNER, _LIVE, leases.c.token.in_(_ids(count)))
+        .where(leases.c.owner == _OWNER, leases.c.token.in_(_ids(count)))
         .values(expires_at=_EXPIRES)
     )
 
@@ -338,7 +342,9 @@ _REQUEST_RESYNC = _stream_update().values(
 _SET_DUE = _stream_update().values(
     due_at=case(
         (
-            func.coalesce(streams.c.requested_at, 0.0) > bindparam("p_seen", type_=sa.Double),
+            # Any other request time than the one the pass saw: requesters' clocks (another
+            # replica, the `resync` command's host) need not agree with ours.
+            func.coalesce(streams.c.requested_at, -1.0) != bindparam("p_seen", type_=sa.Double),
             streams.c.requested_at,
         ),
         else_=bindparam("p_due", type_=sa.Double),
@@ -394,7 +400,7 @@ class _NotDue(Exception):
 
 
 class _Lease:
-    __slots__ = ("acquired_at", "key", "lost", "name", "token")
+    __slots__ = ("acquired_at", "confirmed", "key", "lost", "name", "token")
 
     def __init__(self, name: str, token: str, acquired_at: float, key: StreamKey | None) -> None:
         self.name = name
@@ -403,6 +409,9 @@ class _Lease:
         self.key = key
         # Set by a heartbeat that found the lease gone: the holder's next write fails.
         self.lost = False
+        # When the store last knew the lease was its own (monotonic): a check soon after
+        # needs no round trip, since no one can take it before it expires.
+        self.confirmed = time.monotonic()
 
 
 class _Sql:
@@ -579,6 +588,7 @@ class StateStore:
 
     @contextmanager
     def _tx(self, what: str, *, read: bool = False) -> Iterator[_Tx]:
+        known = len(self._sids)
         try:
             with self.backend.transaction(read=read) as conn:
                 cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -586,7 +596,12 @@ class StateStore:
                     yield _Tx(cursor, self._compiled)
                 finally:
                     cursor.close()
-        except self._errors as exc:
+        except BaseException as exc:
+            if len(self._sids) != known:
+                # A stream row inserted by this transaction was rolled back with it.
+                self._sids.clear()
+            if not isinstance(exc, self._errors):
+                raise
             raise StateStoreError(
                 f"state store {self.backend.where}: {what} failed: {reason(exc)}"
             ) from None
@@ -902,6 +917,7 @@ class StateStore:
             # Stays lost until the pass releases it: no later write of it gets through.
             raise LeaseLost(f"{key}: lease lost (not renewed for {self.lease_seconds:g}s)")
         now = time.time()
+        confirmed = time.monotonic()
         cursor = tx.run(
             _RENEW,
             p_name=lease.name,
@@ -912,6 +928,21 @@ class StateStore:
         if cursor.rowcount != 1:
             lease.lost = True
             raise LeaseLost(f"{key}: lease lost (not renewed for {self.lease_seconds:g}s)")
+        lease.confirmed = confirmed
+
+    def check_lease(self, key: StreamKey) -> None:
+        """Raise LeaseLost unless this store still holds the stream's lease (renewing it);
+        nothing when it holds none. Before a send: a holder that lost its lease while
+        paused must not put an older page after the new holder's newer one."""
+        lease = next((held for held in list(self._leases.values()) if held.key == key), None)
+        if lease is None:
+            return
+        if lease.lost:
+            raise LeaseLost(f"{key}: lease lost (not renewed for {self.lease_seconds:g}s)")
+        if time.monotonic() - lease.confirmed < self.lease_seconds / 2:
+            return  # renewed moments ago (the page's commit): nobody can hold it yet
+        with self._tx("check lease") as tx:
+            self._fence(tx, self._sid(tx, key), key)
 
     def release(
         self,
@@ -923,15 +954,17 @@ class StateStore:
         """Give the stream's lease back, first setting when it is next due (unless a
         request newer than ``seen_request`` arrived: then it stays due). False when the
         lease was lost: another holder decides the stream's due time then."""
-        sid = self._sids.get(key)
-        lease = self._leases.pop(f"stream:{sid}", None) if sid is not None else None
+        lease = next((held for held in list(self._leases.values()) if held.key == key), None)
         if lease is None:
             return False
+        self._leases.pop(lease.name, None)
+        sid = int(lease.name.removeprefix("stream:"))
         with self._tx("release stream") as tx:
             if tx.run(_DROP_LEASE, p_name=lease.name, p_token=lease.token).rowcount != 1:
                 return False
             if next_due is not None:
-                tx.run(_SET_DUE, p_sid=sid, p_due=next_due, p_seen=seen_request or 0.0)
+                seen = -1.0 if seen_request is None else seen_request
+                tx.run(_SET_DUE, p_sid=sid, p_due=next_due, p_seen=seen)
         return True
 
     def release_named(self, name: str) -> None:
@@ -991,6 +1024,8 @@ class StateStore:
     ) -> list[str]:
         """Announce this replica and renew every lease it holds; returns the names of the
         leases it had and lost (their holders must stop writing: fencing stops them)."""
+        held = [lease for lease in list(self._leases.values()) if not lease.lost]
+        confirmed = time.monotonic()
         with self._tx("heartbeat") as tx:
             tx.run(
                 self._upsert_replica,
@@ -1002,7 +1037,7 @@ class StateStore:
                 p_workers=workers,
                 p_busy=busy,
             )
-            tokens = [lease.token for lease in self._leases.values() if not lease.lost]
+            tokens = [lease.token for lease in held]
             for start in range(0, len(tokens), _CHUNK):
                 tx.run_ids(
                     _renew_held,
@@ -1015,10 +1050,15 @@ class StateStore:
             # A replica silent for ten lease periods is gone: forget its row.
             tx.run(_PRUNE_REPLICAS, p_since=now - 10 * self.lease_seconds)
         lost = []
-        for name, lease in list(self._leases.items()):
-            if not lease.lost and mine.get(name) != lease.token:
+        for lease in held:  # a lease claimed during this heartbeat is not judged by it
+            name = lease.name
+            if lease.lost:
+                continue
+            if mine.get(name) != lease.token:
                 lease.lost = True  # its holder's next write fails (fencing)
                 lost.append(name)
+            else:
+                lease.confirmed = max(lease.confirmed, confirmed)
         return lost
 
     def free_dead_leases(self, alive: Callable[[int], bool] = pid_alive) -> int:
