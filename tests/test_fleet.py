@@ -124,9 +124,9 @@ def test_three_replicas_share_thirty_streams(sim, broker, pg_schema: str, tmp_pa
     config = fleet_config(sim, broker, tmp_path, pg_schema, workers=4)
     with replicas(config, tmp_path, ["r1", "r2", "r3"]) as daemons:
         wait_until(
-            lambda: len(finished(daemons)) == 30 and min(finished(daemons).values()) >= 4,
+            lambda: len(finished(daemons)) == 30 and min(finished(daemons).values()) >= 3,
             90,
-            "four scans of every stream",
+            "three scans of every stream",
         )
     history = scans(daemons)
     assert len(history) == 30
@@ -218,9 +218,10 @@ def test_paused_replica_writes_nothing_after_its_lease_expired(
         paused_scans = {s for s, runs in scans({"r1": first}).items() if runs[-1][1] is None}
         assert paused_scans, "r1 was paused in the middle of a scan"
         with_signal(first, signal.SIGCONT)
-        # The pass r1 had in flight finds its lease gone at its next write and stops.
-        lost = first.wait_for("lease_lost", timeout=30)
-        assert lost["connector"] in paused_scans
+        # Each pass r1 had in flight finds its lease gone at its next write and stops
+        # (a pass it had claimed but not yet begun may be fenced too).
+        for connector in paused_scans:
+            first.wait_for("lease_lost", timeout=30, connector=connector)
         sim.clear_faults()
         for connector in sim.tokens:
             check(broker.bootstrap, topic_of(config, connector), sim, connector).assert_holds()

@@ -2,7 +2,8 @@
 
 Pure: the scheduler reads the shared schedule (``StateStore.fleet``) and asks here. A
 replica takes at most ``ceil(work / live replicas)`` streams (work = due streams nobody
-holds + streams being scanned) while another live replica has a free worker, so a
+holds + streams being scanned), and of the streams due at this moment only its part
+(``ceil(due / live replicas)``), while another live replica has a free worker, so a
 replica that starts later gets work at the next round instead of none; when every other
 replica is busy, it takes whatever its free workers allow (idle capacity helps, never
 waits).
@@ -35,4 +36,7 @@ def claim_budget(view: FleetView, me: str, free_workers: int, candidates: int) -
     )
     if not others_take:
         return min(free_workers, candidates)
-    return max(0, min(free_workers, candidates, share - held[me]))
+    # And of what is due right now, this replica's part only: the first replica to look
+    # must not take every stream that fell due at once while the others have room.
+    wave = math.ceil(candidates / replicas)
+    return max(0, min(free_workers, candidates, wave, share - held[me]))

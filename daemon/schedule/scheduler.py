@@ -399,6 +399,20 @@ class Scheduler:
             )
         if WATCHER_LEASE in lost:
             metrics.SYNC_WATCHER_LEADER.labels(self.replica).set(0)
+        watcher = self.watcher
+        store = self.runtime.store
+        if (
+            watcher is not None
+            and not watcher.running
+            and not self.runtime.stop.is_set()
+            and store.holds(WATCHER_LEASE)
+        ):
+            # A watcher thread that died must not keep the fleet's lease alive: give it up
+            # so another replica reads the connectors list.
+            log.error("sync_watcher_stopped", action="lease released")
+            with contextlib.suppress(ChangefeedError):
+                store.release_named(WATCHER_LEASE)
+            metrics.SYNC_WATCHER_LEADER.labels(self.replica).set(0)
 
     def _lead_watcher(self) -> bool:
         """True while this replica is the fleet's one reader of the connectors list."""

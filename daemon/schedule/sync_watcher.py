@@ -229,6 +229,11 @@ class SyncWatcher:
             self._thread.join(timeout)
 
     @property
+    def running(self) -> bool:
+        """True while the watcher's thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def healthy(self) -> bool:
         """False while the last read of the list failed."""
         return not self._failing
