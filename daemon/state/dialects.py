@@ -162,7 +162,7 @@ class PostgresBackend(Backend):
     name = "postgresql"
     insert = staticmethod(postgresql.insert)
 
-    def __init__(self, url: URL, *, pool_size: int = 5) -> None:
+    def __init__(self, url: URL, *, pool_size: int = 5, lease_seconds: float = 30.0) -> None:
         self.where = f"postgresql://{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
         self.engine = sa.create_engine(
             url,
@@ -179,6 +179,18 @@ class PostgresBackend(Backend):
             connect_args={"connect_timeout": 10, "prepare_threshold": None},
             hide_parameters=True,
         )
+        # A replica paused (or cut off) inside a transaction holds its row locks: the
+        # server ends such a session after a lease period, so the others' claims and
+        # commits go on; and no statement waits longer than that for a lock.
+        self._session_timeout_ms = max(1000, int(lease_seconds * 1000))
+        event.listen(self.engine, "connect", self._session_settings)
+
+    def _session_settings(self, dbapi_connection: Any, _record: object) -> None:
+        ms = self._session_timeout_ms
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+            cursor.execute(f"SET lock_timeout = {ms}")
+        dbapi_connection.commit()
 
     def migration_lock(self, conn: Connection) -> None:
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_NAMESPACE, 0)))
@@ -216,7 +228,9 @@ def backend_for(target: Any, *, create: bool = True) -> Backend:
     path = getattr(state, "path", None)
     if url is not None:
         raw = url.get_secret_value() if hasattr(url, "get_secret_value") else str(url)
-        return _postgres(raw, int(getattr(state, "pool_size", 5)))
+        return _postgres(
+            raw, int(getattr(state, "pool_size", 5)), float(getattr(state, "lease_seconds", 30.0))
+        )
     if path is not None:
         return _sqlite(path, create)
     text = str(target)
@@ -234,10 +248,10 @@ def _sqlite(path: Path | str, create: bool) -> Backend:
         raise StateStoreError(f"cannot open state store {path}: {exc}") from None
 
 
-def _postgres(raw: str, pool_size: int = 5) -> Backend:
+def _postgres(raw: str, pool_size: int = 5, lease_seconds: float = 30.0) -> Backend:
     url = engine_url(raw)
     try:
-        return PostgresBackend(url, pool_size=pool_size)
+        return PostgresBackend(url, pool_size=pool_size, lease_seconds=lease_seconds)
     except sa.exc.SQLAlchemyError as exc:
         raise StateStoreError(
             f"cannot open PostgreSQL state store: {_scrub(str(exc), url)}"
