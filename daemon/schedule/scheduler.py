@@ -94,6 +94,7 @@ class Scheduler:
         self._discovered: list[ConnectorSettings] = []
         self._active: set[StreamKey] = set()
         self._futures: dict[StreamKey, Future[None]] = {}
+        self._shortened: set[StreamKey] = set()  # running passes whose interval a reload cut
         self._idle = threading.Condition(self._lock)
         self._started_at = time.time()
         # Jobs only read the schedule and submit: the claim loop and the heartbeat each
@@ -510,13 +511,18 @@ class Scheduler:
                 # the operator asked for comes next, not an interval later.
                 next_due = time.time()
         finally:
-            try:
-                store.release(key, next_due=next_due, seen_request=seen)
-            except ChangefeedError as exc:
-                # The lease expires by itself; the stream stays due for the next holder.
-                bound.warning("lease_release_failed", error=str(exc))
-            health.running_since = None
-            with self._idle:
+            with self._idle:  # a reload sees this pass either running or released
+                if key in self._shortened:
+                    # The interval was shortened during the pass: it counts from now.
+                    self._shortened.discard(key)
+                    if next_due is not None:
+                        next_due = min(next_due, time.time() + self._interval(stream))
+                try:
+                    store.release(key, next_due=next_due, seen_request=seen)
+                except ChangefeedError as exc:
+                    # The lease expires by itself; the stream stays due for the next holder.
+                    bound.warning("lease_release_failed", error=str(exc))
+                health.running_since = None
                 self._active.discard(key)
                 self._futures.pop(key, None)
                 self._idle.notify_all()
@@ -574,6 +580,8 @@ class Scheduler:
     def reload(self, settings: Settings) -> None:
         """New settings (SIGHUP): intervals, triggers and connectors apply to the next pass."""
         old = self.runtime.settings
+        with self._lock:  # the intervals as they were, to tell which ones got shorter
+            before = {key: self._interval(stream) for key, stream in self._streams.items()}
         self.runtime.settings = settings
         # What the process built once at start: changes there wait for a restart.
         needs_restart = [
@@ -608,8 +616,6 @@ class Scheduler:
         ]
         if needs_restart:
             log.warning("reload_partial", apply_after_restart=needs_restart)
-        with self._lock:
-            before = {key: self._interval(stream) for key, stream in self._streams.items()}
         self._set_streams(settings.connectors)
         with self._lock:
             streams = list(self._streams.values())
@@ -621,6 +627,9 @@ class Scheduler:
             if interval < before.get(stream.key, interval):
                 # A shorter interval counts from now, not from the next pass the old one
                 # set; a longer one applies from the next pass.
+                with self._lock:
+                    if stream.key in self._active:
+                        self._shortened.add(stream.key)  # its pass's end applies it
                 try:
                     self.runtime.store.bring_forward(stream.key, now + interval)
                 except ChangefeedError as exc:
