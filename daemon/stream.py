@@ -325,77 +325,84 @@ class StreamPass:
         )
         stats = result.stats
         ceiling = _watermark_ceiling(state)
-        for page in pages:
-            stats.requests += page.requests
-            ids = [item["id"] for item in page.items]
-            stored = self.store.load_rows(self.key, ids)
-            diff = diff_page(
-                self.key,
-                page.items,
-                stored,
-                ignore_fields=self.model.ignore_fields,
-                initial_sync=initial,
-                emit_created=emit_created,
-            )
-            messages = self._messages(diff.events)
-            seen_ids = diff.seen_ids
-            rejects: list[RejectWrite] = []
-            letters: list[Message] = []
-            reasons: list[str] = []
-            if page.rejected:
-                rejects, letters, reasons, named = self._rejections(page, state.scan_number, log)
-                seen_ids = [*seen_ids, *named]
-                messages.extend(letters)
-            state = self.store.commit_page(
-                self.key,
-                diff.writes,
-                seen_ids if full else (),
-                page.next_cursor,
-                _capped(diff.max_modified_at, ceiling),
-                messages,
-                rejects,
-            )
-            created = sum(1 for event in diff.events if event.type == "created")
-            progress.add(
-                created=created,
-                updated=len(diff.events) - created,
-                unchanged=diff.unchanged,
-                stale=diff.stale,
-                rejected=len(page.rejected),
-                dead_lettered=len(letters),
-            )
-            self._publish(diff.events, messages, progress)
-            for reason in reasons:
-                metrics.ITEMS_REJECTED.labels(*self._labels, reason).inc()
-            result.rejected += len(page.rejected)
-            result.dead_lettered += len(letters)
-            stats.pages += 1
-            stats.items += len(page.items)
-            stats.unchanged += diff.unchanged
-            stats.stale += diff.stale
-            metrics.ITEMS_SEEN.labels(*self._labels).inc(len(page.items) + len(page.rejected))
-            if diff.stale:
-                metrics.STALE_ITEMS.labels(*self._labels).inc(diff.stale)
-            for event in diff.events:
-                if event.type == "created":
-                    stats.created += 1
-                else:
-                    stats.updated += 1
-            if stats.pages % every == 0:
-                log.info(
-                    "scan_progress",
-                    pages=stats.pages,
-                    items=stats.items,
-                    created=stats.created,
-                    updated=stats.updated,
+        # Closed here, not when the pass's frames are collected: a failed pass must not
+        # leave its walker fetching pages after the lease is given back.
+        try:
+            for page in pages:
+                stats.requests += page.requests
+                ids = [item["id"] for item in page.items]
+                stored = self.store.load_rows(self.key, ids)
+                diff = diff_page(
+                    self.key,
+                    page.items,
+                    stored,
+                    ignore_fields=self.model.ignore_fields,
+                    initial_sync=initial,
+                    emit_created=emit_created,
                 )
-            if on_page is not None:
-                on_page(result)
-            # Stop only at a page boundary: everything so far is committed and published.
-            if page.next_cursor is not None and self.stop.is_set():
-                raise ScanInterrupted(
-                    f"{self.name}: stop requested; resumes at page {page.number + 1}"
+                messages = self._messages(diff.events)
+                seen_ids = diff.seen_ids
+                rejects: list[RejectWrite] = []
+                letters: list[Message] = []
+                reasons: list[str] = []
+                if page.rejected:
+                    rejects, letters, reasons, named = self._rejections(
+                        page, state.scan_number, log
+                    )
+                    seen_ids = [*seen_ids, *named]
+                    messages.extend(letters)
+                state = self.store.commit_page(
+                    self.key,
+                    diff.writes,
+                    seen_ids if full else (),
+                    page.next_cursor,
+                    _capped(diff.max_modified_at, ceiling),
+                    messages,
+                    rejects,
                 )
+                created = sum(1 for event in diff.events if event.type == "created")
+                progress.add(
+                    created=created,
+                    updated=len(diff.events) - created,
+                    unchanged=diff.unchanged,
+                    stale=diff.stale,
+                    rejected=len(page.rejected),
+                    dead_lettered=len(letters),
+                )
+                self._publish(diff.events, messages, progress)
+                for reason in reasons:
+                    metrics.ITEMS_REJECTED.labels(*self._labels, reason).inc()
+                result.rejected += len(page.rejected)
+                result.dead_lettered += len(letters)
+                stats.pages += 1
+                stats.items += len(page.items)
+                stats.unchanged += diff.unchanged
+                stats.stale += diff.stale
+                metrics.ITEMS_SEEN.labels(*self._labels).inc(len(page.items) + len(page.rejected))
+                if diff.stale:
+                    metrics.STALE_ITEMS.labels(*self._labels).inc(diff.stale)
+                for event in diff.events:
+                    if event.type == "created":
+                        stats.created += 1
+                    else:
+                        stats.updated += 1
+                if stats.pages % every == 0:
+                    log.info(
+                        "scan_progress",
+                        pages=stats.pages,
+                        items=stats.items,
+                        created=stats.created,
+                        updated=stats.updated,
+                    )
+                if on_page is not None:
+                    on_page(result)
+                # Stop only at a page boundary: everything so far is committed and published.
+                if page.next_cursor is not None and self.stop.is_set():
+                    raise ScanInterrupted(
+                        f"{self.name}: stop requested; resumes at page {page.number + 1}"
+                    )
+        finally:
+            pages.close()
         return state
 
     def _rejections(

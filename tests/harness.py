@@ -368,8 +368,8 @@ def kill_while_publishing(
     whose bootstrap request would be what sits there).
     When the broker resumes it appends that page. The page was committed first, with its
     events in the outbox, so the store knows what Kafka may have. Returns the page's ids,
-    read from the outbox: with the next page fetched ahead, the page on the wire is the one
-    before the held-back request or that request's own, whichever the pause caught.
+    read from the outbox: with pages fetched ahead, the page on the wire is one of those
+    fetched before the held-back request, or that request's own, whichever the pause caught.
     """
     sim.add_fault(delay_ms=1500, count=1, connector=connector)
     wait_until(lambda: not sim.state.pending_faults(), 60, "the held-back page request")

@@ -22,8 +22,8 @@ from daemon.errors import (
 )
 from daemon.settings import BindbeeSettings, ConnectorSettings
 from daemon.source.client import CONNECTIONS_PER_CONNECTOR, BindbeeClient, classify_item
-from daemon.source.pagination import iter_pages
-from tests.harness import wait_until
+from daemon.source.pagination import AHEAD, iter_pages
+from tests.harness import ok_requests, wait_until
 from tests.helpers import SECRET_API_KEY, SECRET_TOKEN
 
 API_KEY, TOKEN = SECRET_API_KEY, SECRET_TOKEN
@@ -75,6 +75,18 @@ def test_walks_every_page_at_several_sizes(sim, acme, page_size: int) -> None:
     assert pages[-1].next_cursor is None
     ids = [item["id"] for page in pages for item in page.items]
     assert ids == sim.ids("acme", "enrollments")
+
+
+def test_the_walk_runs_a_bounded_number_of_pages_ahead_of_a_slow_caller(sim, acme) -> None:
+    with make_client(sim, page_size=10) as client:
+        before = ok_requests(sim)
+        walk = iter_pages(client, acme, "enrollments")
+        first = next(walk)
+        # While the caller sits on page 1: AHEAD pages wait for it, one more waits for room.
+        wait_until(lambda: ok_requests(sim) - before >= 2 + AHEAD, 30, "the pages ahead")
+        walk.close()  # returns once the walker has stopped
+        assert ok_requests(sim) - before == 2 + AHEAD
+    assert first.number == 1 and len(first.items) == 10
 
 
 def test_250_records_come_as_100_100_50(sim, acme) -> None:

@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -97,14 +98,20 @@ def test_api_fault_loses_nothing_and_spares_other_connectors(
             state = stream_state(db, "acme")
         finally:
             assert daemon.stop() == 0
-        after = check(broker.bootstrap, acme_topic, sim, "acme", expected=150 + 10)
+        # Both topics read at once (each read as before, on its own thread).
+        with ThreadPoolExecutor(2) as pool:
+            acme_read = pool.submit(
+                check, broker.bootstrap, acme_topic, sim, "acme", expected=150 + 10
+            )
+            globex_read = pool.submit(
+                check, broker.bootstrap, topic_of(config, "globex"), sim, "globex", expected=160
+            )
+            after, globex_after = acme_read.result(), globex_read.result()
         after.assert_holds()
         source = source_records(sim, "acme", "enrollments")
         assert unpublished_below(state["watermark"], after, source) == []
         assert state["last_error"] is None
-        check(
-            broker.bootstrap, topic_of(config, "globex"), sim, "globex", expected=160
-        ).assert_holds()
+        globex_after.assert_holds()
 
     lines = [
         line for line in daemon.lines if line.get("event") in FAILURE_LINES and line["_t"] >= armed
@@ -146,7 +153,9 @@ def test_api_fault_loses_nothing_and_spares_other_connectors(
     )
 
 
-@pytest.mark.sim(enrollments=3000, honor_modified_after=True)
+# 15 pages: the request held back after 5 committed ones (with pages fetched ahead, one of
+# pages 6 to 10) leaves at least five, the last one among them, to fetch after both changes.
+@pytest.mark.sim(enrollments=1500, honor_modified_after=True)
 def test_watermark_does_not_pass_a_change_behind_the_scan_cursor(sim, broker, tmp_path) -> None:
     """A record changed behind a running scan's cursor is not skipped by the next pass."""
     config = base_config(sim, broker.bootstrap, tmp_path)
@@ -164,7 +173,7 @@ def test_watermark_does_not_pass_a_change_behind_the_scan_cursor(sim, broker, tm
     assert run.wait() == 0
     watermark = stream_state(db, "acme")["watermark"]
     topic = topic_of(config, "acme")
-    report = read_replay(broker.bootstrap, topic)
+    report = read_replay(broker.bootstrap, topic, expected=1500)
     source = source_records(sim, "acme", "enrollments")
     # The scan published `ahead` as changed and `behind` as it was before.
     assert report.replica[ahead]["start_date"] == source[ahead]["start_date"]
@@ -173,7 +182,7 @@ def test_watermark_does_not_pass_a_change_behind_the_scan_cursor(sim, broker, tm
     # And the next (incremental) pass picks the change up.
     done = poll(path)
     assert done.wait_for("scan_finished")["kind"] == "incremental"
-    check(broker.bootstrap, topic, sim, "acme").assert_holds()
+    check(broker.bootstrap, topic, sim, "acme", expected=1500).assert_holds()
 
 
 @pytest.mark.sim(enrollments=50, honor_modified_after=True)
@@ -192,7 +201,7 @@ def test_a_record_dated_in_the_future_does_not_blind_later_passes(sim, broker, t
     assert stream_state(tmp_path / "state.db", "acme")["watermark"] < "2035"
     sim.update("acme", "enrollments", second, {"start_date": "2034-02-02T00:00:00Z"})
     assert poll(path).wait_for("scan_finished")["kind"] == "incremental"
-    check(broker.bootstrap, topic_of(config, "acme"), sim, "acme").assert_holds()
+    check(broker.bootstrap, topic_of(config, "acme"), sim, "acme", expected=50).assert_holds()
 
 
 # -- 5. one connector's token revoked ----------------------------------------------------------
@@ -231,7 +240,7 @@ def test_revoked_token_backs_off_that_stream_only(broker, tmp_path: Path) -> Non
             refused = sim.stats()["globex"].get("401", 0)
         finally:
             assert daemon.stop() == 0
-        check(broker.bootstrap, topic_of(config, "acme"), sim, "acme").assert_holds()
+        check(broker.bootstrap, topic_of(config, "acme"), sim, "acme", expected=200).assert_holds()
 
     assert "AuthError" in failed["error"] and "401" in failed["error"], failed
     assert failed["retry_in_s"] == 600

@@ -14,6 +14,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2 as kafka_murmur2
 from pydantic import SecretStr, ValidationError
 from structlog.testing import capture_logs
 
@@ -112,6 +113,8 @@ def test_publish_round_trip_keeps_bytes_headers_and_per_key_order(
         by_key[record.key].append(record)
     for key, key_records in by_key.items():
         assert len({r.partition for r in key_records}) == 1, key
+        # Where any Kafka client puts the key (kafka-python's own partitioner, 3 partitions).
+        assert key_records[0].partition == (kafka_murmur2(key) & 0x7FFFFFFF) % 3, key
         in_log_order = sorted(key_records, key=lambda r: r.offset)
         assert seqs(in_log_order) == sorted(seqs(key_records)), key
 

@@ -329,6 +329,9 @@ def test_a_sighup_during_start_up_does_not_kill_the_daemon(broker, tmp_path) -> 
             fake, broker.bootstrap, tmp_path, trigger="sync", poll_interval_seconds=SAFETY_NET
         )
         config["bindbee"]["sync_check_interval_seconds"] = 60
+        # Start-up waits for that read at most 10 s; 1 s per attempt keeps the wait at the
+        # read's four attempts (4 s or more), still long enough for the SIGHUP to land in it.
+        config["bindbee"]["timeout_seconds"] = 1
         daemon = Daemon(write_config(tmp_path, config))
         try:
             daemon.wait_for("http_listening", timeout=30)

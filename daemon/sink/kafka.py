@@ -38,6 +38,7 @@ from structlog.typing import FilteringBoundLogger
 from daemon.errors import ConfigError, SinkError
 from daemon.models import Message
 from daemon.settings import KafkaSettings
+from daemon.sink.partitioner import partition_for
 
 # Measured with ~600-byte records on tansu, one 20,000-message publish: 16 KiB batches (the
 # default) ~30k msg/s, 256 KiB ~60k msg/s, larger no better. kafka-python grows batch
@@ -119,9 +120,29 @@ class KafkaSink:
         deadline = time.monotonic() + self._publish_timeout
         try:
             send = producer.send
-            futures = [
-                send(m.topic, value=m.value, key=m.key, headers=list(m.headers)) for m in messages
-            ]
+            # Each topic's partitions once per page, not once per message (what the
+            # default partitioner does), and the key's partition computed as Kafka does.
+            layout: dict[str, list[int]] = {}
+            futures = []
+            for m in messages:
+                partitions = layout.get(m.topic)
+                if partitions is None:
+                    known = producer.partitions_for(m.topic)  # waits for metadata, as send
+                    partitions = layout[m.topic] = sorted(known or ())
+                partition = (
+                    partitions[partition_for(m.key, len(partitions))]
+                    if m.key is not None and partitions
+                    else None  # kafka-python's own choice
+                )
+                futures.append(
+                    send(
+                        m.topic,
+                        value=m.value,
+                        key=m.key,
+                        headers=list(m.headers),
+                        partition=partition,
+                    )
+                )
         except _KAFKA_FAILURES as exc:
             renewed = self._discard_if_broken(producer, exc)
             raise self._publish_error(messages, exc, renewed=renewed) from None

@@ -54,8 +54,8 @@ log = structlog.get_logger("daemon.source.client")
 API_PREFIX = "/api/lms/v1"
 QueryParams = Mapping[str, str | int | float | bool]
 _T = TypeVar("_T")
-# Requests of one connector in flight at once. A pass has one request in flight (the page
-# fetched ahead), so this only bites when several models of a connector scan together; 4
+# Requests of one connector in flight at once. A pass has one request in flight (its walk
+# fetching ahead), so this only bites when several models of a connector scan together; 4
 # keep 200 requests/min flowing up to ~1.2 s per request, far above the API's latency.
 CONNECTIONS_PER_CONNECTOR = 4
 # Idle keep-alive connections close after this; between Bindbee syncs (hours) none stay.

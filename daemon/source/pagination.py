@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Generator
 from typing import Protocol
 
 from daemon.errors import MalformedResponseError
 from daemon.models import Page
 from daemon.settings import ConnectorSettings
+
+_POLL_SECONDS = 0.05  # how often a walker blocked on a full queue checks for the end
 
 
 class PageSource(Protocol):
@@ -50,6 +53,15 @@ class CursorWalk:
         return cursor in self._seen
 
 
+# Pages a walk holds ready beyond the one the caller works on. The next request goes out
+# as soon as a page's cursor is known, so the walk runs at the API's pace and a slow page
+# on the caller's side (a commit, a publish) does not hold the next request back: with one
+# page ahead, every such stall added to the walk (measured: a full scan of unchanged
+# records 1.25x the bare walk with one ahead). The price: a pass that stops early leaves
+# up to this many pages, plus the one in flight, fetched and unused.
+AHEAD = 2
+
+
 def iter_pages(
     source: PageSource,
     connector: ConnectorSettings,
@@ -58,34 +70,60 @@ def iter_pages(
     params: dict[str, str | int | float | bool] | None = None,
     start_cursor: str | None = None,
     start_page: int = 1,
-) -> Iterator[Page]:
+) -> Generator[Page, None, None]:
     """Yield pages from ``start_cursor`` (None: the first page) until the cursor is null.
 
-    The next page is fetched in the background while the caller works on this one (one
-    page ahead, same requests): the API's latency overlaps the diff, commit and publish.
+    A background thread walks the cursors (``AHEAD`` pages ahead, same requests) while
+    the caller works: the API's latency overlaps the diff, commit and publish. A cursor
+    loop raises after the page that repeats a cursor, as would the page's own error.
     """
-    walk = CursorWalk(f"{connector.name}/{model}", start_cursor)
-    number = start_page
+    ready: queue.Queue[Page | BaseException | None] = queue.Queue(maxsize=AHEAD)
+    closing = threading.Event()
 
-    def fetch(cursor: str | None, number: int) -> Future[Page]:
-        # A copy of the context, so the client's log lines keep the stream's bound fields.
-        run = contextvars.copy_context().run
-        return pool.submit(
-            run, source.fetch_page, connector, model, params=params, cursor=cursor, number=number
-        )
+    def hand_over(item: Page | BaseException | None) -> bool:
+        while not closing.is_set():
+            try:
+                ready.put(item, timeout=_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-    with ThreadPoolExecutor(1, thread_name_prefix="page-prefetch") as pool:
-        ahead = fetch(start_cursor, number)
+    def walk_cursors() -> None:
+        walk = CursorWalk(f"{connector.name}/{model}", start_cursor)
+        cursor, number = start_cursor, start_page
         try:
-            while True:
-                page = ahead.result()
-                cursor = page.next_cursor
-                if cursor is not None and not walk.seen(cursor):
-                    ahead = fetch(cursor, number + 1)
-                yield page
-                next_cursor = walk.next(page)  # raises on a cursor loop, after the page
-                if next_cursor is None:
+            while not closing.is_set():
+                page = source.fetch_page(
+                    connector, model, params=params, cursor=cursor, number=number
+                )
+                if not hand_over(page):
                     return
+                cursor = walk.next(page)  # raises on a cursor loop, after the page
+                if cursor is None:
+                    break
                 number += 1
-        finally:
-            ahead.cancel()  # a page fetched ahead and never used costs one request
+        except BaseException as exc:  # the caller raises it, in page order
+            hand_over(exc)
+            return
+        hand_over(None)
+
+    # A copy of the context, so the client's log lines keep the stream's bound fields.
+    walker = threading.Thread(
+        target=contextvars.copy_context().run,
+        args=(walk_cursors,),
+        name="page-walk",
+        daemon=True,
+    )
+    walker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        closing.set()  # each page fetched ahead and never used cost one request
+        walker.join()
