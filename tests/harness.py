@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -439,3 +440,11 @@ def post_webhook(
     return httpx.post(
         f"http://127.0.0.1:{port}{path}", content=body, headers=headers, timeout=timeout
     )
+
+
+def each_at_once(connectors: list[str], task: Callable[[str], Any]) -> dict[str, Any]:
+    """``task(connector)`` for every connector, run side by side (each on its own thread);
+    the results by connector, or the first error."""
+    with ThreadPoolExecutor(len(connectors)) as pool:
+        futures = {connector: pool.submit(task, connector) for connector in connectors}
+        return {connector: future.result() for connector, future in futures.items()}

@@ -14,7 +14,6 @@ import random
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -26,6 +25,7 @@ from tests.harness import (
     FAILURE_LINES,
     Daemon,
     base_config,
+    each_at_once,
     figures,
     metric_value,
     ok_requests,
@@ -99,14 +99,11 @@ def test_api_fault_loses_nothing_and_spares_other_connectors(
         finally:
             assert daemon.stop() == 0
         # Both topics read at once (each read as before, on its own thread).
-        with ThreadPoolExecutor(2) as pool:
-            acme_read = pool.submit(
-                check, broker.bootstrap, acme_topic, sim, "acme", expected=150 + 10
-            )
-            globex_read = pool.submit(
-                check, broker.bootstrap, topic_of(config, "globex"), sim, "globex", expected=160
-            )
-            after, globex_after = acme_read.result(), globex_read.result()
+        reads = each_at_once(
+            ["acme", "globex"],
+            lambda c: check(broker.bootstrap, topic_of(config, c), sim, c, expected=160),
+        )
+        after, globex_after = reads["acme"], reads["globex"]
         after.assert_holds()
         source = source_records(sim, "acme", "enrollments")
         assert unpublished_below(state["watermark"], after, source) == []

@@ -13,8 +13,7 @@ import signal
 import subprocess
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +21,15 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Daemon, base_config, figures, topic_of, wait_until, write_config
+from tests.harness import (
+    Daemon,
+    base_config,
+    each_at_once,
+    figures,
+    topic_of,
+    wait_until,
+    write_config,
+)
 from tests.helpers import new_enrollment
 from tests.invariant import check
 
@@ -68,14 +75,6 @@ def stop_all(daemons: list[Daemon], timeout: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             daemon.proc.kill()
             daemon.wait(10)
-
-
-def each_at_once(connectors: list[str], task: Callable[[str], Any]) -> dict[str, Any]:
-    """``task(connector)`` for every connector, run side by side (each on its own thread);
-    the results by connector, or the first error."""
-    with ThreadPoolExecutor(len(connectors)) as pool:
-        futures = {connector: pool.submit(task, connector) for connector in connectors}
-        return {connector: future.result() for connector, future in futures.items()}
 
 
 def start_replica(config: dict[str, Any], tmp_path: Path, name: str) -> Daemon:

@@ -12,7 +12,6 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from tests.harness import (
     API_FAULTS,
     Daemon,
     base_config,
+    each_at_once,
     figures,
     topic_of,
     wait_fresh_full_scan,
@@ -144,19 +144,16 @@ def test_soak_with_faults_and_a_sigkill(broker, tmp_path: Path) -> None:
                 if daemon is not None and daemon.proc.poll() is None:
                     assert daemon.stop() == 0
         # Both topics read at once (each read as before, on its own thread).
-        with ThreadPoolExecutor(len(CONNECTORS)) as pool:
-            futures = {
-                connector: pool.submit(
-                    check,
-                    broker.bootstrap,
-                    topic_of(config, connector),
-                    sim,
-                    connector,
-                    expected=ENROLLMENTS,  # the initial sync's created events, at least
-                )
-                for connector in CONNECTORS
-            }
-            reports = {connector: future.result() for connector, future in futures.items()}
+        reports = each_at_once(
+            list(CONNECTORS),
+            lambda c: check(
+                broker.bootstrap,
+                topic_of(config, c),
+                sim,
+                c,
+                expected=ENROLLMENTS,  # the initial sync's created events, at least
+            ),
+        )
     for report in reports.values():
         report.assert_holds()
     lines = first.lines + second.lines
