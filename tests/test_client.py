@@ -311,7 +311,9 @@ def test_failed_attempts_give_their_connection_slot_back(sim, acme, fault: dict)
 
 
 def test_cursor_loop_is_detected(sim, acme) -> None:
-    with make_client(sim) as client:
+    # 25 pages of 10: the walk runs at most 1 + AHEAD pages ahead of the caller, so
+    # pages are still unfetched when the fault is armed after the first one.
+    with make_client(sim, page_size=10) as client:
         walk = iter_pages(client, acme, "enrollments")
         next(walk)
         sim.add_fault(malformed="cursor_loop", count=5, connector="acme")
