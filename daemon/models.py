@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import orjson
+
 Record = dict[str, Any]
 EventType = Literal["created", "updated", "deleted"]
 ScanKind = Literal["full", "incremental"]
@@ -79,6 +81,11 @@ class StoredRow:
     content_hash: str
     record: Record
 
+    @property
+    def blob(self) -> bytes:
+        """The record as the store keeps it: its ``orjson.dumps``."""
+        return orjson.dumps(self.record)
+
 
 class SnapshotRow(Protocol):
     """What the differ reads of a stored row: ``models.StoredRow``, or the snapshot
@@ -92,6 +99,11 @@ class SnapshotRow(Protocol):
     def content_hash(self) -> str: ...
     @property
     def record(self) -> Record: ...
+    @property
+    def blob(self) -> bytes:
+        """``orjson.dumps(record)``: equal to a new record's encoding only when the
+        record is the same, key order included (the differ's shortcut)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

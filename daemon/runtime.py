@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -12,6 +13,12 @@ from daemon.source.client import BindbeeClient
 from daemon.state import StateStore
 from daemon.state import open_store as _open_store
 from daemon.stream import StreamPass
+
+GIL_SWITCH_SECONDS = 0.0005
+"""How long a thread may hold the GIL while another waits for it (CPython's default is
+5 ms). A pass's page walker wakes on each response while the pass's thread diffs and
+commits in Python: with the default it could wait milliseconds per page for the GIL,
+about as long as the API takes to answer (bench/: full scans ~8% faster at 0.5 ms)."""
 
 
 def open_store(state: StateSettings, owner: str | None = None) -> StateStore:
@@ -37,6 +44,7 @@ class Runtime:
     @classmethod
     def open(cls, settings: Settings, stop: threading.Event | None = None) -> Runtime:
         """Open the state store and create (not connect) the client and the sink."""
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         stop = stop or threading.Event()
         store = open_store(settings.state, settings.scheduler.replica_id)
         try:

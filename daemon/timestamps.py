@@ -12,7 +12,11 @@ _NORMAL_SEPARATORS = "--T::."
 
 
 def normalize_time(value: str) -> str:
-    """ISO 8601 (offsets, fractions, ``Z``) → ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC."""
+    """ISO 8601 (offsets, fractions, ``Z``) → ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC.
+
+    Raises ValueError for text that is not such a time or one outside the years 1-9999
+    in UTC (``0001-01-01T00:00:00+01:00``).
+    """
     parsed = datetime.fromisoformat(value)
     # Hot path (every item of every page, twice): a value already in the normal form is
     # returned as is. fromisoformat has validated its digits, and with every separator
@@ -28,7 +32,10 @@ def normalize_time(value: str) -> str:
         return value
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime(_FORMAT)
+    try:
+        return parsed.astimezone(UTC).strftime(_FORMAT)
+    except OverflowError:
+        raise ValueError(f"{value!r} is outside the years 1-9999 in UTC") from None
 
 
 def parse_time(normalized: str) -> datetime:

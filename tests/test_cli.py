@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.runtime import Runtime
+from daemon.runtime import GIL_SWITCH_SECONDS, Runtime
 from daemon.settings import load_settings
 from tests.helpers import feed_config
 from tests.kafka_read import read_topic
@@ -22,7 +22,9 @@ from tests.kafka_read import read_topic
 def test_tombstones_follow_deletes_and_tail_prints_events(sim, broker, tmp_path: Path) -> None:
     settings = load_settings(None, **feed_config(sim, broker, tmp_path, emit_tombstones=True))
     topic = settings.kafka.topic_for("acme", "enrollments")
+    sys.setswitchinterval(0.005)  # CPython's default
     runtime = Runtime.open(settings)
+    assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_SECONDS)  # for the walker
     try:
         (stream,) = runtime.passes()
         stream.run()

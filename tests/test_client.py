@@ -21,7 +21,12 @@ from daemon.errors import (
     ScanInterrupted,
 )
 from daemon.settings import BindbeeSettings, ConnectorSettings
-from daemon.source.client import CONNECTIONS_PER_CONNECTOR, BindbeeClient, classify_item
+from daemon.source.client import (
+    CONNECTIONS_PER_CONNECTOR,
+    BindbeeClient,
+    classify_item,
+    classify_items,
+)
 from daemon.source.pagination import AHEAD, iter_pages
 from tests.harness import ok_requests, wait_until
 from tests.helpers import SECRET_API_KEY, SECRET_TOKEN
@@ -250,6 +255,11 @@ def test_items_stored_bad_are_rejected_with_their_reasons(sim, acme) -> None:
         ({"id": "r1", "modified_at": "x"}, "bad_modified_at", "item 4 (id r1) has an unreadable"),
         ({"id": "r1", "modified_at": 17}, "bad_modified_at", "item 4 (id r1) has a modified_at"),
         (
+            {"id": "r1", "modified_at": "0001-01-01T00:00:00+01:00"},
+            "bad_modified_at",
+            "item 4 (id r1) has an unreadable",
+        ),
+        (
             {"id": "r1", "modified_at": "2025-01-01T00:00:00Z", "deep": _nested(300)},
             "unhashable",
             "item 4 (id r1) cannot be hashed",
@@ -262,6 +272,33 @@ def test_classify_item(item, reason: str, detail: str) -> None:
     assert rejected.detail.startswith(detail), rejected.detail
     good = {"id": "r1", "modified_at": "2025-01-01T00:00:00+02:00", "remote_id": "x"}
     assert classify_item(0, good) is None
+
+
+class _Mapping(dict):  # type: ignore[type-arg]
+    """A dict subclass: not what orjson builds, so it takes classify_item's way."""
+
+
+def test_classify_items_gives_classify_item_verdicts_in_page_order() -> None:
+    good = {"id": "r1", "modified_at": "2025-01-01T00:00:00Z"}
+    page = [
+        good,
+        {"id": "r2", "modified_at": "2025-01-01T00:00:00Z", "deep": _nested(300)},
+        ["not", "an", "object"],
+        {"id": "r3", "modified_at": "0001-01-01T00:00:00+01:00"},
+        _Mapping(id="r4", modified_at="2025-01-01T02:00:00+02:00"),
+        {"id": "r5", "modified_at": "2025-01-01T00:00:00Z", "deep": _nested(300)},
+        {"id": "", "modified_at": "2025-01-01T00:00:00Z"},
+        {"id": "r6", "modified_at": "2025-01-01T00:00:00.5+01:00", "deep": _nested(200)},
+    ]
+    usable, rejected = classify_items(page)
+    verdicts = [classify_item(position, item) for position, item in enumerate(page)]
+    assert usable == [item for item, v in zip(page, verdicts, strict=True) if v is None]
+    assert [r.position for r in rejected] == [1, 2, 3, 5, 6]
+    assert rejected == [v for v in verdicts if v is not None]
+    assert [r.reason for r in rejected] == [
+        "unhashable", "not_an_object", "bad_modified_at", "unhashable", "bad_id"
+    ]  # fmt: skip
+    assert classify_items([good, good]) == ([good, good], [])
 
 
 def test_classify_item_keeps_what_identifies_a_bad_item() -> None:

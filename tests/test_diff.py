@@ -40,6 +40,15 @@ def test_normalize_time_to_utc(value: str, expected: str) -> None:
     assert normalize_time(value) == expected
 
 
+@pytest.mark.parametrize(
+    "value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-02:00", "yesterday", ""]
+)
+def test_a_time_that_has_no_utc_form_is_a_value_error(value: str) -> None:
+    # Year 1 east of UTC parses, then overflows on conversion: callers catch ValueError.
+    with pytest.raises(ValueError):
+        normalize_time(value)
+
+
 def test_new_id_is_created() -> None:
     result = diff_page(KEY, [rec("a", grade=1)], {})
     assert [e.type for e in result.events] == ["created"]
@@ -75,6 +84,34 @@ def test_older_copy_is_stale_and_silent() -> None:
     assert result.events == [] and result.writes == []
     assert result.stale == 1
     assert result.seen_ids == ["a"]  # seen, so a full scan does not delete it
+
+
+def test_the_stored_bytes_again_are_unchanged_whatever_the_stored_hash() -> None:
+    # The shortcut: a record encoded as stored is the record stored. Even a hash taken
+    # under other ignore_fields (the config changed since) must not invent an update.
+    old = rec("a", grade=1, synced="x")
+    row = StoredRow("a", normalize_time(old["modified_at"]), "hash-of-another-config", old)
+    result = diff_page(KEY, [dict(old)], {"a": row})
+    assert result.events == [] and result.writes == [] and result.unchanged == 1
+
+
+def test_the_same_fields_in_another_order_are_unchanged_by_their_hash() -> None:
+    old = rec("a", grade=1, status="x")
+    reordered = {"status": "x", "grade": 1, "modified_at": old["modified_at"], "id": "a"}
+    assert orjson.dumps(reordered) != stored(old).blob
+    result = diff_page(KEY, [reordered], {"a": stored(old)})
+    assert result.events == [] and result.writes == [] and result.unchanged == 1
+
+
+def test_the_record_kept_under_a_newer_time_is_stale_when_it_comes_again() -> None:
+    # A time-only bump stores the newer time with the last published record: that
+    # record's bytes come back older than the row's time, so they are stale.
+    old = rec("a", "2025-01-01T00:00:00Z", grade=1)
+    bumped = diff_page(KEY, [rec("a", "2025-01-05T00:00:00Z", grade=1)], {"a": stored(old)})
+    (write,) = bumped.writes
+    row = StoredRow(write.id, write.modified_at, write.content_hash, write.record)
+    result = diff_page(KEY, [dict(old)], {"a": row})
+    assert result.stale == 1 and result.unchanged == 0 and result.writes == []
 
 
 def test_baseline_initial_sync_stores_without_events() -> None:

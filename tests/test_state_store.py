@@ -11,6 +11,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
@@ -71,6 +72,8 @@ def test_page_commit_and_reload(store: StateStore, target: str) -> None:
     rows = store.load_rows(KEY, ["a", "b", "zzz"])
     assert set(rows) == {"a", "b"} and rows["a"].record == {"id": "a", "grade": 1}
     assert isinstance(rows["a"], LoadedRow)  # decoded lazily
+    # The bytes the differ compares a new record's encoding with, on either database.
+    assert type(rows["a"].blob) is bytes and rows["a"].blob == orjson.dumps(rows["a"].record)
     store.close()
     reopened = open_store(target)
     state = reopened.state(KEY)

@@ -110,11 +110,8 @@ def classify_item(position: int, item: Any) -> RejectedItem | None:
         reason, detail = "no_modified_at", f"{what} has no modified_at"
     elif not isinstance(modified_at, str):
         reason, detail = "bad_modified_at", f"{what} has a modified_at that is not a string"
-    else:
-        try:
-            normalize_time(modified_at)
-        except ValueError:
-            reason, detail = "bad_modified_at", f"{what} has an unreadable modified_at"
+    elif not _readable_time(modified_at):
+        reason, detail = "bad_modified_at", f"{what} has an unreadable modified_at"
     if reason is None:
         problem = unhashable(item)
         if problem is not None:
@@ -122,6 +119,55 @@ def classify_item(position: int, item: Any) -> RejectedItem | None:
     if reason is None:
         return None
     return RejectedItem(position, item, reason, detail, record_id, remote_id)
+
+
+def _readable_time(value: str) -> bool:
+    try:
+        normalize_time(value)
+    except ValueError:
+        return False
+    return True
+
+
+def classify_items(items: list[Any]) -> tuple[list[Record], list[RejectedItem]]:
+    """A page's items split into those the differ can use and the rejected ones (in
+    page order); the same verdicts as ``classify_item`` on each.
+
+    On the page walk's critical path, so the common case is cheap: an object with a
+    string id and a readable string modified_at is usable unless it cannot be hashed,
+    and one encoding of the whole list shows that none of them is unhashable.
+    """
+    good: list[Record] = []
+    rejected: list[RejectedItem] = []
+    for position, item in enumerate(items):
+        if type(item) is dict:
+            record_id = item.get("id")
+            modified_at = item.get("modified_at")
+            if type(record_id) is str and record_id and type(modified_at) is str:
+                try:
+                    normalize_time(modified_at)
+                except ValueError:
+                    pass  # classify_item says why
+                else:
+                    good.append(item)
+                    continue
+        problem = classify_item(position, item)
+        if problem is None:  # a dict subclass, say: not what orjson makes, but usable
+            good.append(item)
+        else:
+            rejected.append(problem)
+    if good and unhashable(good) is not None:
+        positions = {id(item): position for position, item in enumerate(items)}
+        kept: list[Record] = []
+        for item in good:
+            problem = classify_item(positions[id(item)], item)
+            if problem is None:
+                kept.append(item)
+            else:
+                rejected.append(problem)
+        good = kept
+        rejected.sort(key=lambda r: r.position)
+    return good, rejected
 
 
 def _query_value(value: str | int | float | bool) -> str | int | float:
@@ -356,14 +402,7 @@ class BindbeeClient:
         next_cursor = body.get("cursor")
         if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
             raise _Retry(f"{where}: cursor is not a string", "malformed")
-        items: list[Record] = []
-        rejected: list[RejectedItem] = []
-        for position, item in enumerate(body["items"]):
-            problem = classify_item(position, item)
-            if problem is None:
-                items.append(item)
-            else:
-                rejected.append(problem)
+        items, rejected = classify_items(body["items"])
         page = Page(number, items, cursor, next_cursor, requests, tuple(rejected))
         if rejected:
             more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""

@@ -16,20 +16,20 @@ class LoadedRow:
     record (only an ``updated`` event's changes or a time-only bump do).
     """
 
-    __slots__ = ("_blob", "_record", "content_hash", "id", "modified_at")
+    __slots__ = ("_record", "blob", "content_hash", "id", "modified_at")
 
     def __init__(self, rid: str, modified_at: str, content_hash: str, blob: bytes) -> None:
         self.id = rid
         self.modified_at = modified_at
         self.content_hash = content_hash
-        self._blob = blob
+        self.blob = blob  # as commit_page stored it: orjson.dumps(record)
         self._record: Record | None = None
 
     @property
     def record(self) -> Record:
         """The last published record, as the API returned it."""
         if self._record is None:
-            self._record = orjson.loads(self._blob)
+            self._record = orjson.loads(self.blob)
         return self._record
 
     def __repr__(self) -> str:
