@@ -17,8 +17,9 @@ from daemon.stream import StreamPass
 GIL_SWITCH_SECONDS = 0.0005
 """How long a thread may hold the GIL while another waits for it (CPython's default is
 5 ms). A pass's page walker wakes on each response while the pass's thread diffs and
-commits in Python: with the default it could wait milliseconds per page for the GIL,
-about as long as the API takes to answer (bench/: full scans ~8% faster at 0.5 ms)."""
+commits in Python: with the default, a response could wait up to 5 ms for the GIL,
+close to what the API takes to answer it. Measured with bench/'s full scan of 20,000 against
+a bare walk just before and after each: median ratio 1.22 at 5 ms, 1.12 at 0.5 ms."""
 
 
 def open_store(state: StateSettings, owner: str | None = None) -> StateStore:

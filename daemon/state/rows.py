@@ -12,8 +12,8 @@ from daemon.models import Record
 class LoadedRow:
     """A stored row as ``load_rows`` returns it; the record is decoded on first read.
 
-    A steady-state scan compares only hashes and times: most rows never need their
-    record (only an ``updated`` event's changes or a time-only bump do).
+    A steady-state scan compares only bytes, hashes and times: most rows never need
+    their record decoded (only an ``updated`` event's changes or a time-only bump do).
     """
 
     __slots__ = ("_record", "blob", "content_hash", "id", "modified_at")
