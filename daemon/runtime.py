@@ -44,7 +44,8 @@ class Runtime:
 
     @classmethod
     def open(cls, settings: Settings, stop: threading.Event | None = None) -> Runtime:
-        """Open the state store and create (not connect) the client and the sink."""
+        """Open the state store and create (not connect) the client and the sink; set
+        the process's GIL switch interval (``GIL_SWITCH_SECONDS``)."""
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         stop = stop or threading.Event()
         store = open_store(settings.state, settings.scheduler.replica_id)

@@ -137,35 +137,34 @@ def classify_items(items: list[Any]) -> tuple[list[Record], list[RejectedItem]]:
     string id and a readable string modified_at is usable unless it cannot be hashed,
     and one encoding of the whole list shows that none of them is unhashable.
     """
-    good: list[Record] = []
+    usable: list[tuple[int, Record]] = []
     rejected: list[RejectedItem] = []
     for position, item in enumerate(items):
         if type(item) is dict:
             record_id = item.get("id")
             modified_at = item.get("modified_at")
-            if type(record_id) is str and record_id and type(modified_at) is str:
-                try:
-                    normalize_time(modified_at)
-                except ValueError:
-                    pass  # classify_item says why
-                else:
-                    good.append(item)
-                    continue
+            if (
+                type(record_id) is str
+                and record_id
+                and type(modified_at) is str
+                and _readable_time(modified_at)
+            ):
+                usable.append((position, item))
+                continue
         problem = classify_item(position, item)
         if problem is None:  # a dict subclass, say: not what orjson makes, but usable
-            good.append(item)
+            usable.append((position, item))
         else:
             rejected.append(problem)
-    if good and unhashable(good) is not None:
-        positions = {id(item): position for position, item in enumerate(items)}
-        kept: list[Record] = []
-        for item in good:
-            problem = classify_item(positions[id(item)], item)
+    good = [item for _, item in usable]
+    if good and unhashable(good) is not None:  # rare: find which, item by item
+        good = []
+        for position, item in usable:
+            problem = classify_item(position, item)
             if problem is None:
-                kept.append(item)
+                good.append(item)
             else:
                 rejected.append(problem)
-        good = kept
         rejected.sort(key=lambda r: r.position)
     return good, rejected
 
