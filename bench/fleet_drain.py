@@ -61,7 +61,7 @@ from many_connectors import (
 )
 
 from daemon import log as logsetup
-from daemon.dev.tansu import TansuBroker
+from devtools.tansu import TansuBroker
 
 CASES = ("single", "sqlite", "pg1", "pg3")
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -46,7 +46,7 @@ import yaml
 from _harness import API_KEY, MODEL, PAGE_SIZE, Simulator, Workspace, _daemon_cmd, _peak_rss_mb
 
 from daemon import log as logsetup
-from daemon.dev.tansu import TansuBroker
+from devtools.tansu import TansuBroker
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _POLL_SECONDS = 0.05  # between two looks at the daemon's log and /proc

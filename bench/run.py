@@ -24,7 +24,7 @@ from _cases import FULL, QUICK, Sizes, budget_case, latency_case, rss_case, scan
 from _harness import Workspace
 
 from daemon import log as logsetup
-from daemon.dev.tansu import TansuBroker
+from devtools.tansu import TansuBroker
 
 KEYS = (
     "full_scan_ratio",

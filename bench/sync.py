@@ -47,7 +47,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from bindbee_sim import SimServer
 from daemon import log as logsetup
-from daemon.dev.tansu import TansuBroker
+from devtools.tansu import TansuBroker
 from daemon.models import StreamKey
 from daemon.runtime import Runtime
 from daemon.schedule.scheduler import Scheduler

@@ -564,7 +564,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Broker + simulator + daemon + a mutator + a live view of the events, until Ctrl-C."""
-    from daemon.dev.stack import DevOptions, run_dev
+    from devtools.stack import DevOptions, run_dev
 
     return run_dev(
         DevOptions(

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from bindbee_sim import SimServer
-from daemon.dev.tansu import TansuBroker
+from devtools.tansu import TansuBroker
 from tests.helpers import SECRET_API_KEY, SECRET_TOKEN
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.dev.tansu import TansuBroker
+from devtools.tansu import TansuBroker
 from tests.harness import (
     PAGE,
     Daemon,

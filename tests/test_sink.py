@@ -18,7 +18,7 @@ from kafka.partitioner.default import murmur2 as kafka_murmur2
 from pydantic import SecretStr, ValidationError
 from structlog.testing import capture_logs
 
-from daemon.dev.tansu import TansuBroker
+from devtools.tansu import TansuBroker
 from daemon.errors import SinkError
 from daemon.models import Message
 from daemon.settings import KafkaSettings

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from kafka.admin import KafkaAdminClient
 
-import daemon.dev.tansu
-from daemon.dev.tansu import TansuBroker
+import devtools.tansu
+from devtools.tansu import TansuBroker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,9 +107,9 @@ def test_picked_port_taken_meanwhile_moves_to_another(
 ) -> None:
     # Simulates losing the race between picking a free port and the broker binding it.
     picks = iter([occupied_port])
-    real_free_port = daemon.dev.tansu._free_port
+    real_free_port = devtools.tansu._free_port
     monkeypatch.setattr(
-        daemon.dev.tansu, "_free_port", lambda host: next(picks, None) or real_free_port(host)
+        devtools.tansu, "_free_port", lambda host: next(picks, None) or real_free_port(host)
     )
     with TansuBroker() as broker:
         assert broker.port != occupied_port

@@ -211,7 +211,7 @@ def _run(
 ) -> int:
     from bindbee_sim import SimServer
     from daemon.dev.tail import tail
-    from daemon.dev.tansu import TansuBroker
+    from devtools.tansu import TansuBroker
     from daemon.runtime import Runtime
     from daemon.schedule.scheduler import Scheduler
     from daemon.sink.kafka import client_configs
