@@ -47,12 +47,12 @@ from kafka import KafkaConsumer, TopicPartition
 
 from bindbee_sim import SimServer
 from daemon import log as logsetup
-from devtools.tansu import TansuBroker
 from daemon.models import StreamKey
 from daemon.runtime import Runtime
 from daemon.schedule.scheduler import Scheduler
 from daemon.settings import load_settings
 from daemon.timestamps import normalize_time
+from devtools.tansu import TansuBroker
 
 MODEL = "enrollments"
 PAGE_SIZE = 100

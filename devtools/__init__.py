@@ -1,1 +1,3 @@
-"""Development tooling: the tansu broker launcher and the local dev stack (the `sim` extra; not in the image)."""
+"""Development tooling: the tansu broker launcher and the local dev stack.
+
+Installed with the `sim` extra; the container image does not ship it."""

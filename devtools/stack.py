@@ -211,10 +211,10 @@ def _run(
 ) -> int:
     from bindbee_sim import SimServer
     from daemon.dev.tail import tail
-    from devtools.tansu import TansuBroker
     from daemon.runtime import Runtime
     from daemon.schedule.scheduler import Scheduler
     from daemon.sink.kafka import client_configs
+    from devtools.tansu import TansuBroker
 
     stop = threading.Event()
     # Until the stack is up, Ctrl-C interrupts the start-up (KeyboardInterrupt); from then

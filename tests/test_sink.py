@@ -18,11 +18,11 @@ from kafka.partitioner.default import murmur2 as kafka_murmur2
 from pydantic import SecretStr, ValidationError
 from structlog.testing import capture_logs
 
-from devtools.tansu import TansuBroker
 from daemon.errors import SinkError
 from daemon.models import Message
 from daemon.settings import KafkaSettings
 from daemon.sink.kafka import KafkaSink
+from devtools.tansu import TansuBroker
 from tests.kafka_read import read_topic
 
 pytestmark = pytest.mark.timeout(60)
