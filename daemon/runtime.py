@@ -12,7 +12,7 @@ from daemon.sink.kafka import KafkaSink
 from daemon.source.client import BindbeeClient
 from daemon.state import StateStore
 from daemon.state import open_store as _open_store
-from daemon.stream import StreamPass
+from daemon.stream import ScanProgressBook, StreamPass
 
 GIL_SWITCH_SECONDS = 0.0005
 """How long a thread may hold the GIL while another waits for it (CPython's default is
@@ -34,13 +34,20 @@ def open_store(state: StateSettings, owner: str | None = None) -> StateStore:
 
 @dataclass
 class Runtime:
-    """Settings plus the store, API client and Kafka sink every stream shares."""
+    """Settings plus the store, API client and Kafka sink every stream shares.
+
+    ``scan_progress`` is what this process published of each stream's scan in progress:
+    a StreamPass may live for one pass, but a scan resumed after a failed pass in this
+    process must still count the earlier pages in its marker. Build passes with
+    ``stream_pass`` so they share it.
+    """
 
     settings: Settings
     store: StateStore
     client: BindbeeClient
     sink: KafkaSink
     stop: threading.Event = field(default_factory=threading.Event)
+    scan_progress: ScanProgressBook = field(default_factory=ScanProgressBook)
 
     @classmethod
     def open(cls, settings: Settings, stop: threading.Event | None = None) -> Runtime:
@@ -85,20 +92,25 @@ class Runtime:
     ) -> list[StreamPass]:
         """One StreamPass per connector x model, optionally filtered by connector name."""
         return [
-            StreamPass(
-                self.settings,
-                connector,
-                model,
-                source=self.client,
-                store=self.store,
-                sink=self.sink,
-                stop=self.stop,
-            )
+            self.stream_pass(connector, model)
             for connector in self.connectors()
             if connectors is None or connector.name in connectors
             for model in self.settings.models
             if models is None or model in models
         ]
+
+    def stream_pass(self, connector: ConnectorSettings, model: str) -> StreamPass:
+        """The StreamPass of one stream (connector x model) over this runtime's parts."""
+        return StreamPass(
+            self.settings,
+            connector,
+            model,
+            source=self.client,
+            store=self.store,
+            sink=self.sink,
+            stop=self.stop,
+            progress=self.scan_progress,
+        )
 
     def close(self) -> None:
         """Flush and close everything; safe to call twice."""
