@@ -24,6 +24,7 @@ MARKER_COUNTS = ("created", "updated", "deleted", "unchanged", "stale", "rejecte
 """The counts a ``scan_completed`` marker carries."""
 
 _EVENT_TYPES: tuple[EventType, ...] = ("created", "updated", "deleted")
+_STATS = tuple(f.name for f in fields(ScanStats))  # each is a PageTally field too
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ class PassResult:
 
     def add(self, tally: PageTally) -> None:
         stats = self.stats
-        for name in (f.name for f in fields(ScanStats)):
+        for name in _STATS:
             setattr(stats, name, getattr(stats, name) + getattr(tally, name))
         self.rejected += tally.rejected
         self.dead_lettered += tally.dead_lettered
