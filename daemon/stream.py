@@ -39,6 +39,7 @@ from daemon.models import (
     ChangeEvent,
     Message,
     Page,
+    RejectedItem,
     RejectWrite,
     ScanKind,
     ScanStats,
@@ -322,6 +323,7 @@ class StreamPass:
             params=params,
             start_cursor=state.scan_cursor,
             start_page=state.scan_pages + 1,
+            known_rejects=self._all_dead_lettered,
         )
         stats = result.stats
         ceiling = _watermark_ceiling(state)
@@ -404,6 +406,12 @@ class StreamPass:
         finally:
             pages.close()
         return state
+
+    def _all_dead_lettered(self, rejected: Sequence[RejectedItem]) -> bool:
+        """Whether every one of a page's rejected items was dead-lettered before: the
+        client then takes the page at one request instead of a round of retries."""
+        digests = list(dict.fromkeys(fingerprint(item.raw) for item in rejected))
+        return len(self.store.known_rejections(self.key, digests)) == len(digests)
 
     def _rejections(
         self, page: Page, scan: int, log: structlog.BoundLogger
