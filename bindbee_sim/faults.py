@@ -5,11 +5,15 @@ auth and rate limiting) that matches its optional ``connector``/``model``
 scope consumes one. The first matching fault in the order they were added
 wins. One fault may combine a ``delay_ms`` with one other effect, which then
 happens after the delay.
+
+A fault with ``connectors_list`` is for ``GET /api/lms/v1/connectors`` instead (the
+organisation's list, not a data endpoint): only those requests consume it, and data
+faults never touch the list.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -21,7 +25,17 @@ PAGE_ONLY_KINDS = frozenset({"missing_items", "cursor_loop"})
 """Kinds that only make sense for a page, so a get-by-id never consumes them."""
 
 _KEYS = frozenset(
-    {"status", "delay_ms", "malformed", "disconnect", "retry_after", "count", "connector", "model"}
+    {
+        "status",
+        "delay_ms",
+        "malformed",
+        "disconnect",
+        "retry_after",
+        "count",
+        "connector",
+        "model",
+        "connectors_list",
+    }
 )
 
 
@@ -41,6 +55,8 @@ class Fault:
     """Drop the connection mid-body."""
     connector: str | None = None
     model: str | None = None
+    connectors_list: bool = False
+    """For ``GET /connectors`` only (no ``connector``/``model`` scope then)."""
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], connectors: frozenset[str]) -> Fault:
@@ -71,6 +87,10 @@ class Fault:
             raise ValueError(f"malformed must be one of {list(MALFORMED_KINDS)}")
         if not isinstance(self.disconnect, bool):
             raise ValueError("disconnect must be a boolean")
+        if not isinstance(self.connectors_list, bool):
+            raise ValueError("connectors_list must be a boolean")
+        if self.connectors_list and (self.connector is not None or self.model is not None):
+            raise ValueError("a connectors_list fault takes no connector or model")
         effects = sum([self.status is not None, self.malformed is not None, self.disconnect])
         if effects > 1:
             raise ValueError("choose one of status, malformed, disconnect per fault")
@@ -82,7 +102,9 @@ class Fault:
             raise ValueError(f"unknown model {self.model!r}")
 
     def matches(self, connector: str, model: str, is_page: bool) -> bool:
-        """Whether a request for ``connector``/``model`` would trigger this fault."""
+        """Whether a data request for ``connector``/``model`` would trigger this fault."""
+        if self.connectors_list:
+            return False
         if self.connector is not None and self.connector != connector:
             return False
         if self.model is not None and self.model != model:
@@ -109,9 +131,16 @@ class FaultBook:
         self._faults.clear()
 
     def take(self, connector: str, model: str, is_page: bool) -> Fault | None:
-        """Consume one use of the first fault matching this request, if any."""
+        """Consume one use of the first fault matching this data request, if any."""
+        return self._take(lambda fault: fault.matches(connector, model, is_page))
+
+    def take_connectors_list(self) -> Fault | None:
+        """Consume one use of the first fault for ``GET /connectors``, if any."""
+        return self._take(lambda fault: fault.connectors_list)
+
+    def _take(self, matches: Callable[[Fault], bool]) -> Fault | None:
         for k, fault in enumerate(self._faults):
-            if fault.matches(connector, model, is_page):
+            if matches(fault):
                 fault.count -= 1
                 if fault.count == 0:
                     del self._faults[k]

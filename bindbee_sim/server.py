@@ -6,7 +6,7 @@ Request path of a data endpoint, in order:
 2. ``x-connector-token``: missing -> FastAPI's 422, unknown -> 401,
 3. rate limit for that token (429; headers added to every later response),
 4. query validation (FastAPI's 422),
-5. at most one injected fault,
+5. at most one injected fault (the connectors list: only its own, ``connectors_list``),
 6. the page or record, serialised with orjson under the state lock.
 
 ``DataResponses`` (plain ASGI, around everything) counts statuses per
@@ -177,9 +177,15 @@ def build_app(state: SimState) -> FastAPI:
     ) -> Response:
         """The organisation's connectors (API key only; not rate limited)."""
         after = _decode(cursor)
-        return json_response(
-            state.connectors_page(page_size, after, is_active, connector_token, origin_id)
-        )
+        fault = state.take_connectors_list_fault()
+        broken = await _fault_response(fault)
+        if broken is not None:
+            return broken
+        body = state.connectors_page(page_size, after, is_active, connector_token, origin_id)
+        if fault is not None and fault.malformed is not None:
+            content = _malformed_page(fault.malformed, body, cursor)
+            return Response(content, media_type="application/json")
+        return json_response(body)
 
     @app.get(API_PREFIX + "/{model}", dependencies=authenticated)
     async def list_records(

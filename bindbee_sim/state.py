@@ -145,6 +145,11 @@ class SimState:
         with self.lock:
             return self.faults.take(connector, model, is_page)
 
+    def take_connectors_list_fault(self) -> Fault | None:
+        """Consume the fault a ``GET /connectors`` request triggers, if any."""
+        with self.lock:
+            return self.faults.take_connectors_list()
+
     def record_status(self, who: str, status: int) -> None:
         """Count one data response."""
         with self.lock:

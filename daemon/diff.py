@@ -29,18 +29,6 @@ def content_hash(record: Record, ignore_fields: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def unhashable(value: Record | list[Record]) -> str | None:
-    """Why ``content_hash`` cannot hash ``value`` (nesting past orjson's limit, say), or
-    None; for a list, None when it can hash every record in it. A third of the cost of
-    hashing: the encoder fails alike with or without sorted keys (a parsed JSON object's
-    keys are strings), and nothing is digested."""
-    try:
-        orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        return str(exc)
-    return None
-
-
 def field_changes(
     old: Record, new: Record, ignore_fields: Iterable[str]
 ) -> dict[str, dict[str, object]]:

@@ -83,8 +83,8 @@ class Runtime:
         from daemon.schedule.discovery import discovered
         from daemon.source.connectors import ConnectorDirectory
 
-        with ConnectorDirectory(bindbee.base_url, bindbee.api_key, stop=self.stop) as directory:
-            listing = directory.list()
+        # Over the client's transport: one pool per process, the bindbee.* retry policy.
+        listing = ConnectorDirectory.over(self.client.transport).list()
         return configured + discovered(listing, configured, bindbee.discover_filter)
 
     def passes(

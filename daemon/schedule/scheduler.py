@@ -234,11 +234,9 @@ class Scheduler:
             settings.bindbee.discover_connectors
         ):
             self.watcher = SyncWatcher(
-                ConnectorDirectory(
-                    settings.bindbee.base_url,
-                    settings.bindbee.api_key,
+                ConnectorDirectory.over(
+                    self.runtime.client.transport,
                     timeout_seconds=min(settings.bindbee.timeout_seconds, 30.0),
-                    stop=self.runtime.stop,
                 ),
                 self.on_listing,
                 interval_seconds=settings.bindbee.sync_check_interval_seconds,

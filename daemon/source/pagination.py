@@ -5,14 +5,18 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import Protocol
 
 from daemon.errors import MalformedResponseError
-from daemon.models import Page
+from daemon.models import Page, RejectedItem
 from daemon.settings import ConnectorSettings
 
 _POLL_SECONDS = 0.05  # how often a walker blocked on a full queue checks for the end
+
+KnownRejects = Callable[[Sequence[RejectedItem]], bool]
+"""True when every one of a page's rejected items was dead-lettered before (the stream
+asks its store by fingerprint): the client then uses the page at its first answer."""
 
 
 class PageSource(Protocol):
@@ -26,6 +30,7 @@ class PageSource(Protocol):
         params: dict[str, str | int | float | bool] | None = None,
         cursor: str | None = None,
         number: int = 1,
+        known_rejects: KnownRejects | None = None,
     ) -> Page: ...
 
 
@@ -38,12 +43,17 @@ class CursorWalk:
 
     def next(self, page: Page) -> str | None:
         """The cursor to follow after ``page``; None when the walk is over."""
-        cursor = page.next_cursor
+        return self.follow(page.number, page.next_cursor)
+
+    def follow(self, number: int, cursor: str | None) -> str | None:
+        """The cursor to follow after page ``number``, whose next cursor is ``cursor``;
+        None when the walk is over. A cursor already followed is a loop, which would
+        walk forever: MalformedResponseError."""
         if cursor is None:
             return None
         if cursor in self._seen:
             raise MalformedResponseError(
-                f"{self.where} page {page.number}: cursor repeats an earlier page (cursor loop)"
+                f"{self.where} page {number}: cursor repeats an earlier page (cursor loop)"
             )
         self._seen.add(cursor)
         return cursor
@@ -66,8 +76,12 @@ def iter_pages(
     params: dict[str, str | int | float | bool] | None = None,
     start_cursor: str | None = None,
     start_page: int = 1,
+    known_rejects: KnownRejects | None = None,
 ) -> Generator[Page, None, None]:
     """Yield pages from ``start_cursor`` (None: the first page) until the cursor is null.
+
+    ``known_rejects`` goes to each ``fetch_page``: a page whose bad items were all
+    dead-lettered before costs one request, not a round of retries.
 
     A background thread walks the cursors (``AHEAD`` pages ahead, same requests) while
     the caller works: the API's latency overlaps the diff, commit and publish. A cursor
@@ -91,7 +105,12 @@ def iter_pages(
         try:
             while not closing.is_set():
                 page = source.fetch_page(
-                    connector, model, params=params, cursor=cursor, number=number
+                    connector,
+                    model,
+                    params=params,
+                    cursor=cursor,
+                    number=number,
+                    known_rejects=known_rejects,
                 )
                 if not hand_over(page):
                     return

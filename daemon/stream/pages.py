@@ -18,7 +18,7 @@ from daemon.models import Page, StreamState
 from daemon.source.pagination import iter_pages
 from daemon.stream.context import StreamContext
 from daemon.stream.progress import PageTally, PassResult, ScanProgress, record_page
-from daemon.stream.rejects import PageRejections, page_rejections
+from daemon.stream.rejects import PageRejections, all_dead_lettered, page_rejections
 from daemon.stream.rules import (
     capped_watermark,
     is_baseline,
@@ -62,6 +62,7 @@ class PageWalk:
             params=page_params(stream.model, state),
             start_cursor=state.scan_cursor,
             start_page=state.scan_pages + 1,
+            known_rejects=lambda rejected: all_dead_lettered(stream, rejected),
         )
         # Closed here, not when the pass's frames are collected: a failed pass must not
         # leave its walker fetching pages after the lease is given back.

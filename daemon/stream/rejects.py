@@ -72,6 +72,13 @@ def reject_verdicts(
     return verdicts
 
 
+def all_dead_lettered(stream: StreamContext, rejected: Sequence[RejectedItem]) -> bool:
+    """Whether every one of a page's rejected items was dead-lettered before: the client
+    then takes the page at one request instead of a round of retries."""
+    digests = list(dict.fromkeys(fingerprint(item.raw) for item in rejected))
+    return len(stream.store.known_rejections(stream.key, digests)) == len(digests)
+
+
 def page_rejections(
     stream: StreamContext, page: Page, scan: int, log: structlog.BoundLogger
 ) -> PageRejections:
