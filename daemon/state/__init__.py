@@ -1,8 +1,12 @@
-"""What the daemon remembers: per-record snapshots, stream checkpoints and the outbox.
+"""What the daemon remembers: per-record snapshots, scan checkpoints and the outbox, and
+the shared schedule its replicas coordinate through (leases, replicas, due times).
 
-One store (``store.StateStore``) written against one schema (``schema``) over SQLAlchemy
-Core, on SQLite by default or PostgreSQL (``state.url``); ``dialects`` holds the little
-that differs. Alembic revisions (``migrations``) are the schema version.
+One store (``store.StateStore``), written against one schema (``schema``) over
+SQLAlchemy Core, on SQLite by default or PostgreSQL (``state.url``); ``dialects`` holds
+the little that differs. The store is composed of one part per job (``snapshots``,
+``scans``, ``leases``, ``replicas``, ``due``) over one SQL runner (``sql``).
+``SnapshotStore`` (``protocol``) is the part a stream pass uses. Alembic revisions
+(``migrations``) are the schema version.
 """
 
 from __future__ import annotations
