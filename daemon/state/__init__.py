@@ -14,12 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.state.dialects import StoreMissing, backend_for
+from daemon.state.leases import STREAM_LEASE_PREFIX, stream_lease_name
 from daemon.state.migration import current_revision, ensure_current, head_revision, migrate
 from daemon.state.protocol import SnapshotStore
 from daemon.state.rows import LoadedRow, dump_headers, load_headers
 from daemon.state.store import StateStore
 
 __all__ = [
+    "STREAM_LEASE_PREFIX",
     "LoadedRow",
     "SnapshotStore",
     "StateStore",
@@ -31,6 +33,7 @@ __all__ = [
     "migrate",
     "open_store",
     "require_store",
+    "stream_lease_name",
 ]
 
 
