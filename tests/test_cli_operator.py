@@ -147,7 +147,7 @@ def test_reset_without_yes_and_without_a_terminal_refuses(tmp_path: Path) -> Non
     assert _streams_in(state) == ["acme/enrollments"]
     done = _cli(*args, "--yes")
     assert done.returncode == 0 and "reset acme/enrollments" in done.stdout, done.stderr
-    assert _streams_in(state) == []
+    assert _streams_in(state) == ["acme/enrollments"]  # still known, its data forgotten
 
 
 def test_reset_on_a_terminal_asks_first(tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_reset_on_a_terminal_asks_first(tmp_path: Path) -> None:
         term.send(b"y\r")
         assert term.wait(30) == 0, term.text()
     assert "reset acme/enrollments" in term.text()
-    assert _streams_in(state) == []
+    assert _streams_in(state) == ["acme/enrollments"]  # still known, its data forgotten
 
 
 # ---- tail ----------------------------------------------------------------------------------

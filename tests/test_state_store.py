@@ -370,7 +370,7 @@ def test_normalize_time_fast_path_matches_the_slow_one(
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_multi_row_inserts_take_the_rows_values_in_order(dialect: str, tmp_path: Path) -> None:
     """``_Tx.values`` flattens rows: the compiled SQL must take them row by row, in order."""
-    from daemon.state import store as store_module
+    from daemon.state import scans, snapshots
     from daemon.state.dialects import PostgresBackend, SqliteBackend
 
     backend = (
@@ -381,9 +381,9 @@ def test_multi_row_inserts_take_the_rows_values_in_order(dialect: str, tmp_path:
     try:
         store = StateStore(backend)
         for builder, columns in (
-            (store._upsert_records, store_module._RECORD_COLUMNS),
-            (store._upsert_seen, store_module._SEEN_COLUMNS),
-            (store._insert_outbox, store_module._OUTBOX_COLUMNS),
+            (store._upsert_records, snapshots.RECORD_COLUMNS),
+            (store._upsert_seen, snapshots.SEEN_COLUMNS),
+            (store._insert_outbox, scans.OUTBOX_COLUMNS),
         ):
             names = store._compile(builder, 3).names
             assert names == tuple(f"r{n:05d}_{c}" for n in range(3) for c in columns)

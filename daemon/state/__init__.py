@@ -1,8 +1,12 @@
-"""What the daemon remembers: per-record snapshots, stream checkpoints and the outbox.
+"""What the daemon remembers: per-record snapshots, scan checkpoints and the outbox, and
+the shared schedule its replicas coordinate through (leases, replicas, due times).
 
-One store (``store.StateStore``) written against one schema (``schema``) over SQLAlchemy
-Core, on SQLite by default or PostgreSQL (``state.url``); ``dialects`` holds the little
-that differs. Alembic revisions (``migrations``) are the schema version.
+One store (``store.StateStore``), written against one schema (``schema``) over
+SQLAlchemy Core, on SQLite by default or PostgreSQL (``state.url``); ``dialects`` holds
+the little that differs. The store is composed of one part per job (``snapshots``,
+``scans``, ``leases``, ``replicas``, ``due``) over one SQL runner (``sql``).
+``SnapshotStore`` (``protocol``) is the part a stream pass uses. Alembic revisions
+(``migrations``) are the schema version.
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.state.dialects import StoreMissing, backend_for
+from daemon.state.leases import STREAM_LEASE_PREFIX, stream_lease_name
 from daemon.state.migration import current_revision, ensure_current, head_revision, migrate
 from daemon.state.protocol import SnapshotStore
 from daemon.state.rows import LoadedRow, dump_headers, load_headers
 from daemon.state.store import StateStore
 
 __all__ = [
+    "STREAM_LEASE_PREFIX",
     "LoadedRow",
     "SnapshotStore",
     "StateStore",
@@ -27,6 +33,7 @@ __all__ = [
     "migrate",
     "open_store",
     "require_store",
+    "stream_lease_name",
 ]
 
 

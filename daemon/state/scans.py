@@ -1,0 +1,296 @@
+"""Scans: a stream's checkpoint from begin to finish, its deletes, its outbox, and reset.
+
+A scan is numbered; its pages are committed by ``snapshots``; a full scan then finds the
+rows it did not see (the delete phase) and ``finish_scan`` moves the watermark and the
+sync bookmark. The outbox holds the last committed page's messages until Kafka has
+them. ``reset`` forgets a stream's data but keeps its row, so every process that knows
+the stream (its id, its schedule) keeps working with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select
+
+from daemon.models import Message, ScanKind, StoredRow, StreamKey, StreamState
+from daemon.state.leases import DROP_ANY_LEASE, LeaseFencing, stream_lease_name
+from daemon.state.rows import dump_headers, load_headers
+from daemon.state.schema import outbox, records, rejected, seen, streams
+from daemon.state.sql import CHUNK, NOW, SID, Tx, id_params, row_params, stream_update
+
+OUTBOX_COLUMNS = ("sid", "seq", "topic", "key", "value", "headers")
+CURRENT_SCAN = select(streams.c.scan_number).where(streams.c.sid == SID).scalar_subquery()
+_CLEAR_SCAN: dict[str, Any] = {
+    "scan_kind": None,
+    "scan_phase": None,
+    "scan_cursor": None,
+    "scan_pages": 0,
+    "scan_since": None,
+    "scan_started_at": None,
+    "scan_max_modified": None,
+    "scan_sync": None,
+}
+_FULL = streams.c.scan_kind == "full"
+_BEGIN_SCAN = stream_update().values(
+    scan_number=streams.c.scan_number + 1,
+    scan_kind=bindparam("p_kind", type_=sa.Text),
+    scan_phase="pages",
+    scan_cursor=None,
+    scan_pages=0,
+    scan_since=bindparam("p_since", type_=sa.Text),
+    scan_started_at=NOW,
+    scan_max_modified=None,
+    scan_sync=bindparam("p_sync", type_=sa.Text),
+)
+_BEGIN_DELETES = stream_update().values(scan_phase="deletes", scan_cursor=None)
+# SET expressions read the row as it was before the update: scan_kind is still the scan's.
+_FINISH_SCAN = stream_update().values(
+    watermark=case(
+        (
+            or_(streams.c.watermark.is_(None), streams.c.scan_max_modified > streams.c.watermark),
+            func.coalesce(streams.c.scan_max_modified, streams.c.watermark),
+        ),
+        else_=streams.c.watermark,
+    ),
+    last_full_scan_started_at=case(
+        (_FULL, streams.c.scan_started_at), else_=streams.c.last_full_scan_started_at
+    ),
+    last_full_scan_at=case((_FULL, NOW), else_=streams.c.last_full_scan_at),
+    delete_guard=case((_FULL, bindparam("p_guard", type_=sa.Text)), else_=streams.c.delete_guard),
+    # The bookmark moves only here: every page of the scan is committed and published.
+    sync_bookmark=case(
+        (and_(_FULL, streams.c.scan_sync.is_not(None)), streams.c.scan_sync),
+        else_=streams.c.sync_bookmark,
+    ),
+    last_scan_at=NOW,
+    last_error=None,
+    last_error_at=None,
+    # An operator's resync is done once a full scan that started after it completes.
+    resync_requested_at=case(
+        (and_(_FULL, streams.c.resync_requested_at <= streams.c.scan_started_at), None),
+        else_=streams.c.resync_requested_at,
+    ),
+    **_CLEAR_SCAN,
+)
+_RECORD_ERROR = stream_update().values(
+    last_error=bindparam("p_message", type_=sa.Text), last_error_at=NOW
+)
+_ABANDON_SCAN = stream_update().values(**_CLEAR_SCAN)
+_CONNECTOR_STATE = stream_update().values(connector_state=bindparam("p_state", type_=sa.Text))
+# A completed full scan met every bad item still there: forget the ones it did not meet
+# (fixed or deleted upstream), so the same content going bad again is dead-lettered anew.
+_PRUNE_REJECTED = delete(rejected).where(
+    rejected.c.sid == SID,
+    rejected.c.scan != CURRENT_SCAN,
+    select(streams.c.scan_kind).where(streams.c.sid == SID).scalar_subquery() == "full",
+)
+_COUNT_MISSING = select(func.count().filter(seen.c.scan != CURRENT_SCAN), func.count()).where(
+    seen.c.sid == SID
+)
+_MISSING_ROWS = (
+    select(records.c.id, records.c.modified_at, records.c.hash, records.c.record)
+    .select_from(seen.join(records, and_(records.c.sid == seen.c.sid, records.c.id == seen.c.id)))
+    .where(seen.c.sid == SID, seen.c.scan != CURRENT_SCAN)
+    .order_by(seen.c.id)
+    .limit(bindparam("p_limit", type_=sa.Integer))
+)
+
+
+def _delete_ids(table: sa.Table) -> Callable[[int], sa.Delete]:
+    def build(count: int) -> sa.Delete:
+        return delete(table).where(table.c.sid == SID, table.c.id.in_(id_params(count)))
+
+    return build
+
+
+_DELETE_ROWS = (_delete_ids(records), _delete_ids(seen))
+_LIST_STREAMS = select(streams.c.connector, streams.c.model).order_by(
+    streams.c.connector, streams.c.model
+)
+_SELECT_OUTBOX = (
+    select(outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
+    .where(outbox.c.sid == SID)
+    .order_by(outbox.c.seq)
+)
+_CLEAR_OUTBOX = delete(outbox).where(outbox.c.sid == SID)
+# Reset: the stream's data goes, its row stays (with its id, which every process caches)
+# as a fresh row would be, due now. scan_number keeps counting, so nothing remembered
+# about an earlier scan (a scan's progress, a late write) matches a new one; the
+# connector's state and the last sync requested describe Bindbee, not this data: kept.
+_RESET_DATA = tuple(
+    delete(table).where(table.c.sid == SID) for table in (outbox, rejected, records, seen)
+)
+_RESET_STREAM = stream_update().values(
+    watermark=None,
+    last_full_scan_started_at=None,
+    last_full_scan_at=None,
+    last_scan_at=None,
+    delete_guard=None,
+    last_error=None,
+    last_error_at=None,
+    sync_bookmark=None,
+    resync_requested_at=None,
+    due_at=None,
+    **_CLEAR_SCAN,
+)
+
+
+def insert_outbox(count: int) -> sa.Insert:
+    """A ``count``-row INSERT into the outbox."""
+    return sa.insert(outbox).values(row_params(outbox, OUTBOX_COLUMNS, count))
+
+
+def write_outbox(tx: Tx, sid: int, messages: Sequence[Message]) -> None:
+    """Make ``messages`` the stream's outbox, replacing what it held: the pass publishes
+    (and clears) the outbox before it commits more."""
+    tx.run(_CLEAR_OUTBOX, p_sid=sid)
+    if messages:
+        rows = [
+            (sid, seq, m.topic, m.key, m.value, dump_headers(m.headers))
+            for seq, m in enumerate(messages)
+        ]
+        for start in range(0, len(rows), CHUNK):
+            tx.values(insert_outbox, rows[start : start + CHUNK])
+
+
+class Scans(LeaseFencing):
+    """A stream's state, its scans' checkpoints, deletes, outbox and reset."""
+
+    _insert_outbox = staticmethod(insert_outbox)
+
+    def state(self, key: StreamKey) -> StreamState:
+        """The stream's state, with its record count."""
+        with self._tx("read stream state") as tx:
+            return self._state(tx, key, count=True)
+
+    def states(self) -> list[StreamState]:
+        """Every stream the store knows."""
+        with self._tx("list streams", read=True) as tx:
+            keys = [StreamKey(c, m) for c, m in tx.run(_LIST_STREAMS).fetchall()]
+        return [self.state(key) for key in keys]
+
+    def begin_scan(
+        self,
+        key: StreamKey,
+        kind: ScanKind,
+        since: str | None,
+        now: float,
+        sync: str | None = None,
+    ) -> StreamState:
+        """Start a new scan: bump the scan number, no cursor yet. ``sync`` is the Bindbee
+        sync (its start time) the scan covers: the bookmark moves to it when it completes."""
+        with self._tx("begin scan") as tx:
+            sid = self._sid(tx, key)
+            self._fence(tx, sid, key)
+            tx.run(_BEGIN_SCAN, p_kind=kind, p_since=since, p_now=now, p_sync=sync, p_sid=sid)
+            return self._state(tx, key)
+
+    def begin_deletes(self, key: StreamKey) -> StreamState:
+        """Every page of a full scan is committed: move on to the delete phase."""
+        with self._tx("begin deletes") as tx:
+            sid = self._sid(tx, key)
+            self._fence(tx, sid, key)
+            tx.run(_BEGIN_DELETES, p_sid=sid)
+            return self._state(tx, key)
+
+    def count_missing(self, key: StreamKey) -> tuple[int, int]:
+        """(rows the current scan did not see, all rows) of the stream."""
+        with self._tx("count missing rows", read=True) as tx:
+            missing, total = tx.one(_COUNT_MISSING, p_sid=self._sid(tx, key))
+            return int(missing or 0), int(total)
+
+    def missing_rows(self, key: StreamKey, limit: int) -> list[StoredRow]:
+        """Up to ``limit`` rows the current scan did not see, in id order."""
+        with self._tx("list missing rows", read=True) as tx:
+            found = tx.run(_MISSING_ROWS, p_sid=self._sid(tx, key), p_limit=limit).fetchall()
+            return [
+                StoredRow(rid, modified_at, digest, orjson.loads(blob))
+                for rid, modified_at, digest, blob in found
+            ]
+
+    def commit_deletes(
+        self, key: StreamKey, ids: Sequence[str], outbox: Sequence[Message] = ()
+    ) -> None:
+        """Forget deleted rows and keep their ``deleted`` messages to publish: one transaction."""
+        with self._tx("commit deletes") as tx:
+            sid = self._sid(tx, key)
+            self._fence(tx, sid, key)
+            write_outbox(tx, sid, outbox)
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start : start + CHUNK]
+                for statement in _DELETE_ROWS:
+                    tx.run_ids(statement, chunk, p_sid=sid)
+
+    def finish_scan(
+        self,
+        key: StreamKey,
+        now: float,
+        delete_guard: str | None,
+        outbox: Sequence[Message] = (),
+    ) -> StreamState:
+        """Close the scan and move the watermark to the newest ``modified_at`` it published;
+        ``outbox`` (the scan's marker) is kept to publish in the same transaction."""
+        with self._tx("finish scan") as tx:
+            sid = self._sid(tx, key)
+            self._fence(tx, sid, key)
+            if outbox:
+                write_outbox(tx, sid, outbox)
+            tx.run(_PRUNE_REJECTED, p_sid=sid)
+            tx.run(_FINISH_SCAN, p_now=now, p_guard=delete_guard, p_sid=sid)
+            return self._state(tx, key)
+
+    def record_error(self, key: StreamKey, message: str, now: float) -> None:
+        """Remember why the last pass failed (shown by ``status``); the scan stays resumable."""
+        with self._tx("record error") as tx:
+            tx.run(_RECORD_ERROR, p_message=message, p_now=now, p_sid=self._sid(tx, key))
+
+    def set_connector_state(self, key: StreamKey, state: str | None) -> None:
+        """Remember why the sync watcher holds the stream's scans (None: it does not)."""
+        with self._tx("record connector state") as tx:
+            tx.run(_CONNECTOR_STATE, p_state=state, p_sid=self._sid(tx, key))
+
+    def abandon_scan(self, key: StreamKey) -> None:
+        """Drop the scan in progress without moving the watermark."""
+        with self._tx("abandon scan") as tx:
+            sid = self._sid(tx, key)
+            self._fence(tx, sid, key)
+            tx.run(_ABANDON_SCAN, p_sid=sid)
+
+    def reset(self, key: StreamKey) -> None:
+        """Forget a stream's records, scans and outbox: its next pass is an initial sync,
+        due now. Safe while a daemon runs: whoever holds the stream's lease loses it (its
+        next write raises LeaseLost and changes nothing), and the stream stays known."""
+        with self._tx("reset stream") as tx:
+            sid = self._sid(tx, key)
+            # The lease first, as a pass's own writes do: a holder's transaction either
+            # committed before this one or fails its fence after it (and no deadlock).
+            tx.run(DROP_ANY_LEASE, p_name=stream_lease_name(sid))
+            for statement in _RESET_DATA:
+                tx.run(statement, p_sid=sid)
+            tx.run(_RESET_STREAM, p_sid=sid)
+
+    def pending(self, key: StreamKey) -> list[Message]:
+        """Messages committed with the last page but not yet acknowledged by Kafka."""
+        with self._tx("read outbox", read=True) as tx:
+            found = tx.run(_SELECT_OUTBOX, p_sid=self._sid(tx, key)).fetchall()
+            return [
+                Message(
+                    topic,
+                    bytes(rkey),
+                    None if value is None else bytes(value),
+                    load_headers(bytes(headers)),
+                )
+                for topic, rkey, value, headers in found
+            ]
+
+    def clear_pending(self, key: StreamKey) -> None:
+        """Kafka acknowledged the outbox: forget it."""
+        with self._tx("clear outbox") as tx:
+            sid = self._sid(tx, key)
+            # Another replica that took the stream over may have an outbox of its own.
+            self._fence(tx, sid, key)
+            tx.run(_CLEAR_OUTBOX, p_sid=sid)
