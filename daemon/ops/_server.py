@@ -129,12 +129,33 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, ready: threading.Event) -> None:
         super().__init__(config)
         self._ready = ready
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         try:
             await super().startup(sockets)
         finally:
             self._ready.set()
+
+    async def main_loop(self) -> None:
+        # uvicorn's loop sleeps 0.1 s between ticks; ``exit`` cuts the sleep short,
+        # so a stop costs the shutdown itself, not a polling interval.
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await self._wake.wait()
+
+    def exit(self) -> None:
+        """Ask the server to stop, from any thread."""
+        self.should_exit = True
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already ended
+                loop.call_soon_threadsafe(self._wake.set)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -247,7 +268,7 @@ class ServerThread:
         self._server = self._thread = None
         if server is None or thread is None:
             return
-        server.should_exit = True
+        server.exit()
         thread.join(self._grace + 5.0)
         if thread.is_alive():
             server.force_exit = True

@@ -79,7 +79,10 @@ class _CachedCheck:
             ok, detail = self._check()
             result = (bool(ok), str(detail)[:_MAX_DETAIL])
         except Exception as exc:
-            result = (False, f"{self._name} check failed: {type(exc).__name__}: {exc}"[:_MAX_DETAIL])
+            result = (
+                False,
+                f"{self._name} check failed: {type(exc).__name__}: {exc}"[:_MAX_DETAIL],
+            )
         with self._lock:
             self._result = result
             self._result_at = self._clock()
