@@ -43,6 +43,7 @@ BACKLOG = 2048
 KEEP_ALIVE_SECONDS = 5.0
 # Request line and headers together; a Bindbee delivery needs a few hundred bytes.
 MAX_HEAD_BYTES = 16 * 1024
+_START_TIMEOUT = 30.0
 
 
 class _Protocol(H11Protocol):
@@ -235,7 +236,8 @@ class ServerThread:
         thread = threading.Thread(target=serve, name=f"{self._name}-http", daemon=True)
         self._server, self._thread = server, thread
         thread.start()
-        ready.wait()
+        # Generous: binding is done, so only a wedged thread could take this long.
+        ready.wait(_START_TIMEOUT)
         if not server.started:
             self.stop()
             raise ConfigError(self._field, f"the {self._name} listener did not start")
