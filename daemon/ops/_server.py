@@ -7,6 +7,8 @@ and uvicorn leaves out, on its documented extension points (a protocol class, a
 - a deadline for a request head: uvicorn closes an idle connection only after a
   response (keep-alive), so a client that connects and says nothing, or trickles
   a header, would hold its connection for ever;
+- a bound on what is discarded of a body answered before it was read (413, 404):
+  uvicorn would read and drop it to its end, however long;
 - a cap on open connections, so a flood cannot take the file descriptors the
   daemon needs for Kafka and its store (an asyncio connection holds no thread,
   so the cap can be well above the few hundred idle connections an ingress keeps);
@@ -24,6 +26,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -44,6 +47,10 @@ KEEP_ALIVE_SECONDS = 5.0
 # Request line and headers together; a Bindbee delivery needs a few hundred bytes.
 MAX_HEAD_BYTES = 16 * 1024
 _START_TIMEOUT = 30.0
+# Of a body answered unread: enough that a client sending a normal body finishes
+# and reads the answer (closing with its bytes unread would reset the connection
+# and lose the answer), not so much that a client can make us read without end.
+DRAIN_BYTES = 4 << 20
 
 
 class _Protocol(H11Protocol):
@@ -54,6 +61,7 @@ class _Protocol(H11Protocol):
 
     max_connections = MAX_CONNECTIONS
     head_timeout = 10.0
+    drain_bytes = DRAIN_BYTES
     on_malformed: Callable[[], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -61,6 +69,7 @@ class _Protocol(H11Protocol):
         self.logger = _QUIET
         self.access_log = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._drained = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -71,6 +80,12 @@ class _Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
+        if cycle is not None and cycle.response_complete and self.conn.their_state is h11.SEND_BODY:
+            # The answer is out and the rest of this body is only being discarded.
+            self._drained += len(data)
+            if self._drained > self.drain_bytes:
+                self.transport.close()
+                return
         super().data_received(data)
         if self.cycle is not cycle:
             # A whole request head arrived: the app's own read deadline takes over.
@@ -95,6 +110,7 @@ class _Protocol(H11Protocol):
 
     def _arm(self) -> None:
         self._disarm()
+        self._drained = 0
         self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def _disarm(self) -> None:
@@ -112,6 +128,7 @@ def _protocol_class(
     name: str,
     max_connections: int,
     head_timeout: float,
+    drain_bytes: int,
     on_malformed: Callable[[], None] | None,
 ) -> type[_Protocol]:
     # uvicorn builds the protocol itself from (config, server_state, app_state), so
@@ -119,6 +136,7 @@ def _protocol_class(
     attributes = {
         "max_connections": max_connections,
         "head_timeout": head_timeout,
+        "drain_bytes": drain_bytes,
         "on_malformed": staticmethod(on_malformed) if on_malformed else None,
     }
     return type(f"_{name}_Protocol", (_Protocol,), attributes)
@@ -198,6 +216,7 @@ class ServerThread:
         field: str,
         head_timeout: float,
         max_connections: int = MAX_CONNECTIONS,
+        drain_bytes: int = DRAIN_BYTES,
         on_malformed: Callable[[], None] | None = None,
         reuse_address: bool = True,
         grace: float = 2.0,
@@ -208,7 +227,9 @@ class ServerThread:
         self._name = name
         self._field = field
         self._grace = grace
-        self._protocol = _protocol_class(name, max_connections, head_timeout, on_malformed)
+        self._protocol = _protocol_class(
+            name, max_connections, head_timeout, drain_bytes, on_malformed
+        )
         self._reuse_address = reuse_address
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

@@ -185,6 +185,9 @@ class WebhookReceiver:
             field="webhook.port",
             head_timeout=read_timeout_seconds,
             max_connections=max_connections,
+            # What is left of a refused body is read and dropped up to this much, so
+            # the sender can finish and read its 413; a sender of more is cut off.
+            drain_bytes=max(4 * max_body_bytes, 1 << 20),
             on_malformed=self._malformed,
             # A restart may bind while connections of the old listener linger (an idle
             # client, TIME_WAIT); Linux still refuses a port another socket listens on.

@@ -2,7 +2,8 @@
 
 A connection that never completes a request head is closed after the read timeout;
 a body is refused as soon as its running total passes the limit, before the client
-has finished sending it; past the connection cap a new connection is closed at once;
+has finished sending it, and what follows it is discarded only up to a bound;
+past the connection cap a new connection is closed at once;
 a malformed request costs a counter and the throttled log line, nothing more; and
 no listener touches the process's signal handlers.
 """
@@ -90,6 +91,20 @@ def test_a_chunked_body_is_refused_while_it_still_arrives(receiver: WebhookRecei
             sock.sendall(chunk)
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 413"), reply
+
+
+def test_a_sender_that_goes_on_after_its_413_is_cut_off(receiver: WebhookReceiver) -> None:
+    # 100 MiB announced: the 413 comes first; what follows is dropped up to a bound
+    # (4 x the 1 MiB limit), then the connection is closed rather than read to its end.
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=30) as sock:
+        sock.sendall(
+            f"POST {receiver.path} HTTP/1.1\r\nHost: x\r\nContent-Length: {100 << 20}\r\n"
+            f"{SIGNATURE_HEADER}: abc\r\n\r\n".encode()
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+        with pytest.raises(OSError):  # a reset or a broken pipe, long before 100 MiB
+            for _ in range(100 * 16):
+                sock.sendall(b"x" * 65536)
 
 
 def test_connections_past_the_cap_are_closed_at_once() -> None:
