@@ -1,8 +1,10 @@
 """One uvicorn server on its own thread and event loop: the base of both ops listeners.
 
 uvicorn (h11) parses HTTP; this module adds what a port facing the internet needs
-and uvicorn leaves out, on its documented extension points (a protocol class, a
-``Server`` subclass):
+and uvicorn leaves out, through what its ``Config`` and ``Server`` accept (a protocol
+class for ``http``, a ``Server`` subclass). The protocol subclass leans on uvicorn's
+h11 connection (its ``cycle`` and ``conn``), so tests/integration/
+test_ops_listener_limits.py pins each behaviour below over real sockets:
 
 - a deadline for a request head: uvicorn closes an idle connection only after a
   response (keep-alive), so a client that connects and says nothing, or trickles
@@ -235,6 +237,7 @@ class ServerThread:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Bind, then serve on the thread; returns once uvicorn answers (no-op if running)."""
         if self._server is not None:
             return
         try:
@@ -295,4 +298,4 @@ class ServerThread:
         thread.join(self._grace + 5.0)
         if thread.is_alive():
             server.force_exit = True
-            thread.join()
+            thread.join(5.0)  # a daemon thread: a wedged one cannot hold the exit

@@ -136,9 +136,13 @@ class WebhookApp:
         await _reply(send, status, outcome, detail)
 
     def _announced_too_large(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        # h11 has checked that Content-Length is digits; with Transfer-Encoding it is
-        # ignored (h11 frames the body by the chunks), so only the running total counts.
+        # With Transfer-Encoding, Content-Length is ignored (h11 frames the body by the
+        # chunks), and h11 has refused a malformed one; should one still not parse,
+        # the running total decides.
         length = _header(headers, b"content-length")
         if length is None or _header(headers, b"transfer-encoding") is not None:
             return False
-        return int(length) > self._limit
+        try:
+            return int(length) > self._limit
+        except ValueError:
+            return False
