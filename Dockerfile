@@ -20,7 +20,7 @@ ENV VIRTUAL_ENV=/opt/lms-changefeed \
 WORKDIR /src
 RUN python -m venv "$VIRTUAL_ENV"
 # Only what the daemon is built from: no tests, bench, dev tooling, and not the
-# simulator (bindbee_sim/, the `sim` extra: FastAPI, uvicorn), which the daemon
+# simulator (bindbee_sim/, the `sim` extra: FastAPI), which the daemon
 # never imports; setuptools builds the distribution without it.
 COPY pyproject.toml README.md ./
 COPY daemon/ daemon/

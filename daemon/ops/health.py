@@ -1,33 +1,36 @@
 """The operations endpoint: ``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics``.
 
+Served by uvicorn on its own thread (``_server.ServerThread``) as a small ASGI app;
+``/metrics`` is prometheus_client's own ASGI app, which also speaks OpenMetrics
+and gzip when the scraper asks.
+
 The scheduler hands in two callables answering ``(ok, detail)``; this module only
 serves them. Each check runs on a helper thread with a timeout, one run at a time,
 and its answer is cached briefly, so a slow Kafka metadata call or a burst of
-probes never piles up threads or blocks the server.
+probes never piles up threads or blocks the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
-from urllib.parse import urlsplit
 
-from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app
 
-from daemon.errors import ConfigError
+from daemon.ops._server import ServerThread
 
 Check = Callable[[], tuple[bool, str]]
 
 # Probe bodies are read by people in `kubectl describe`; a runaway message is noise.
 _MAX_DETAIL = 500
+# Probes and scrapers send a request head at once; an idle one is let go after this.
+_HEAD_TIMEOUT = 60.0
 
 
 class _CachedCheck:
@@ -50,101 +53,97 @@ class _CachedCheck:
         self._lock = threading.Lock()
         self._result: tuple[bool, str] | None = None
         self._result_at = -math.inf
-        self._inflight: threading.Event | None = None
+        self._inflight: Future[tuple[bool, str]] | None = None
 
-    def __call__(self) -> tuple[bool, str]:
+    async def __call__(self) -> tuple[bool, str]:
         with self._lock:
             if self._result is not None and self._clock() - self._result_at < self._ttl:
                 return self._result
-            done = self._inflight
-            if done is None:
+            run = self._inflight
+            if run is None:
                 # Later callers join this run instead of starting their own, so a
                 # hung check costs one thread, not one per probe.
-                done = self._inflight = threading.Event()
+                run = self._inflight = Future()
                 threading.Thread(
-                    target=self._run, args=(done,), name=f"health-{self._name}", daemon=True
+                    target=self._run, args=(run,), name=f"health-{self._name}", daemon=True
                 ).start()
-        if not done.wait(self._timeout):
+        # asyncio.wait leaves the run alone on timeout (wait_for would cancel it for
+        # every later caller too).
+        done, _ = await asyncio.wait({asyncio.wrap_future(run)}, timeout=self._timeout)
+        if not done:
             return False, f"{self._name} check did not answer within {self._timeout:g}s"
-        with self._lock:
-            assert self._result is not None
-            return self._result
+        return done.pop().result()
 
-    def _run(self, done: threading.Event) -> None:
+    def _run(self, run: Future[tuple[bool, str]]) -> None:
         try:
             ok, detail = self._check()
-            result = (bool(ok), str(detail))
+            result = (bool(ok), str(detail)[:_MAX_DETAIL])
         except Exception as exc:
-            result = (False, f"{self._name} check failed: {type(exc).__name__}: {exc}")
+            result = (
+                False,
+                f"{self._name} check failed: {type(exc).__name__}: {exc}"[:_MAX_DETAIL],
+            )
         with self._lock:
-            self._result = (result[0], result[1][:_MAX_DETAIL])
+            self._result = result
             self._result_at = self._clock()
             self._inflight = None
-        done.set()
+        if run.set_running_or_notify_cancel():
+            run.set_result(result)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # Fail fast when another process holds the port rather than sharing it.
-    allow_reuse_address = False
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        checks: Mapping[str, _CachedCheck],
-        registry: CollectorRegistry,
-    ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.checks = checks
-        self.registry = registry
-        super().__init__(address, _Handler)
+Send = Callable[[dict[str, Any]], Any]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "lms-changefeed"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
-    # An idle keep-alive connection must not hold a thread forever.
-    timeout = 60
+async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        if path == "/metrics":
-            self._metrics()
-        elif path in self.server.checks:
-            ok, detail = self.server.checks[path]()
-            body = json.dumps({"ok": ok, "detail": detail}).encode()
-            status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
-            self._send(status, "application/json", body)
+
+async def _send_json(send: Send, status: int, ok: bool, detail: str) -> None:
+    body = json.dumps({"ok": ok, "detail": detail}).encode()
+    await _send(send, status, body, b"application/json")
+
+
+class _App:
+    """The ASGI app: two probes and the metrics; everything else is 404 or 405."""
+
+    def __init__(self, checks: dict[str, _CachedCheck], registry: CollectorRegistry) -> None:
+        self._checks = checks
+        self._metrics = make_asgi_app(registry)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        path = scope["path"]
+        if path != "/metrics" and path not in self._checks:
+            await _send_json(send, 404, False, f"no such path: {path}")
+        elif scope["method"] not in ("GET", "HEAD"):
+            await _send_json(send, 405, False, "method not allowed")
+        elif path == "/metrics":
+            await self._scrape(scope, receive, send)
         else:
-            body = json.dumps({"ok": False, "detail": f"no such path: {path}"}).encode()
-            self._send(HTTPStatus.NOT_FOUND, "application/json", body)
+            ok, detail = await self._checks[path]()
+            await _send_json(send, 200 if ok else 503, ok, detail)
 
-    def _metrics(self) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+    async def _scrape(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        started = False
+
+        async def tracking(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            body = encoder(self.server.registry)
+            await self._metrics(scope, receive, tracking)
         except Exception as exc:
+            if started:
+                raise
             # A broken collector must show up as a failed scrape, not a dropped connection.
             detail = f"metrics collection failed: {type(exc).__name__}: {exc}"[:_MAX_DETAIL]
-            status = HTTPStatus.INTERNAL_SERVER_ERROR
-            self._send(status, "text/plain; charset=utf-8", detail.encode())
-            return
-        self._send(HTTPStatus.OK, content_type, body)
-
-    def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # Probes and scrapes arrive every few seconds; an access log would drown the real logs.
-        return
+            await _send(send, 500, detail.encode(), b"text/plain; charset=utf-8")
 
 
 class HealthServer:
@@ -166,52 +165,43 @@ class HealthServer:
         check_timeout: float = 6.0,
         readiness_ttl: float = 2.0,
     ) -> None:
-        self.host = host
-        self.port = port
-        self._registry = registry
-        self._checks = {
+        checks = {
             "/healthz": _CachedCheck("liveness", liveness, timeout=check_timeout, ttl=0.0),
             "/readyz": _CachedCheck(
                 "readiness", readiness, timeout=check_timeout, ttl=readiness_ttl
             ),
         }
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server = ServerThread(
+            _App(checks, registry),
+            host,
+            port,
+            name="health",
+            field="http.port",
+            head_timeout=_HEAD_TIMEOUT,
+            # Fail fast when another process holds the port rather than sharing it.
+            reuse_address=False,
+            grace=1.0,
+        )
+
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (port 0 picks a free one)."""
+        return self._server.port
 
     def start(self) -> None:
-        """Bind (port 0 picks a free port, then ``port`` holds it) and serve in a daemon thread.
+        """Bind and serve in a background thread; returns once requests are answered.
 
         Raises ConfigError naming ``http.port`` when the address cannot be bound.
         """
-        if self._server is not None:
-            return
-        try:
-            server = _Server((self.host, self.port), self._checks, self._registry)
-        except OSError as exc:
-            raise ConfigError(
-                "http.port", f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from None
-        self._server = server
-        self.port = server.server_address[1]
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            # Short so stop() returns promptly; an idle wake-up costs next to nothing.
-            kwargs={"poll_interval": 0.1},
-            name="health-http",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
         """Stop serving and release the port; safe to call twice."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> HealthServer:
         self.start()

@@ -1,4 +1,20 @@
-"""Prometheus metrics. Labels are connector and model names only, never tokens."""
+"""Prometheus metrics, and the only labels they may carry.
+
+Every label has a bounded set of values: configured names (a connector's display
+name, a model, this process's replica name) or a small closed vocabulary. Never a
+token, a key, a record id or anything a request sent. ``LABELS`` is that list, and
+a test holds every metric declared here to it:
+
+- ``connector``, ``model``: configured names of a stream;
+- ``replica``: ``scheduler.replica_id`` (default: the host name);
+- ``kind``: full or incremental; ``result``: ok, failed or interrupted;
+- ``type``: the event type published (created, updated, deleted, ...);
+- ``status``: an HTTP status code of the Bindbee API, or the transport failure
+  instead of one (timeout, error);
+- ``outcome``: the bounded outcome each metric's help text lists;
+- ``reason``: why an item was rejected or a pass skipped; ``action``: the sync
+  rule's decision; ``state``: a connector's state; ``trigger``: interval or sync.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +24,23 @@ from collections.abc import Iterator
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+LABELS = frozenset(
+    {
+        "connector",
+        "model",
+        "replica",
+        "kind",
+        "result",
+        "type",
+        "status",
+        "outcome",
+        "reason",
+        "action",
+        "state",
+        "trigger",
+    }
+)
 
 _STREAM = ("connector", "model")
 
