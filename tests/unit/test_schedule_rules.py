@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from daemon.errors import (
@@ -359,3 +361,32 @@ def test_timing_takes_the_scheduler_settings() -> None:
         retry_backoff_max_seconds=40.0,
         fatal_backoff_seconds=120.0,
     )
+
+
+# -- properties ------------------------------------------------------------------------
+
+seconds = st.floats(min_value=0.001, max_value=1e7, allow_nan=False, allow_infinity=False)
+
+
+@given(
+    interval=seconds,
+    backoff_max=seconds,
+    jitter=st.floats(min_value=0, max_value=1e4),
+    failures=st.integers(min_value=1, max_value=10_000),
+)
+def test_a_retry_never_waits_longer_than_no_failure(
+    interval: float, backoff_max: float, jitter: float, failures: int
+) -> None:
+    timing = Timing(interval=interval, jitter_seconds=jitter, retry_backoff_max_seconds=backoff_max)
+    retry = next_due(Outcome.FAILED, timing, NOW, failures=failures)
+    regular = next_due(Outcome.SUCCEEDED, timing, NOW, draw=lambda low, high: low)
+    assert retry is not None and regular is not None
+    assert NOW < retry <= regular
+    assert retry_delay(timing, failures) <= retry_delay(timing, failures + 1)
+
+
+@given(interval=seconds, jitter=st.floats(min_value=0, max_value=1e7))
+def test_the_regular_due_time_stays_within_its_jitter(interval: float, jitter: float) -> None:
+    timing = Timing(interval=interval, jitter_seconds=jitter)
+    due = next_regular(timing, NOW)
+    assert NOW + interval <= due <= NOW + interval + min(jitter, interval / 2) + 1e-6
