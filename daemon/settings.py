@@ -436,9 +436,12 @@ class Settings(BaseSettings):
                 return connector
         raise ConfigError("connectors", f"no connector named {name!r}")
 
-    def poll_interval(self, connector: str, model: str) -> float:
-        """Poll interval of one stream, honouring per-connector overrides."""
-        override = self.connector(connector).poll_interval_seconds.get(model)
+    def poll_interval(self, connector: str | ConnectorSettings, model: str) -> float:
+        """Poll interval of one stream, honouring per-connector overrides. A discovered
+        connector is not in ``connectors``: pass it as itself."""
+        if isinstance(connector, str):
+            connector = self.connector(connector)
+        override = connector.poll_interval_seconds.get(model)
         return override if override is not None else self.models[model].poll_interval_seconds
 
 

@@ -15,8 +15,8 @@ import math
 from collections import Counter
 
 from daemon.models import FleetView
+from daemon.state.leases import STREAM_LEASE_PREFIX
 
-STREAM_LEASE = "stream:"
 WATCHER_LEASE = "sync-watcher"
 
 
@@ -26,7 +26,7 @@ def claim_budget(view: FleetView, me: str, free_workers: int, candidates: int) -
         return 0
     alive = {r.replica: r for r in view.replicas}
     replicas = len(alive.keys() | {me})
-    stream_leases = [lease for lease in view.leases if lease.name.startswith(STREAM_LEASE)]
+    stream_leases = [lease for lease in view.leases if lease.name.startswith(STREAM_LEASE_PREFIX)]
     held = Counter(lease.owner for lease in stream_leases)
     share = math.ceil((candidates + len(stream_leases)) / replicas)
     # Hold back only for a replica that will take the rest: one with a free worker and
