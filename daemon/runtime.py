@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from daemon.settings import ConnectorSettings, Settings, StateSettings
 from daemon.sink.kafka import KafkaSink
 from daemon.source.client import BindbeeClient
+from daemon.source.connectors import ConnectorDirectory
+from daemon.source.discovery import discovered
 from daemon.state import StateStore
 from daemon.state import open_store as _open_store
 from daemon.stream import ScanProgressBook, StreamPass
@@ -80,9 +82,6 @@ class Runtime:
         bindbee = self.settings.bindbee
         if not bindbee.discover_connectors:
             return configured
-        from daemon.schedule.discovery import discovered
-        from daemon.source.connectors import ConnectorDirectory
-
         # Over the client's transport: one pool per process, the bindbee.* retry policy.
         listing = ConnectorDirectory.over(self.client.transport).list()
         return configured + discovered(listing, configured, bindbee.discover_filter)

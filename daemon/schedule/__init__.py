@@ -2,5 +2,5 @@
 
 registry (the streams), claims (claim loop, heartbeat, watcher leadership), runner (one
 pass: outcome -> next due), rules (pure timing rules), fleet (fair share), sync_watcher
-and sync_rule (following Bindbee syncs), discovery (connectors from the list).
+and sync_rule (following Bindbee syncs).
 """

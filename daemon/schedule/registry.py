@@ -17,10 +17,10 @@ import structlog
 
 from daemon.models import StreamKey
 from daemon.ops import metrics
-from daemon.schedule.discovery import discovered
 from daemon.schedule.sync_watcher import WatchedStream
 from daemon.settings import ConnectorSettings, Settings
 from daemon.source.connectors import ConnectorInfo
+from daemon.source.discovery import discovered
 
 log = structlog.get_logger("daemon.schedule.registry")
 
