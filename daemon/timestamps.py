@@ -38,6 +38,11 @@ def normalize_time(value: str) -> str:
         raise ValueError(f"{value!r} is outside the years 1-9999 in UTC") from None
 
 
+def format_epoch(seconds: float) -> str:
+    """Seconds since the epoch → ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (the normal form, UTC)."""
+    return datetime.fromtimestamp(seconds, UTC).strftime(_FORMAT)
+
+
 def parse_time(normalized: str) -> datetime:
     """Inverse of ``normalize_time``."""
     return datetime.strptime(normalized, _FORMAT).replace(tzinfo=UTC)
