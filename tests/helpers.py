@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from pathlib import Path
 
@@ -43,6 +44,14 @@ def feed_config(sim, broker, tmp_path: Path, connectors=("acme",), **model) -> d
     }
 
 
+_RELATIONS = itertools.cycle([(True, True), (False, False), (True, False), (False, True)])
+
+
 def new_enrollment(sim, connector: str = "acme") -> dict:
-    """The body of a valid new enrollment: the API never serves a null user or course."""
-    return {"user": sim.ids(connector, "users")[0], "course": sim.ids(connector, "courses")[0]}
+    """The body of a new enrollment. Successive calls go round what the API serves: user and
+    course ids, both null, or one of each (it types them as any; events carry nulls)."""
+    with_user, with_course = next(_RELATIONS)
+    return {
+        "user": sim.ids(connector, "users")[0] if with_user else None,
+        "course": sim.ids(connector, "courses")[0] if with_course else None,
+    }

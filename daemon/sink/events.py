@@ -1,5 +1,8 @@
 """CloudEvents 1.0 (structured mode) for change events, dead letters and scan markers, with
-deterministic ids."""
+deterministic ids.
+
+Their shape is declared once, in ``shape.py`` (which the schemas are generated from); the
+builders here stay plain dict literals, per event on the hot path."""
 
 from __future__ import annotations
 
@@ -7,13 +10,22 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from daemon.models import ChangeEvent, Message, RejectedItem, ScanKind, StreamKey
 from daemon.sink.schemas import data_schema_id
+from daemon.sink.shape import (
+    ChangeCloudEvent,
+    ChangeData,
+    RejectedCloudEvent,
+    RejectedData,
+    ScanCompletedCloudEvent,
+    ScanCompletedData,
+    ScanCounts,
+)
+from daemon.timestamps import format_epoch
 
 CONTENT_TYPE = b"application/cloudevents+json"
 _HEADERS = (("content-type", CONTENT_TYPE),)
@@ -38,14 +50,14 @@ def event_id(event: ChangeEvent) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-def cloudevent(event: ChangeEvent, schema_base_uri: str | None = None) -> dict[str, Any]:
+def cloudevent(event: ChangeEvent, schema_base_uri: str | None = None) -> ChangeCloudEvent:
     """The CloudEvent as a dict (structured mode).
 
     ``dataschema`` names the schema of ``data`` (daemon/sink/schemas.py, docs/schemas): a
     URN, or under ``schema_base_uri`` (``kafka.schema_base_uri``) where they are served.
     """
     connector, model = event.stream.connector, event.stream.model
-    data: dict[str, Any] = {"connector": connector, "model": model, "record": event.record}
+    data: ChangeData = {"connector": connector, "model": model, "record": event.record}
     if event.type == "updated":
         data["changes"] = event.changes or {}
     data["initial_sync"] = event.initial_sync
@@ -118,14 +130,14 @@ def rejected_cloudevent(
     record_id: str | None,
     now: float,
     schema_base_uri: str | None = None,
-) -> dict[str, Any]:
+) -> RejectedCloudEvent:
     """The ``bindbee.lms.{model}.rejected`` CloudEvent of one poison item (the dead letter).
 
     ``record_id`` is the record the item stands for, when known (its id, or the stored
     row with its ``remote_id``): the event's ``subject``.
     """
     connector, model = stream.connector, stream.model
-    body: dict[str, Any] = {
+    body: RejectedCloudEvent = {
         "specversion": "1.0",
         "id": rejected_event_id(stream, digest),
         "source": f"bindbee/lms/{connector}",
@@ -133,10 +145,10 @@ def rejected_cloudevent(
     }
     if record_id is not None:
         body["subject"] = record_id
-    body["time"] = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    body["time"] = format_epoch(now)
     body["datacontenttype"] = "application/json"
     body["dataschema"] = data_schema_id(model, "rejected", schema_base_uri)
-    body["data"] = {
+    data: RejectedData = {
         "connector": connector,
         "model": model,
         "reason": item.reason,
@@ -149,6 +161,7 @@ def rejected_cloudevent(
         "fingerprint": digest,
         "item": item.raw,
     }
+    body["data"] = data
     return body
 
 
@@ -190,10 +203,6 @@ def rejected_message(
 # ---- scan markers (the control topic) ------------------------------------------------------
 
 
-def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 @dataclass(frozen=True, slots=True)
 class ScanMarker:
     """What one completed scan of a stream put on its data topic, for consumers.
@@ -231,22 +240,22 @@ def scan_marker_id(marker: ScanMarker) -> str:
 
 def scan_completed_cloudevent(
     marker: ScanMarker, schema_base_uri: str | None = None
-) -> dict[str, Any]:
+) -> ScanCompletedCloudEvent:
     """The ``bindbee.lms.{model}.scan_completed`` CloudEvent of one completed scan."""
     connector, model = marker.stream.connector, marker.stream.model
     full = marker.kind == "full"
-    data: dict[str, Any] = {
+    data: ScanCompletedData = {
         "connector": connector,
         "model": model,
         "topic": marker.data_topic,
         "scan": marker.scan,
         "kind": marker.kind,
-        "started_at": _utc(marker.started_at),
-        "finished_at": _utc(marker.finished_at),
+        "started_at": format_epoch(marker.started_at),
+        "finished_at": format_epoch(marker.finished_at),
         "covers": "all_records" if full else "modified_since",
         "modified_since": marker.modified_since,
         "initial_sync": marker.initial_sync,
-        "counts": dict(marker.counts),
+        "counts": cast(ScanCounts, dict(marker.counts)),
         "delete_guard": marker.delete_guard,
         "deletes_withheld": marker.delete_guard is not None,
         "partitions": {str(p): marker.partitions[p] for p in sorted(marker.partitions)},

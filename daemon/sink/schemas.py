@@ -14,6 +14,10 @@ poison record, on the dead-letter topic ``kafka.dead_letter_topic``) or ``scan_c
 (``urn:lms-changefeed:schema:enrollments.updated:1``) or, with a base URI, ``{base}/{file}``
 so the generated files can be served from there. Regenerate docs/schemas with
 ``python -m daemon.sink.schemas --write docs/schemas``.
+
+The events' schemas are generated from their definitions in ``shape.py`` (the same
+TypedDicts ``events.py`` builds); the records' fields come from ``records.py`` (the API
+reference).
 """
 
 from __future__ import annotations
@@ -22,11 +26,25 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    NotRequired,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
 from daemon.settings import LMS_MODELS
+from daemon.sink import shape
+from daemon.sink.records import RECORD_FIELDS
 
 Schema = dict[str, Any]
 
@@ -65,95 +83,6 @@ def data_schema_id(model: str, kind: str, base_uri: str | None = None) -> str:
     return schema_id(schema_name(model, f"{kind}.data"), base_uri)
 
 
-# ---- building blocks -------------------------------------------------------------------
-
-
-def _nullable(schema: Schema) -> Schema:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _string(description: str, **extra: Any) -> Schema:
-    return {"type": "string", "description": description, **extra}
-
-
-def _datetime(description: str) -> Schema:
-    return _string(description + " (ISO 8601).", format="date-time")
-
-
-def _relation(target: str, *, nullable: bool) -> Schema:
-    # Without ``expand`` a relation is the related record's id; with it, the related
-    # object (``rel[f1,f2]`` picks its fields, so not even ``id`` is certain).
-    options: list[Schema] = [
-        {"type": "string", "format": "uuid", "description": f"The related {target} id."},
-        {
-            "type": "object",
-            "description": f"The related {target} record, inlined by `expand`.",
-        },
-    ]
-    if nullable:
-        options.append({"type": "null"})
-    return {"anyOf": options}
-
-
-def _inferred(schema: Schema) -> Schema:
-    # The API reference names these fields without types: typed by the obvious reading,
-    # and nullable, since nothing promises a value.
-    return _nullable(schema)
-
-
-_COMMON_FIELDS: dict[str, Schema] = {
-    "id": _string("Bindbee's id of the record (UUID): the event key.", format="uuid"),
-    "remote_id": _nullable(_string("The LMS's own id.")),
-    "modified_at": _datetime("When Bindbee last rewrote the record"),
-    "custom_fields": _nullable(
-        {"type": "object", "description": "Only with `include_custom_fields=true`."}
-    ),
-    "raw_data": _nullable(
-        {
-            "type": "object",
-            "description": "The LMS's original payload; only with `include_raw_data=true`.",
-        }
-    ),
-}
-
-_MODEL_FIELDS: dict[str, dict[str, Schema]] = {
-    # Enrollments: typed exactly as the API reference documents them.
-    "enrollments": {
-        "user": _relation("user", nullable=False),
-        "course": _relation("course", nullable=False),
-        "start_date": _nullable(_datetime("Start of the enrollment")),
-        "end_date": _nullable(_datetime("End of the enrollment")),
-        "completion": _relation("completion", nullable=True),
-    },
-    "users": {
-        "first_name": _inferred(_string("First name.")),
-        "last_name": _inferred(_string("Last name.")),
-        "email_address": _inferred(_string("E-mail address.", format="email")),
-        "status": _inferred(_string("ACTIVE, PENDING, INACTIVE, ... (open list).")),
-    },
-    "courses": {
-        "name": _inferred(_string("Course name.")),
-        "description": _inferred(_string("Course description.")),
-        "url": _inferred(_string("Course URL.")),
-        "duration": _inferred(_string("ISO 8601 duration, e.g. PT1H30M.")),
-        "languages": _inferred({"type": "array", "items": {"type": "string"}}),
-        "status": _inferred(_string("Course status (open list).")),
-    },
-    # The API reference documents no fields of its own for contents.
-    "contents": {},
-    "completions": {
-        "user": _relation("user", nullable=True),
-        "course": _relation("course", nullable=True),
-        "content": _relation("content", nullable=True),
-        "score": _inferred({"type": "number"}),
-        "grade": _inferred(_string("Grade.")),
-        "started_at": _inferred(_datetime("When the learner started")),
-        "completed_at": _inferred(_datetime("When the learner completed")),
-        "time_duration": _inferred(_string("Time spent, ISO 8601 duration.")),
-    },
-}
-
-
 def _check(model: str, kind: str | None = None) -> None:
     if model not in LMS_MODELS:
         raise ValueError(f"unknown model {model!r}; known: {', '.join(LMS_MODELS)}")
@@ -167,6 +96,101 @@ def _resource(name: str, base_uri: str | None, title: str, description: str) -> 
         "$id": schema_id(name, base_uri),
         "title": title,
         "description": description,
+    }
+
+
+# ---- events: generated from their TypedDicts (daemon/sink/shape.py) --------------------
+
+_SHAPES: dict[str, tuple[type, type]] = {
+    **{kind: (shape.ChangeCloudEvent, shape.ChangeData) for kind in CHANGE_KINDS + RESERVED_KINDS},
+    "rejected": (shape.RejectedCloudEvent, shape.RejectedData),
+    "scan_completed": (shape.ScanCompletedCloudEvent, shape.ScanCompletedData),
+}
+_SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+@dataclass(frozen=True)
+class _Context:
+    """The event a schema is generated for: fills ``Doc.slot`` values and ``only_on``."""
+
+    model: str
+    kind: str
+    base_uri: str | None
+
+    def slot(self, name: str) -> Schema:
+        data_id = data_schema_id(self.model, self.kind, self.base_uri)
+        if name == "type":
+            return {"const": f"bindbee.lms.{self.model}.{self.kind}"}
+        if name == "model":
+            return {"const": self.model}
+        if name == "dataschema":
+            return {"type": "string", "format": "uri", "const": data_id}
+        if name == "data":
+            return {"$ref": data_id}
+        if name == "record":
+            return {"$ref": schema_id(schema_name(self.model, "record"), self.base_uri)}
+        raise ValueError(f"unknown slot {name!r}")
+
+
+def _doc_of(tp: Any) -> shape.Doc | None:
+    if get_origin(tp) is NotRequired:
+        tp = get_args(tp)[0]
+    if get_origin(tp) is Annotated:
+        return next((m for m in tp.__metadata__ if isinstance(m, shape.Doc)), None)
+    return None
+
+
+def _translate(tp: Any, ctx: _Context) -> Schema:
+    """The JSON Schema of a Python type of shape.py."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is NotRequired:
+        return _translate(args[0], ctx)
+    if origin is Annotated:
+        note = _doc_of(tp)
+        out = _translate(args[0], ctx) if note is None or note.slot is None else ctx.slot(note.slot)
+        if note is not None:
+            out = {**out, **note.keywords}
+            if note.description:
+                out["description"] = note.description
+        return out
+    if tp is Any:
+        return {}
+    if origin is Literal:
+        return {"const": args[0]} if len(args) == 1 else {"enum": list(args)}
+    if origin in (Union, UnionType):
+        options = [_translate(arg, ctx) for arg in args if arg is not type(None)]
+        if type(None) in args:
+            options.append({"type": "null"})
+        return {"anyOf": options}
+    if is_typeddict(tp):
+        return _object(tp, ctx)
+    if origin is dict:
+        out: Schema = {"type": "object", "additionalProperties": _translate(args[1], ctx)}
+        if args[0] is not str:
+            out["propertyNames"] = _translate(args[0], ctx)
+        return out
+    if tp in _SCALARS:
+        return {"type": _SCALARS[tp]}
+    raise TypeError(f"no JSON Schema for {tp!r}")
+
+
+def _object(typed: type, ctx: _Context) -> Schema:
+    """A TypedDict as an object schema: its keys, which are required, unknown keys allowed."""
+    properties: dict[str, Schema | bool] = {}
+    required = []
+    for name, tp in get_type_hints(typed, include_extras=True).items():
+        note = _doc_of(tp)
+        if note is not None and note.only_on and ctx.kind not in note.only_on:
+            properties[name] = False
+            continue
+        properties[name] = _translate(tp, ctx)
+        if get_origin(tp) is not NotRequired or (note is not None and note.only_on):
+            required.append(name)
+    return {
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": True,
     }
 
 
@@ -187,220 +211,41 @@ def record_schema(model: str, base_uri: str | None = None) -> Schema:
         ),
         "type": "object",
         "required": ["id", "modified_at"],
-        "properties": {**_COMMON_FIELDS, **_MODEL_FIELDS[model]},
+        "properties": RECORD_FIELDS[model],
         "additionalProperties": True,
     }
+
+
+def _data_description(model: str, kind: str) -> str:
+    if kind == "rejected":
+        return (
+            "A dead letter: an item of a well-formed page that could not be diffed, as the "
+            "API returned it, after the page was fetched `bindbee.max_attempts` times. "
+            "Published once per distinct content (`fingerprint`); the rest of the page went on."
+        )
+    if kind == "scan_completed":
+        return (
+            "A scan of one stream (connector x model) completed: what it covered, what it "
+            "found, and up to which offsets of the data topic its events went. On the "
+            "control topic (`kafka.control_topic`), keyed by `connector/model`; see "
+            "docs/consumers.md."
+        )
+    note = " (the last known record)" if kind == "deleted" else ""
+    return f"A record of {model} was {kind}{note}. `changes` only on updated."
 
 
 def data_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
     """The ``data`` of a ``{model}.{kind}`` CloudEvent (what ``dataschema`` names)."""
     _check(model, kind)
-    name = schema_name(model, f"{kind}.data")
-    title = f"data of bindbee.lms.{model}.{kind}"
-    common: Schema = {
-        "connector": {"type": "string", "minLength": 1, "description": "The connector."},
-        "model": {"const": model},
-    }
-    if kind == "rejected":
-        reasons = ("not_an_object", "no_id", "bad_id", "no_modified_at", "bad_modified_at",
-                   "unhashable")  # fmt: skip
-        return {
-            **_resource(
-                name,
-                base_uri,
-                title,
-                "A dead letter: an item of a well-formed page that could not be diffed, as "
-                "the API returned it, after the page was fetched `bindbee.max_attempts` "
-                "times. Published once per distinct content (`fingerprint`); the rest of "
-                "the page went on.",
-            ),
-            "type": "object",
-            "required": ["connector", "model", "reason", "page", "scan", "item"],
-            "properties": {
-                **common,
-                "reason": {
-                    "description": "Why the item was rejected (a code; open list).",
-                    "type": "string",
-                    "examples": list(reasons),
-                },
-                "detail": _string("The reason in words (which item, which field)."),
-                "page": {"type": "integer", "minimum": 0, "description": "Page number."},
-                "scan": {"type": "integer", "minimum": 0, "description": "Scan number."},
-                "position": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "description": "The item's index in its page's `items`.",
-                },
-                "record_id": _nullable(
-                    _string(
-                        "The record the item stands for, when known: its id, or the stored "
-                        "record with its remote_id (also the event's subject)."
-                    )
-                ),
-                "remote_id": _nullable(_string("The item's remote_id, when it has one.")),
-                "fingerprint": _string(
-                    "Hash of the item's canonical JSON: the same content is dead-lettered once.",
-                    pattern="^[0-9a-f]{32}$",
-                ),
-                "item": {"description": "The item as the API returned it (any JSON)."},
-            },
-            "additionalProperties": True,
-        }
-    if kind == "scan_completed":
-        return _scan_completed_data(name, base_uri, title, common)
-    record_note = " (the last known record)" if kind == "deleted" else ""
-    changes: Schema | bool = False
-    if kind == "updated":
-        changes = {
-            "type": "object",
-            "description": "The changed top-level fields (ignored fields left out).",
-            "additionalProperties": {
-                "type": "object",
-                "required": ["old", "new"],
-                "properties": {"old": {}, "new": {}},
-            },
-        }
-    required = ["connector", "model", "record", "initial_sync"]
-    if kind == "updated":
-        required.insert(3, "changes")
-    return {
-        **_resource(
-            name,
-            base_uri,
-            title,
-            f"A record of {model} was {kind}{record_note}. `changes` only on updated.",
-        ),
-        "type": "object",
-        "required": required,
-        "properties": {
-            **common,
-            "record": {"$ref": schema_id(schema_name(model, "record"), base_uri)},
-            "changes": changes,
-            "initial_sync": {
-                "type": "boolean",
-                "description": "True for the events of a stream's first full scan.",
-            },
-        },
-        "additionalProperties": True,
-    }
-
-
-_COUNTS = ("created", "updated", "deleted", "unchanged", "stale", "rejected")
-
-
-def _scan_completed_data(name: str, base_uri: str | None, title: str, common: Schema) -> Schema:
-    count = {"type": "integer", "minimum": 0}
-    return {
-        **_resource(
-            name,
-            base_uri,
-            title,
-            "A scan of one stream (connector x model) completed: what it covered, what it "
-            "found, and up to which offsets of the data topic its events went. On the "
-            "control topic (`kafka.control_topic`), keyed by `connector/model`; see "
-            "docs/consumers.md.",
-        ),
-        "type": "object",
-        "required": [
-            "connector",
-            "model",
-            "topic",
-            "scan",
-            "kind",
-            "started_at",
-            "finished_at",
-            "covers",
-            "modified_since",
-            "counts",
-            "delete_guard",
-            "deletes_withheld",
-            "partitions",
-            "partial",
-        ],
-        "properties": {
-            **common,
-            "topic": _string("The data topic the scan's events went to.", minLength=1),
-            "scan": {
-                "type": "integer",
-                "minimum": 1,
-                "description": "The stream's scan number (counts from 1 again after `reset`).",
-            },
-            "kind": {
-                "enum": ["full", "incremental"],
-                "description": "full: every record was listed (deletes are found only so); "
-                "incremental: only records changed since `modified_since`.",
-            },
-            "started_at": _datetime("When the scan started"),
-            "finished_at": _datetime("When the scan completed (also the event's time)"),
-            "covers": {
-                "enum": ["all_records", "modified_since"],
-                "description": "all_records (a full scan) or the records modified since "
-                "`modified_since` (an incremental scan).",
-            },
-            "modified_since": _nullable(
-                _datetime("An incremental scan asked for changes since this time")
-            ),
-            "initial_sync": {
-                "type": "boolean",
-                "description": "True for the stream's first full scan.",
-            },
-            "counts": {
-                "type": "object",
-                "description": "What the scan found (only this process's part when `partial`).",
-                "required": list(_COUNTS),
-                "properties": {
-                    **{c: count for c in _COUNTS},
-                    "dead_lettered": count,
-                },
-                "additionalProperties": True,
-            },
-            "delete_guard": _nullable(
-                _string("Why the scan withheld its deletes (full scans only).")
-            ),
-            "deletes_withheld": {
-                "type": "boolean",
-                "description": "True when the delete guard held the scan's deletes back.",
-            },
-            "partitions": {
-                "type": "object",
-                "description": "Partition of `topic` -> offset of the scan's last message "
-                "there, as Kafka acknowledged it; only partitions the scan wrote to.",
-                "propertyNames": {"pattern": "^[0-9]+$"},
-                "additionalProperties": {"type": "integer", "minimum": 0},
-            },
-            "partial": {
-                "type": "boolean",
-                "description": "True when an earlier process (before a restart, or another "
-                "replica) published part of the scan: `counts` and `partitions` cover only "
-                "this process's part, so a partition not listed may still hold earlier "
-                "events of the scan.",
-            },
-            "consistent_as_of": _datetime(
-                "Only on a full scan that withheld no deletes (and was not a silent "
-                "baseline): every change of the stream's records made before this time "
-                "(the scan's start) is on `topic`, at or before `partitions`' offsets or "
-                "in earlier scans"
-            ),
-        },
-        "additionalProperties": True,
-    }
+    name, title = schema_name(model, f"{kind}.data"), f"data of bindbee.lms.{model}.{kind}"
+    body = _object(_SHAPES[kind][1], _Context(model, kind, base_uri))
+    return {**_resource(name, base_uri, title, _data_description(model, kind)), **body}
 
 
 def event_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
     """The whole ``bindbee.lms.{model}.{kind}`` CloudEvent 1.0 (structured mode)."""
     _check(model, kind)
-    change = kind in CHANGE_KINDS
-    subject = _string("The record id (the Kafka key).", minLength=1)
-    time = _datetime("The record's modified_at, normalised to UTC")
-    if change:
-        time["pattern"] = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$"
-    elif kind in CONTROL_KINDS:
-        subject = _string("The stream, connector/model (the Kafka key).", minLength=3)
-        time = _datetime("When the scan completed")
-    else:
-        subject = _string("The record id, when known.")
-        time = _datetime("When the event was made")
-    if change:
+    if kind in CHANGE_KINDS:
         description = f"A record of {model} was {kind}."
     elif kind in DEAD_LETTER_KINDS:
         description = (
@@ -411,35 +256,9 @@ def event_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
         description = f"A scan of a {model} stream completed (a marker), on the control topic."
     else:
         description = f"{_RESERVED_NOTE} bindbee.lms.{model}.{kind}."
-    # dataschema is not required: events written before 0.2 (e.g. sent from an upgraded
-    # store's outbox) lack it, and CloudEvents makes it optional. Every new event has it.
-    required = ["specversion", "id", "source", "type", "datacontenttype", "data"]
-    if change or kind in CONTROL_KINDS:
-        required[4:4] = ["subject", "time"]
-    return {
-        **_resource(schema_name(model, kind), base_uri, f"bindbee.lms.{model}.{kind}", description),
-        "type": "object",
-        "required": required,
-        "properties": {
-            "specversion": {"const": "1.0"},
-            "id": _string(
-                "Deterministic: a redelivery has the same id; consumers drop duplicates by it.",
-                pattern="^[0-9a-f]{32}$",
-            ),
-            "source": _string("bindbee/lms/{connector}.", pattern="^bindbee/lms/.+$"),
-            "type": {"const": f"bindbee.lms.{model}.{kind}"},
-            "subject": subject,
-            "time": time,
-            "datacontenttype": {"const": "application/json"},
-            "dataschema": {
-                "const": data_schema_id(model, kind, base_uri),
-                "format": "uri",
-                "description": "The schema of data; present on every event since 0.2.",
-            },
-            "data": {"$ref": data_schema_id(model, kind, base_uri)},
-        },
-        "additionalProperties": True,
-    }
+    title = f"bindbee.lms.{model}.{kind}"
+    body = _object(_SHAPES[kind][0], _Context(model, kind, base_uri))
+    return {**_resource(schema_name(model, kind), base_uri, title, description), **body}
 
 
 def schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
@@ -492,6 +311,20 @@ def index(base_uri: str | None = None) -> str:
         "into one registry. `rejected` events go to the dead-letter topic",
         "(`kafka.dead_letter_topic`), `scan_completed` markers to the control topic",
         "(`kafka.control_topic`; how to use them: [docs/consumers.md](../consumers.md)).",
+        "",
+        f"**Versions.** The number ending each URN (now {SCHEMA_VERSION}) changes only when a",
+        "schema stops admitting events it admitted before. Version 1 was corrected in place",
+        "when it was found to refuse what the daemon publishes: an enrollment's `user` and",
+        "`course` may be null (the API types them as any), a record's datetimes are ISO 8601",
+        "as the API sent them (no `format: date-time`, which demands an RFC 3339 offset), a",
+        "user's `email_address` carries no `format`, and `dataschema` and the partition keys",
+        "of markers declare `type: string` (strict validators refuse `format` or `pattern`",
+        "without a type). The URN was not bumped: the schemas only admit more, and the events",
+        "on the wire did not change (the daemon already published those values), so every",
+        "event published under `:1` validates against the corrected `:1`, while a new number",
+        "would have made consumers that pin `dataschema` drop events whose bytes are the",
+        "same. If you generated types from these schemas, regenerate them: those fields can",
+        "be null.",
         "",
         "| file | `$id` | what |",
         "| --- | --- | --- |",
