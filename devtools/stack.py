@@ -9,8 +9,8 @@ started, so a bad config costs no broker start.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -25,9 +25,9 @@ import yaml
 from rich.console import Console
 
 from daemon import log as logsetup
-from daemon.dev.tail import EventView
+from daemon.cli.tail import EventView
 from daemon.errors import ConfigError
-from daemon.settings import CONFIG_ENV, Settings, load_settings
+from daemon.settings import CONFIG_ENV, Settings, config_path, load_settings
 
 DEV_CONNECTORS = {"acme": "tok_acme", "globex": "tok_globex"}
 DEV_ENROLLMENTS = 200
@@ -56,8 +56,7 @@ class DevOptions:
 def resolve_config(path: Path | str | None) -> Path:
     """``--config``, else ``$CHANGEFEED_CONFIG``, else the repository's config/dev.yaml; as an
     absolute path, so what is printed works from any directory."""
-    if path is None and os.environ.get(CONFIG_ENV):
-        path = os.environ[CONFIG_ENV]
+    path = config_path(path)
     if path is None:
         if not REPO_DEV_CONFIG.is_file():
             raise ConfigError(
@@ -67,6 +66,26 @@ def resolve_config(path: Path | str | None) -> Path:
             )
         path = REPO_DEV_CONFIG
     return Path(path).expanduser().resolve()
+
+
+def cli_command() -> str:
+    """``lms-changefeed`` as it can be typed here: the bare name when PATH finds this
+    install's script, else that script's path (``.venv/bin/lms-changefeed`` from the
+    repository), else this interpreter with ``-m daemon``."""
+    script = Path(sys.executable).parent / "lms-changefeed"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m daemon"
+    found = shutil.which("lms-changefeed")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "lms-changefeed"
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script))
+
+
+def _status_command(config: Path) -> str:
+    return f"{cli_command()} status --config {shlex.quote(str(config))}"
 
 
 def _sim_connectors(settings: Settings) -> dict[str, str]:
@@ -143,7 +162,7 @@ def _effective_config(source: Path, overrides: dict[str, Any]) -> dict[str, Any]
 
 
 def run_dev(options: DevOptions, console: Console | None = None) -> int:
-    """Run the dev stack until Ctrl-C (or SIGTERM); returns the exit code."""
+    """Run the dev stack until Ctrl-C (exit code 130) or SIGTERM (0)."""
     config = resolve_config(options.config)
     # Everything that can be refused is refused here, before a broker or simulator starts.
     settings = load_settings(config, **_PLACEHOLDERS)
@@ -192,7 +211,7 @@ def run_dev(options: DevOptions, console: Console | None = None) -> int:
         if options.keep or failed:
             console.print(
                 f"kept {workdir} (logs: {workdir / 'changefeed.log'})\n"
-                f"  lms-changefeed status --config {workdir / 'changefeed.yaml'}",
+                f"  {_status_command(workdir / 'changefeed.yaml')}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -210,7 +229,7 @@ def _run(
     console: Console,
 ) -> int:
     from bindbee_sim import SimServer
-    from daemon.dev.tail import tail
+    from daemon.cli.tail import tail
     from daemon.runtime import Runtime
     from daemon.schedule.scheduler import Scheduler
     from daemon.sink.kafka import client_configs
@@ -239,13 +258,18 @@ def _run(
         effective.chmod(0o600)
         settings = load_settings(config, **overrides)
         runtime = Runtime.open(settings, stop=stop)
+        received: list[str] = []
+
+        def on_signal(signum: int, _frame: object) -> None:
+            received.append(signal.Signals(signum).name)
+            stop.set()
+
         previous = {
-            signum: signal.signal(signum, lambda *_: stop.set())
-            for signum in (signal.SIGINT, signal.SIGTERM)
+            signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
         }
         console.print(
             f"  {'stack':8} simulator {sim.base_url}, kafka {broker.bootstrap}; "
-            f"meanwhile: lms-changefeed status --config {effective}",
+            f"meanwhile: {_status_command(effective)}",
             highlight=False,
             soft_wrap=True,
         )
@@ -280,4 +304,5 @@ def _run(
             for signum, handler in previous.items():
                 with contextlib.suppress(Exception):
                     signal.signal(signum, handler)
-    return 0
+    # Ctrl-C is an interruption (130); SIGTERM the ordinary way to stop (0).
+    return 130 if received[:1] == ["SIGINT"] else 0
