@@ -219,6 +219,46 @@ def run_dev(options: DevOptions, console: Console | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+class _StopSignals:
+    """While entered, SIGINT and SIGTERM set ``stop`` (a clean stop); ``received`` names
+    the first. Before that, Ctrl-C interrupts the start-up (KeyboardInterrupt)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received = self.received or signal.Signals(signum).name
+        self.stop.set()
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {
+            signum: signal.signal(signum, self._handle)
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            with contextlib.suppress(Exception):
+                signal.signal(signum, handler)
+
+
+def _stack_settings(config: Path, workdir: Path, sim: Any, bootstrap: str) -> Settings:
+    """The configuration on the stack's simulator and broker, also written (0600) to
+    ``workdir/changefeed.yaml`` for the ``status`` command the banner shows."""
+    overrides = {
+        "bindbee": {"base_url": sim.base_url, "api_key": sim.api_key},
+        "kafka": {"bootstrap_servers": bootstrap},
+        "state": {"path": str(workdir / "changefeed.db"), "url": None},
+    }
+    effective = workdir / "changefeed.yaml"
+    effective.write_text(yaml.safe_dump(_effective_config(config, overrides)))
+    effective.chmod(0o600)
+    return load_settings(config, **overrides)
+
+
 def _run(
     options: DevOptions,
     checked: Settings,
@@ -236,8 +276,6 @@ def _run(
     from devtools.tansu import TansuBroker
 
     stop = threading.Event()
-    # Until the stack is up, Ctrl-C interrupts the start-up (KeyboardInterrupt); from then
-    # on it asks for a clean stop.
     with (
         TansuBroker(log_path=workdir / "tansu.log") as broker,
         SimServer(
@@ -248,61 +286,39 @@ def _run(
             rate_limit=200,
         ) as sim,
     ):
-        overrides = {
-            "bindbee": {"base_url": sim.base_url, "api_key": sim.api_key},
-            "kafka": {"bootstrap_servers": broker.bootstrap},
-            "state": {"path": str(workdir / "changefeed.db"), "url": None},
-        }
-        effective = workdir / "changefeed.yaml"
-        effective.write_text(yaml.safe_dump(_effective_config(config, overrides)))
-        effective.chmod(0o600)
-        settings = load_settings(config, **overrides)
+        settings = _stack_settings(config, workdir, sim, broker.bootstrap)
         runtime = Runtime.open(settings, stop=stop)
-        received: list[str] = []
-
-        def on_signal(signum: int, _frame: object) -> None:
-            received.append(signal.Signals(signum).name)
-            stop.set()
-
-        previous = {
-            signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
-        }
-        console.print(
-            f"  {'stack':8} simulator {sim.base_url}, kafka {broker.bootstrap}; "
-            f"meanwhile: {_status_command(effective)}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        scheduler = Scheduler(runtime)
-        view = EventView(console, summarise_initial=not options.verbose, show_time=False)
-        started = False
-        try:
-            topics = sorted(
-                {
-                    settings.kafka.topic_for(c, m)
-                    for c in _sim_connectors(settings)
-                    for m in settings.models
-                }
+        with _StopSignals(stop) as signals:
+            console.print(
+                f"  {'stack':8} simulator {sim.base_url}, kafka {broker.bootstrap}; "
+                f"meanwhile: {_status_command(workdir / 'changefeed.yaml')}",
+                highlight=False,
+                soft_wrap=True,
             )
-            runtime.sink.ensure_topics(topics)
-            scheduler.start()
-            started = True
-            mutator = threading.Thread(
-                target=_mutate,
-                args=(sim, stop, view, MUTATE_EVERY_SECONDS, seed, delete_hint),
-                name="dev-mutator",
-                daemon=True,
-            )
-            mutator.start()
-            tail(client_configs(settings.kafka), topics, from_beginning=True, stop=stop, view=view)
-        finally:
-            stop.set()
-            console.print("stopping…", style="dim", highlight=False)
-            if started:
-                scheduler.shutdown(settings.scheduler.shutdown_timeout_seconds)
-            runtime.close()
-            for signum, handler in previous.items():
-                with contextlib.suppress(Exception):
-                    signal.signal(signum, handler)
+            scheduler = Scheduler(runtime)
+            view = EventView(console, summarise_initial=not options.verbose, show_time=False)
+            started = False
+            try:
+                topics = sorted(
+                    {settings.kafka.topic_for(c, m) for c in _sim_connectors(settings)
+                     for m in settings.models}
+                )  # fmt: skip
+                runtime.sink.ensure_topics(topics)
+                scheduler.start()
+                started = True
+                threading.Thread(
+                    target=_mutate,
+                    args=(sim, stop, view, MUTATE_EVERY_SECONDS, seed, delete_hint),
+                    name="dev-mutator",
+                    daemon=True,
+                ).start()
+                configs = client_configs(settings.kafka)
+                tail(configs, topics, from_beginning=True, stop=stop, view=view)
+            finally:
+                stop.set()
+                console.print("stopping…", style="dim", highlight=False)
+                if started:
+                    scheduler.shutdown(settings.scheduler.shutdown_timeout_seconds)
+                runtime.close()
     # Ctrl-C is an interruption (130); SIGTERM the ordinary way to stop (0).
-    return 130 if received[:1] == ["SIGINT"] else 0
+    return 130 if signals.received == "SIGINT" else 0
