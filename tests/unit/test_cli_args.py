@@ -84,3 +84,27 @@ def test_schema_with_an_unknown_model_names_the_argument(capsys: pytest.CaptureF
 def test_broker_is_a_command() -> None:
     args = build_parser().parse_args(["broker", "--port", "0"])
     assert args.command == "broker" and args.port == 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(-3, "0s"), (42, "42s"), (119, "119s"), (120, "2m"), (7200, "2h")]
+)
+def test_ages_are_shown_to_the_unit_that_matters(seconds: float, shown: str) -> None:
+    from daemon.cli.common import age
+
+    assert age(seconds) == shown
+
+
+def test_lease_and_due_cells() -> None:
+    from daemon.cli.status_view import due_cell, lease_cell
+    from daemon.models import LeaseInfo
+
+    lease = LeaseInfo("stream:1", "r2", acquired_at=100.0, expires_at=130.0)
+    assert lease_cell(None, 110.0) == "-"
+    assert lease_cell(lease, 112.0) == "r2 12s"
+    assert lease_cell(lease, 131.0) == "r2 31s (expired)"
+    assert (due_cell(None, 5.0), due_cell(4.0, 5.0), due_cell(305.0, 5.0)) == (
+        "now",
+        "now",
+        "in 5m",
+    )
