@@ -34,6 +34,9 @@ _POLL_MS = 500
 # tansu reports end offsets wrongly (last batch's base + 1), so "the end of what exists" is
 # found by reading: a poll that brings nothing for this long after the last record.
 _END_QUIET_MS = 3000
+# Offsets are still good as a lower bound (tansu reports ends short, never long): while
+# fewer records than that were read, a quiet poll is a slow start, not the end, up to this.
+_END_PATIENCE_SECONDS = 20.0
 _VALUE_WIDTH = 40
 _COLOURS = {"created": "green", "updated": "yellow", "deleted": "red"}
 
@@ -184,6 +187,16 @@ def _assign(consumer: KafkaConsumer, topics: Sequence[str], servers: object) -> 
     return assigned
 
 
+def _known_records(consumer: KafkaConsumer, assigned: list[Any]) -> int:
+    """How many records the partitions hold at least (0 when the broker will not say)."""
+    try:
+        begin = consumer.beginning_offsets(assigned)
+        end = consumer.end_offsets(assigned)
+    except KafkaError:
+        return 0
+    return sum(max(0, (end.get(tp) or 0) - (begin.get(tp) or 0)) for tp in assigned)
+
+
 def tail(
     configs: Mapping[str, Any],
     topics: Sequence[str],
@@ -208,6 +221,8 @@ def tail(
     consumer = open_consumer(configs)
     try:
         assigned = _assign(consumer, topics, servers)
+        known = _known_records(consumer, assigned) if stops_at_end else 0
+        patience = time.monotonic() + _END_PATIENCE_SECONDS
         if from_beginning:
             consumer.seek_to_beginning(*assigned)
         else:
@@ -216,6 +231,8 @@ def tail(
         while (limit is None or view.shown < limit) and not stop.is_set():
             batch = consumer.poll(timeout_ms=_END_QUIET_MS if stops_at_end else _POLL_MS)
             if not batch and stops_at_end:
+                if view.shown < min(known, limit or 0) and time.monotonic() < patience:
+                    continue  # records known to exist have not come yet
                 if note is not None:
                     note(f"end of {', '.join(topics)}: {view.shown} event(s), fewer than {limit}")
                 break
