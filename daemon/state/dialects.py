@@ -20,23 +20,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from daemon.errors import StateStoreError
+from daemon.errors import StateStoreError, StoreMissing
 
 # Advisory lock keys live in one shared namespace: tag ours. Key (namespace, 0) guards
 # migrations (0.1.0 used it around CREATE TABLE, and (namespace, sid) to claim a stream
 # for the life of a process: leases in the store replaced those).
 LOCK_NAMESPACE = 0x4C4D5343  # "LMSC"
-
-
-class StoreMissing(StateStoreError):
-    """Opening without ``create``: there is no SQLite file at the configured path."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-        super().__init__(
-            f"no state store at {where}: check state.path (or CHANGEFEED_STATE__PATH); "
-            "`lms-changefeed poll` or `migrate` creates it"
-        )
 
 
 class Backend:

@@ -1,1 +1,0 @@
-"""Tools for trying and testing the daemon: the tansu launcher, the dev stack, tail."""
