@@ -1,20 +1,33 @@
-"""Shared fixtures: brokers, simulators, topic names, PostgreSQL schemas (helpers: helpers.py)."""
+"""Shared fixtures: brokers, simulators, topic names, PostgreSQL databases and schemas,
+required tools; the `postgres` marker; the slowest-first order (helpers: harness.py).
+
+Under pytest-xdist every worker is its own process with its own session: its own
+``broker``, its own PostgreSQL database. ``CI`` set: a missing PostgreSQL or promtool
+fails the tests that need it instead of skipping them.
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 from bindbee_sim import SimServer
 from devtools.tansu import TansuBroker
+from tests.harness import in_ci, require_tool
 from tests.helpers import SECRET_API_KEY, SECRET_TOKEN
+
+# -- Kafka, the simulator ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[TansuBroker]:
-    """A tansu broker shared by the whole session: do not stop, pause or restart it."""
+    """A tansu broker shared by the whole session (one per xdist worker): tests run one at a
+    time on it, so a test may pause it briefly but must leave it running."""
     with TansuBroker() as started:
         yield started
 
@@ -30,12 +43,6 @@ def own_broker() -> Iterator[TansuBroker]:
 def topic() -> str:
     """A topic name no other test uses."""
     return f"test-{uuid.uuid4().hex[:16]}"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "sim(**kwargs): SimServer arguments for the `sim` fixture (e.g. enrollments=N)"
-    )
 
 
 @pytest.fixture
@@ -62,38 +69,142 @@ def sim_secret() -> Iterator[SimServer]:
         yield server
 
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+# -- tools ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A throw-away schema on the machine's PostgreSQL; the store's DSN points into it."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"t_{uuid.uuid4().hex[:12]}"
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """promtool's path (Debian's prometheus package); skipped without it, failed under CI."""
+    return require_tool("promtool", "apt-get install prometheus (.ci/run does)")
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+# The server, and a database on it to connect to for CREATE/DROP DATABASE. Tests never use a
+# database they did not create.
+PG_URL = os.environ.get("CHANGEFEED_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_FIXTURES = ("pg_server", "pg_worker_database", "pg_schema", "pg_database")
+
+
+def pg_url(database: str, schema: str | None = None) -> str:
+    """``PG_URL`` pointed at ``database`` (and with ``schema`` as its search path)."""
+    parts = urlsplit(PG_URL)
+    query = parts.query
+    if schema is not None:
+        query = "&".join(q for q in (query, f"options=-csearch_path%3D{schema}") if q)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, query, ""))
+
+
+def _new_name() -> str:
+    return f"cf_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[psycopg.Connection]:
+    """An autocommit connection to ``PG_URL`` (the maintenance database)."""
     try:
         admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {PG_URL}: {exc}")
-    admin.execute(f"CREATE SCHEMA {name}")
+        message = f"no PostgreSQL at {PG_URL} (set CHANGEFEED_TEST_PG_URL): {exc}".strip()
+        if in_ci():
+            pytest.fail(f"CI is set and this test needs PostgreSQL: {message}", pytrace=False)
+        pytest.skip(message)
+    with admin:
+        yield admin
+
+
+@pytest.fixture(scope="session")
+def pg_worker_database(pg_server: psycopg.Connection) -> Iterator[str]:
+    """This session's (this xdist worker's) own database, dropped at the end."""
+    name = _new_name()
+    pg_server.execute(f"CREATE DATABASE {name}")
     try:
-        yield f"{PG_URL}?options=-csearch_path%3D{name}"
+        yield name
     finally:
-        admin.execute(f"DROP SCHEMA {name} CASCADE")
-        admin.close()
+        pg_server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A throw-away database on the machine's PostgreSQL (for dumps that name ``public``)."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"t_{uuid.uuid4().hex[:12]}"
+def pg_schema(pg_server: psycopg.Connection, pg_worker_database: str) -> Iterator[str]:
+    """A throw-away schema in the worker's database; the store's DSN points into it."""
+    name = _new_name()
+    with psycopg.connect(pg_url(pg_worker_database), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+        try:
+            yield pg_url(pg_worker_database, name)
+        finally:
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+@pytest.fixture
+def pg_database(pg_server: psycopg.Connection) -> Iterator[str]:
+    """A throw-away database of its own (for dumps that name ``public``)."""
+    name = _new_name()
+    pg_server.execute(f"CREATE DATABASE {name}")
     try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {PG_URL}: {exc}")
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+        yield pg_url(name)
     finally:
-        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.close()
+        pg_server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# -- markers, order -------------------------------------------------------------------------
+
+DURATIONS_KEY = "changefeed/durations"
+# Before any run has recorded durations: whole folders, slowest kind first.
+FOLDER_WEIGHT = {"e2e": 30.0, "integration": 2.0, "deploy": 1.0, "unit": 0.0}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in (
+        "sim(**kwargs): SimServer arguments for the `sim` fixture (e.g. enrollments=N)",
+        "postgres: needs the PostgreSQL server of CHANGEFEED_TEST_PG_URL (added by conftest "
+        "to every test using a pg_* fixture or a 'postgres' parameter)",
+    ):
+        config.addinivalue_line("markers", line)
+
+
+def _uses_postgres(item: pytest.Item) -> bool:
+    if any(name in PG_FIXTURES for name in getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and any(
+        value in ("postgres", "postgresql") for value in callspec.params.values()
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark PostgreSQL tests; then put the slowest first (durations of the last full run,
+    kept in pytest's cache), so xdist's workers do not end on one long test each.
+
+    Every xdist worker sorts its own collection the same way (the same cache file), as
+    xdist requires."""
+    for item in items:
+        if _uses_postgres(item):
+            item.add_marker(pytest.mark.postgres)
+    known: dict[str, float] = config.cache.get(DURATIONS_KEY, {}) if config.cache else {}
+
+    def weight(item: pytest.Item) -> float:
+        if item.nodeid in known:
+            return known[item.nodeid]
+        folder = item.nodeid.split("/")[1] if item.nodeid.count("/") >= 2 else ""
+        return FOLDER_WEIGHT.get(folder, 1.0)
+
+    items.sort(key=weight, reverse=True)  # stable: ties keep the file's order
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+_durations: dict[str, float] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remember each test's duration (setup + call + teardown) for the next run's order;
+    only in the controller (xdist workers report to it) and only for tests that ran."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.cache is None or not _durations:
+        return
+    known: dict[str, float] = config.cache.get(DURATIONS_KEY, {})
+    known.update({k: round(v, 2) for k, v in _durations.items()})
+    config.cache.set(DURATIONS_KEY, known)

@@ -3,7 +3,7 @@
 Runs ``CHANGEFEED_SOAK_SECONDS`` (default 12) of ~50 changes/s across two connectors, an API
 fault from the fault table every 1.2-3 s, and a SIGKILL + restart of the daemon midway.
 Once the source is quiet, each stream's next full scan must leave its topic equal to the
-source. ``CHANGEFEED_SOAK_SECONDS=120 pytest -s -m slow tests/test_soak.py`` for a longer run.
+source. ``CHANGEFEED_SOAK_SECONDS=120 pytest -s -m slow tests/e2e/test_soak.py`` for a longer run.
 """
 
 from __future__ import annotations

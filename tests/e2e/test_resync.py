@@ -31,24 +31,14 @@ from tests.harness import (
     wait_until,
     write_config,
 )
+from tests.harness import cli as _cli
 from tests.kafka_read import read_topic
 
 pytestmark = pytest.mark.timeout(180)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENROLLMENTS = 250
 REPLICA = "replica-under-test"
-
-
-def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        cwd=REPO,
-    )
 
 
 def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -184,7 +174,7 @@ def test_resync_makes_a_running_daemon_publish_only_the_real_difference(
     print(f"\nFIGURES resync: resync scan's first page request {picked_up:.2f}s after the request")
 
 
-# ---- refusals: unknown streams (a missing store: tests/test_cli_operator.py) ----------
+# ---- refusals: unknown streams (a missing store: tests/e2e/test_cli_operator.py) ----------
 
 
 def _config(tmp_path: Path, connectors: tuple[str, ...] = ("acme",)) -> Path:

@@ -26,7 +26,7 @@ import pytest
 from daemon.ops.health import HealthServer
 from daemon.settings import HttpSettings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 EXAMPLE_CONFIG = REPO / "config" / "example.yaml"
 SECRETS = {

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +18,8 @@ from daemon.models import StreamKey
 from daemon.runtime import Runtime
 from daemon.settings import Settings, load_settings
 from daemon.timestamps import normalize_time
-from tests.harness import scan_pages
+from tests.harness import Daemon, cli, scan_pages, wait_until
+from tests.harness import poll as poll_to_the_end
 from tests.helpers import feed_config, new_enrollment
 from tests.kafka_read import read_topic
 
@@ -227,20 +223,17 @@ def test_sigkilled_poll_resumes_from_its_checkpoint(sim, broker, tmp_path: Path)
     topic = settings.kafka.topic_for("acme", "enrollments")
     # Slow pages down so the kill lands mid-scan, wherever the machine's speed.
     sim.add_fault(delay_ms=60, count=100_000, connector="acme")
-    env = {**os.environ, "CHANGEFEED_LOG__FORMAT": "json"}
-    cmd = [sys.executable, "-m", "daemon", "poll", "--config", str(path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while scan_pages(tmp_path / "state.db") < 15:
-        assert proc.poll() is None, "poll finished before it could be killed"
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    proc = Daemon(path, "poll")
+    wait_until(
+        lambda: scan_pages(tmp_path / "state.db") >= 15 or proc.proc.poll() is not None,
+        60,
+        "15 committed pages",
+    )
+    assert proc.proc.poll() is None, "poll finished before it could be killed"
+    proc.kill()
     first_run_requests = sim.stats()["acme"]["200"]
     sim.clear_faults()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    poll_to_the_end(path, timeout=120)
     second_run_requests = sim.stats()["acme"]["200"] - first_run_requests
     assert second_run_requests < 50  # a fresh start needs 50 pages
     records = read_topic(broker.bootstrap, topic, expected=5000)
@@ -260,31 +253,11 @@ def test_status_and_reset_commands(sim, broker, tmp_path: Path, initial: str) ->
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     poll(settings_of(config))
-    status = subprocess.run(
-        [sys.executable, "-m", "daemon", "status", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    status = cli("status", "--config", str(path))
     assert status.returncode == 0, status.stderr
     assert "acme/enrollments" in status.stdout and "10" in status.stdout
-    reset = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "daemon",
-            "reset",
-            "--config",
-            str(path),
-            "--connector",
-            "acme",
-            "--model",
-            "enrollments",
-            "--yes",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    reset = cli(
+        "reset", "--config", str(path), "--connector", "acme", "--model", "enrollments", "--yes"
     )
     assert reset.returncode == 0
     runtime = Runtime.open(settings_of(config))
