@@ -181,7 +181,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _uses_postgres(item):
             item.add_marker(pytest.mark.postgres)
-    known: dict[str, float] = config.cache.get(DURATIONS_KEY, {}) if config.cache else {}
+    cache = getattr(config, "cache", None)
+    known: dict[str, float] = cache.get(DURATIONS_KEY, {}) if cache else {}
 
     def weight(item: pytest.Item) -> float:
         if item.nodeid in known:
@@ -203,7 +204,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Remember each test's duration (setup + call + teardown) for the next run's order;
     only in the controller (xdist workers report to it) and only for tests that ran."""
     config = session.config
-    if hasattr(config, "workerinput") or config.cache is None or not _durations:
+    if hasattr(config, "workerinput") or getattr(config, "cache", None) is None or not _durations:
         return
     known: dict[str, float] = config.cache.get(DURATIONS_KEY, {})
     known.update({k: round(v, 2) for k, v in _durations.items()})

@@ -326,7 +326,8 @@ def installed(
     # RUN lines say `python`; in the image that is the base image's Python 3.11.
     (bin_dir / "python").symlink_to(sys.executable)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFEED_", "VIRTUAL_ENV"))}
+    unset = ("CHANGEFEED_", "VIRTUAL_ENV", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
     env.update(build.env())
     image_venv = env["VIRTUAL_ENV"]
     env["VIRTUAL_ENV"] = str(venv)
@@ -367,7 +368,10 @@ def installed(
     final_env = final.env()
     assert final_env["PATH"].startswith(f"{image_venv}/bin:")
 
-    run_env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
+    # The image sets no PYTHONPATH: a test run's own must not point the entrypoint at the tree.
+    run_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFEED_", "PYTHONPATH"))
+    }
     run_env.update({k: v for k, v in final_env.items() if k != "PATH"})
     run_env["PATH"] = f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     yield Installed(venv=venv, env=run_env)
@@ -396,6 +400,7 @@ def test_installed_image_has_no_dev_tools_and_is_not_editable(installed: Install
             " 'dev': [m for m in ('pytest', 'hypothesis', 'ruff', 'tests') if u.find_spec(m)]}))",
         ],
         cwd="/",
+        env=installed.env,
         capture_output=True,
         text=True,
         check=True,
