@@ -155,12 +155,9 @@ FOLDER_WEIGHT = {"e2e": 30.0, "integration": 2.0, "deploy": 1.0, "unit": 0.0}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for line in (
-        "sim(**kwargs): SimServer arguments for the `sim` fixture (e.g. enrollments=N)",
-        "postgres: needs the PostgreSQL server of CHANGEFEED_TEST_PG_URL (added by conftest "
-        "to every test using a pg_* fixture or a 'postgres' parameter)",
-    ):
-        config.addinivalue_line("markers", line)
+    config.addinivalue_line(
+        "markers", "sim(**kwargs): SimServer arguments for the `sim` fixture (e.g. enrollments=N)"
+    )
 
 
 def _uses_postgres(item: pytest.Item) -> bool:
