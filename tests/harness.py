@@ -26,6 +26,7 @@ import yaml
 
 from bindbee_sim.ids import decode_cursor
 from daemon.state import schema
+from tests.kafka_read import scan_end
 
 POLL_SECONDS = 0.02  # between two looks at a condition, under a deadline
 PAGE = 100  # the page size base_config sets
@@ -535,6 +536,49 @@ def wait_fresh_full_scan(daemon: Daemon, connector: str, since: float) -> dict:
         "scan_started", since=since, connector=connector, kind="full", resumed=False
     )
     return daemon.wait_for("scan_finished", since=started["_t"], connector=connector)
+
+
+def scanned(
+    bootstrap: str,
+    config: dict[str, Any],
+    connector: str,
+    model: str = "enrollments",
+    *,
+    line: dict[str, Any] | None = None,
+    scans: int = 1,
+    timeout: float = 60.0,
+) -> dict[int, int]:
+    """``kafka_read.scan_end`` for a stream of ``config``: the data topic's offsets through
+    the scan a daemon's ``scan_started``/``scan_finished`` log ``line`` names (its ``scan``
+    field, ``connector/model#N``), else through the ``scans``-th completed scan."""
+    scan = int(str(line["scan"]).rsplit("#", 1)[1]) if line is not None else None
+    control = str(config["kafka"]["control_topic"])
+    return scan_end(
+        bootstrap, control, f"{connector}/{model}", scan, scans=scans, timeout=timeout
+    )
+
+
+def marked_through(
+    daemons: Daemon | list[Daemon],
+    bootstrap: str,
+    config: dict[str, Any],
+    connector: str,
+    model: str = "enrollments",
+    timeout: float = 60.0,
+) -> dict[int, int]:
+    """The data topic's offsets through the last scan of the stream whose ``scan_completed``
+    marker these processes published (their ``scan_marker_published`` lines): for
+    ``invariant.check(..., through=...)`` once they stopped, or while they run."""
+    def published() -> list[dict[str, Any]]:
+        return [
+            line
+            for daemon in (daemons if isinstance(daemons, list) else [daemons])
+            for line in daemon.matching("scan_marker_published", connector=connector, model=model)
+        ]
+
+    lines = wait_until(published, timeout, f"a scan of {connector}/{model} to publish its marker")
+    last = max(lines, key=lambda line: int(str(line["scan"]).rsplit("#", 1)[1]))
+    return scanned(bootstrap, config, connector, model, line=last, timeout=timeout)
 
 
 def figures(name: str, **values: object) -> None:

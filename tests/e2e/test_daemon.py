@@ -14,7 +14,14 @@ import pytest
 from bindbee_sim import SimServer
 from daemon.models import StreamKey
 from daemon.state import open_store
-from tests.harness import Daemon, base_config, topic_of, wait_until, write_config
+from tests.harness import (
+    Daemon,
+    base_config,
+    marked_through,
+    topic_of,
+    wait_until,
+    write_config,
+)
 from tests.kafka_read import read_topic
 
 
@@ -37,7 +44,8 @@ def test_run_serves_health_and_metrics_and_stops_cleanly(sim, broker, daemon_con
         ready = httpx.get(f"{base}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
         topic = topic_of(config, "acme")
-        assert len(read_topic(broker.bootstrap, topic, expected=300)) == 300
+        through = marked_through(daemon, broker.bootstrap, config, "acme")
+        assert len(read_topic(broker.bootstrap, topic, through=through)) == 300
 
         rid = sim.ids("acme", "enrollments")[5]
         sim.update("acme", "enrollments", rid, {"start_date": "2040-01-01T00:00:00Z"})

@@ -23,6 +23,7 @@ from tests.harness import (
     base_config,
     each_at_once,
     figures,
+    marked_through,
     topic_of,
     wait_fresh_full_scan,
     write_config,
@@ -151,7 +152,8 @@ def test_soak_with_faults_and_a_sigkill(broker, tmp_path: Path) -> None:
                 topic_of(config, c),
                 sim,
                 c,
-                expected=ENROLLMENTS,  # the initial sync's created events, at least
+                # through the last scan it completed (after the fresh full scans above)
+                through=marked_through(second, broker.bootstrap, config, c),
             ),
         )
     for report in reports.values():

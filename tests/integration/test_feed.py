@@ -21,7 +21,7 @@ from daemon.timestamps import normalize_time
 from tests.harness import Daemon, cli, scan_pages, wait_until
 from tests.harness import poll as poll_to_the_end
 from tests.helpers import feed_config, new_enrollment
-from tests.kafka_read import read_topic
+from tests.kafka_read import read_topic, scan_end
 
 KEY = StreamKey("acme", "enrollments")
 
@@ -37,6 +37,16 @@ def poll(settings: Settings, *, full: bool = False, connector: str = "acme"):
         return stream_pass.run(force_full=full)
     finally:
         runtime.close()
+
+
+def scans_end(settings: Settings, scans: int, connector: str = "acme") -> dict[int, int]:
+    """The data topic's offsets through the stream's first ``scans`` completed scans."""
+    return scan_end(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.control_topic,
+        f"{connector}/enrollments",
+        scans=scans,
+    )
 
 
 def events_of(records) -> list[dict]:
@@ -93,7 +103,8 @@ def test_initial_sync_then_changes_then_quiet(sim, broker, tmp_path: Path) -> No
 
     again = poll(settings, full=True)
     assert again.stats.created == again.stats.updated == again.stats.deleted == 0
-    assert len(read_topic(broker.bootstrap, topic, quiet_seconds=1.5)) == 1018
+    # Everything the three scans published: through the third one's scan_completed marker.
+    assert len(read_topic(broker.bootstrap, topic, through=scans_end(settings, 3))) == 1018
 
 
 @pytest.mark.sim(enrollments=50)
@@ -112,7 +123,7 @@ def test_modified_at_bump_and_older_copy_make_no_event(sim, broker, tmp_path: Pa
     )
     result = poll(settings, full=True)
     assert result.stats.updated == 0 and result.stats.stale == 1 and result.stats.unchanged == 49
-    assert len(read_topic(broker.bootstrap, topic, quiet_seconds=1.5)) == 50
+    assert len(read_topic(broker.bootstrap, topic, through=scans_end(settings, 2))) == 50
     assert old_b["start_date"] != "2031-01-01T00:00:00Z"
 
 
@@ -142,7 +153,7 @@ def test_empty_answer_for_a_populated_stream_deletes_nothing(sim, broker, tmp_pa
         result = poll(settings, full=True)
     assert result.stats.deleted == 0 and result.delete_guard
     assert any(e["event"] == "delete_guard_tripped" and e["log_level"] == "error" for e in logs)
-    assert len(read_topic(broker.bootstrap, topic, quiet_seconds=1.5)) == 30
+    assert len(read_topic(broker.bootstrap, topic, through=scans_end(settings, 2))) == 30
     runtime = Runtime.open(settings)
     state = runtime.store.state(KEY)
     runtime.close()
