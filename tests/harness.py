@@ -59,7 +59,7 @@ def require_tool(name: str, install: str) -> str:
     if path is None:
         message = f"{name} not installed: {install}"
         if in_ci():
-            pytest.fail(f"CI is set and this test needs {message}", pytrace=False)
+            pytest.fail(f"CI is set, so this fails instead of skipping: {message}", pytrace=False)
         pytest.skip(message)
     return path
 
