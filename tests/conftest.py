@@ -114,9 +114,9 @@ def pg_server() -> Iterator[psycopg.Connection]:
 
 
 @pytest.fixture(scope="session")
-def pg_worker_database(pg_server: psycopg.Connection, worker_id: str) -> Iterator[str]:
+def pg_worker_database(pg_server: psycopg.Connection) -> Iterator[str]:
     """This session's (this xdist worker's) own database, dropped at the end."""
-    name = f"cf_{worker_id}_{uuid.uuid4().hex[:8]}"
+    name = f"cf_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{uuid.uuid4().hex[:8]}"
     pg_server.execute(f"CREATE DATABASE {name}")
     try:
         yield name
