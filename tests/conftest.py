@@ -8,9 +8,11 @@ fails the tests that need it instead of skipping them.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -150,8 +152,11 @@ def pg_database(pg_server: psycopg.Connection) -> Iterator[str]:
 # -- markers, order -------------------------------------------------------------------------
 
 DURATIONS_KEY = "changefeed/durations"
-# Before any run has recorded durations: whole folders, slowest kind first.
-FOLDER_WEIGHT = {"e2e": 30.0, "integration": 2.0, "deploy": 1.0, "unit": 0.0}
+# Seconds each module took in a measured run (4 workers, 2 loaded cores): the order when
+# this checkout has not timed its tests yet (a fresh clone, CI).
+MODULE_SECONDS = Path(__file__).with_name("durations.json")
+# A test no run has timed yet, by folder.
+FOLDER_WEIGHT = {"e2e": 10.0, "integration": 1.0, "deploy": 1.0, "unit": 0.05}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -169,29 +174,51 @@ def _uses_postgres(item: pytest.Item) -> bool:
     )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark PostgreSQL tests; then put the slowest first (durations of the last full run,
-    kept in pytest's cache), so xdist's workers do not end on one long test each.
+# Modules whose module-scoped fixture is dear (an installed image, a rendered chart): one
+# worker runs each of them whole (the group's tests form one unit of --dist loadgroup).
+WHOLE_MODULES = {"test_dockerfile.py", "test_helm.py", "test_helm_monitoring.py"}
 
-    Every xdist worker sorts its own collection the same way (the same cache file), as
-    xdist requires."""
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark PostgreSQL tests; group the WHOLE_MODULES; then order the modules slowest
+    first (their tests' durations in the last runs, kept in pytest's cache; before any,
+    by folder), each module's tests in their own order. xdist's workers then take tests
+    one at a time from that queue, so no worker ends on a long test while the others idle,
+    and a module's tests run back to back (its module-scoped fixtures set up once per
+    worker). Every worker sorts its collection the same way (one cache file), as xdist
+    requires."""
     for item in items:
         if _uses_postgres(item):
             item.add_marker(pytest.mark.postgres)
+        if item.path.name in WHOLE_MODULES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
     cache = getattr(config, "cache", None)
     known: dict[str, float] = cache.get(DURATIONS_KEY, {}) if cache else {}
+    timed = {_module(nodeid) for nodeid in known}  # modules timed on this machine
+    measured: dict[str, float] = json.loads(MODULE_SECONDS.read_text())
+    module_weight: dict[str, float] = {}
+    for item in items:
+        module = _module(item.nodeid)
+        folder = module.split("/")[1] if module.count("/") >= 2 else ""
+        guess = FOLDER_WEIGHT.get(folder, 1.0)
+        if module in timed:
+            module_weight[module] = module_weight.get(module, 0.0) + known.get(item.nodeid, guess)
+        elif module in measured:
+            module_weight[module] = measured[module]
+        else:
+            module_weight[module] = module_weight.get(module, 0.0) + guess
+    # stable: each module's tests keep their order
+    items.sort(key=lambda item: -module_weight[_module(item.nodeid)])
 
-    def weight(item: pytest.Item) -> float:
-        if item.nodeid in known:
-            return known[item.nodeid]
-        folder = item.nodeid.split("/")[1] if item.nodeid.count("/") >= 2 else ""
-        return FOLDER_WEIGHT.get(folder, 1.0)
 
-    items.sort(key=weight, reverse=True)  # stable: ties keep the file's order
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+    nodeid = report.nodeid.split("@", 1)[0]  # without loadgroup's "@group" suffix
+    _durations[nodeid] = _durations.get(nodeid, 0.0) + report.duration
 
 
 _durations: dict[str, float] = {}

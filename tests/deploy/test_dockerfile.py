@@ -427,6 +427,7 @@ def test_installed_image_holds_no_simulator(installed: Installed) -> None:
             "print(json.dumps({'modules': mods, 'sim': sim}))",
         ],
         cwd="/",
+        env=installed.env,
         capture_output=True,
         text=True,
         check=False,
