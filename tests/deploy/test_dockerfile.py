@@ -435,7 +435,7 @@ def test_installed_image_holds_no_simulator(installed: Installed) -> None:
     assert probe.returncode == 0, probe.stderr
     found = json.loads(probe.stdout)
     assert found["sim"] == []
-    assert {"daemon.source.client", "devtools.stack", "daemon.settings"} <= set(found["modules"])
+    assert {"daemon.source.client", "daemon.__main__", "daemon.settings"} <= set(found["modules"])
     assert not (installed.venv / "bin" / "bindbee-sim").exists()
 
 
