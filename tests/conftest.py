@@ -217,6 +217,7 @@ def _module(nodeid: str) -> str:
 WHOLE_MODULES = ("test_dockerfile.py", "test_helm.py", "test_helm_monitoring.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "loadgroup":
         return None
@@ -236,7 +237,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    nodeid = report.nodeid.split("@", 1)[0]  # without loadgroup's "@group" suffix
+    nodeid = report.nodeid.split("@", 1)[0]  # without an xdist "@group" suffix
     _durations[nodeid] = _durations.get(nodeid, 0.0) + report.duration
 
 
