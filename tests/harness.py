@@ -65,8 +65,8 @@ def require_tool(name: str, install: str) -> str:
 
 
 def base_config(
-    sim: Any,
-    bootstrap: str,
+    sim: Any | None,
+    bootstrap: str | None,
     tmp_path: Path,
     connectors: tuple[str, ...] = ("acme",),
     *,
@@ -81,7 +81,20 @@ def base_config(
     topics ``{prefix}.{connector}.{model}``. ``in_process=True`` (``helpers.feed_config``):
     for a ``Runtime``/``Scheduler`` in the test's own process: no HTTP listener, the
     default attempts and Kafka timeouts, topics ``{prefix}.{model}``.
+
+    ``sim`` and ``bootstrap`` None: a config whose API and broker nobody serves (port 1),
+    every model setting at its default, the store in ``tmp_path/state``: for commands
+    that must refuse, or that only read the store.
     """
+    if sim is None:
+        return {
+            "bindbee": {"base_url": "http://127.0.0.1:1", "api_key": "k"},
+            "connectors": [{"name": name, "token": "t"} for name in connectors],
+            "models": {"enrollments": dict(model)},
+            "kafka": {"bootstrap_servers": bootstrap or "127.0.0.1:1"},
+            "state": {"path": str(tmp_path / "state" / "changefeed.db")},
+            "http": {"enabled": False},
+        }
     prefix = f"{'t' if in_process else 'f'}{uuid.uuid4().hex[:10]}"
     bindbee: dict[str, Any] = {
         "base_url": sim.base_url,

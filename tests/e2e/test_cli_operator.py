@@ -25,7 +25,7 @@ from daemon.models import Message, StreamKey
 from daemon.settings import KafkaSettings
 from daemon.sink.kafka import KafkaSink
 from daemon.state import migrate, open_store
-from tests.harness import Daemon, daemon_argv
+from tests.harness import Daemon, base_config, daemon_argv, write_config
 from tests.harness import cli as _cli
 from tests.helpers import feed_config
 
@@ -36,18 +36,9 @@ DEV_CONFIG = REPO / "config" / "dev.yaml"
 
 
 def _config(tmp_path: Path, **sections: object) -> Path:
-    data: dict[str, object] = {
-        "bindbee": {"base_url": "http://127.0.0.1:1", "api_key": "k"},
-        "connectors": [{"name": "acme", "token": "t"}],
-        "models": {"enrollments": {}},
-        "kafka": {"bootstrap_servers": "127.0.0.1:1"},
-        "state": {"path": str(tmp_path / "state" / "changefeed.db")},
-        "http": {"enabled": False},
-    }
+    data = base_config(None, None, tmp_path)
     data.update(sections)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(tmp_path, data)
 
 
 def _closed_port() -> int:

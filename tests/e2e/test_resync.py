@@ -18,7 +18,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-import yaml
 
 from daemon.__main__ import main
 from daemon.models import StreamKey
@@ -178,17 +177,7 @@ def test_resync_makes_a_running_daemon_publish_only_the_real_difference(
 
 
 def _config(tmp_path: Path, connectors: tuple[str, ...] = ("acme",)) -> Path:
-    data = {
-        "bindbee": {"base_url": "http://127.0.0.1:1", "api_key": "k"},
-        "connectors": [{"name": name, "token": "t"} for name in connectors],
-        "models": {"enrollments": {}},
-        "kafka": {"bootstrap_servers": "127.0.0.1:1"},
-        "state": {"path": str(tmp_path / "state" / "changefeed.db")},
-        "http": {"enabled": False},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(tmp_path, base_config(None, None, tmp_path, connectors))
 
 
 def _store_with(state: Path, *keys: StreamKey) -> None:
