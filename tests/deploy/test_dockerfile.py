@@ -252,7 +252,7 @@ def test_final_image_holds_no_tests_or_dev_tools(
         assert not any(word.startswith(("tests", "bench", ".ci")) for word in words)
         # The simulator is a test/dev tool: the image carries only what the daemon imports.
         assert not any(word.startswith("bindbee_sim") for word in words), copy.args
-    for rel in ("tests/test_dockerfile.py", ".venv/bin/python", ".git/HEAD", "bench/x.py"):
+    for rel in ("tests/deploy/test_dockerfile.py", ".venv/bin/python", ".git/HEAD", "bench/x.py"):
         assert dockerignore_excludes(rel), f"{rel} would be in the build context"
     for rel in ("pyproject.toml", "daemon/settings.py"):
         assert not dockerignore_excludes(rel), f"{rel} would be missing from the build context"
