@@ -7,7 +7,7 @@
 #     -e CHANGEFEED_BINDBEE__API_KEY -e BINDBEE_TOKEN_ACME \
 #     lms-changefeed run --config /etc/lms-changefeed/my.yaml
 #
-# tests/test_dockerfile.py replays the build stage's COPY and RUN steps in a fresh
+# tests/deploy/test_dockerfile.py replays the build stage's COPY and RUN steps in a fresh
 # virtualenv, so keep them plain: COPY from the context into WORKDIR, RUN with
 # "$VIRTUAL_ENV" rather than a literal path.
 

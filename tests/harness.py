@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pty
+import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -18,17 +21,22 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import yaml
 
 from bindbee_sim.ids import decode_cursor
 from daemon.state import schema
+from tests.kafka_read import scan_end
 
 POLL_SECONDS = 0.02  # between two looks at a condition, under a deadline
 PAGE = 100  # the page size base_config sets
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned); fail after
+    ``timeout`` s. The one poll-until helper of the suite."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -39,49 +47,93 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(POLL_SECONDS)
 
 
+def in_ci() -> bool:
+    """Whether the run is CI's (``CI`` set, as CI services do): then a missing PostgreSQL
+    or promtool is a failure, not a skip."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_tool(name: str, install: str) -> str:
+    """The path of the command ``name``; skips the test without it, fails it under CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not installed: {install}"
+        if in_ci():
+            pytest.fail(f"CI is set, so this fails instead of skipping: {message}", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
 def base_config(
-    sim: Any,
-    bootstrap: str,
+    sim: Any | None,
+    bootstrap: str | None,
     tmp_path: Path,
     connectors: tuple[str, ...] = ("acme",),
+    *,
+    in_process: bool = False,
     **model: Any,
 ) -> dict[str, Any]:
-    """A config for the daemon under test: fast retries, short Kafka timeouts, JSON logs."""
-    prefix = f"f{uuid.uuid4().hex[:10]}"
-    return {
-        "bindbee": {
-            "base_url": sim.base_url,
-            "api_key": sim.api_key,
-            "page_size": PAGE,
-            "timeout_seconds": 5,
-            "max_attempts": 3,
-            "backoff_base_seconds": 0.05,
-            "backoff_max_seconds": 0.2,
-            "rate_limit": {"requests": 100_000, "per_seconds": 60},
-        },
-        "connectors": [{"name": name, "token": sim.tokens[name]} for name in connectors],
-        "models": {
-            "enrollments": {
-                "trigger": "interval",  # timer polling is what the fault scenarios drive
-                "poll_interval_seconds": 1,
-                "lookback_seconds": 0,
-                "full_scan_interval_seconds": 3600,
-                **model,
-            }
-        },
-        "kafka": {
-            "bootstrap_servers": bootstrap,
-            "partitions": 2,
-            "topic_template": prefix + ".{connector}.{model}",
-            "control_topic": prefix + ".control",
-            "request_timeout_ms": 2000,
-            "delivery_timeout_ms": 4000,
-        },
-        "state": {"path": str(tmp_path / "state.db")},
-        "http": {"host": "127.0.0.1", "port": 0},
-        "scheduler": {"jitter_seconds": 0.05, "shutdown_timeout_seconds": 10},
-        "log": {"format": "json", "level": "INFO"},
+    """The suite's one config builder: fast retries, the simulator's API, a fresh topic
+    prefix, state in ``tmp_path``; the model ``enrollments`` on a 1 s timer, ``model``
+    overriding its fields.
+
+    For a daemon process (the default): short Kafka timeouts, an ops port, JSON logs,
+    topics ``{prefix}.{connector}.{model}``. ``in_process=True`` (``helpers.feed_config``):
+    for a ``Runtime``/``Scheduler`` in the test's own process: no HTTP listener, the
+    default attempts and Kafka timeouts, topics ``{prefix}.{model}``.
+
+    ``sim`` and ``bootstrap`` None: a config whose API and broker nobody serves (port 1),
+    every model setting at its default, the store in ``tmp_path/state``: for commands
+    that must refuse, or that only read the store.
+    """
+    if sim is None:
+        return {
+            "bindbee": {"base_url": "http://127.0.0.1:1", "api_key": "k"},
+            "connectors": [{"name": name, "token": "t"} for name in connectors],
+            "models": {"enrollments": dict(model)},
+            "kafka": {"bootstrap_servers": bootstrap or "127.0.0.1:1"},
+            "state": {"path": str(tmp_path / "state" / "changefeed.db")},
+            "http": {"enabled": False},
+        }
+    prefix = f"{'t' if in_process else 'f'}{uuid.uuid4().hex[:10]}"
+    bindbee: dict[str, Any] = {
+        "base_url": sim.base_url,
+        "api_key": sim.api_key,
+        "page_size": PAGE,
+        "backoff_base_seconds": 0.01 if in_process else 0.05,
+        "backoff_max_seconds": 0.1 if in_process else 0.2,
+        "rate_limit": {"requests": 100_000, "per_seconds": 60},
     }
+    kafka: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "partitions": 2,
+        "topic_template": prefix + (".{model}" if in_process else ".{connector}.{model}"),
+        "control_topic": prefix + ".control",
+    }
+    # timer polling is what these tests drive (the sync trigger has its own tests)
+    timer: dict[str, Any] = {
+        "trigger": "interval",
+        "poll_interval_seconds": 1,
+        "lookback_seconds": 0,
+    }
+    config: dict[str, Any] = {
+        "bindbee": bindbee,
+        "connectors": [{"name": name, "token": sim.tokens[name]} for name in connectors],
+        "models": {"enrollments": timer},
+        "kafka": kafka,
+        "state": {"path": str(tmp_path / "state.db")},
+    }
+    if in_process:
+        config["http"] = {"enabled": False}
+    else:
+        bindbee.update(timeout_seconds=5, max_attempts=3)
+        timer["full_scan_interval_seconds"] = 3600
+        kafka.update(request_timeout_ms=2000, delivery_timeout_ms=4000)
+        config["http"] = {"host": "127.0.0.1", "port": 0}
+        config["scheduler"] = {"jitter_seconds": 0.05, "shutdown_timeout_seconds": 10}
+        config["log"] = {"format": "json", "level": "INFO"}
+    timer.update(model)
+    return config
 
 
 def write_config(tmp_path: Path, config: dict[str, Any], name: str = "config.yaml") -> Path:
@@ -94,29 +146,102 @@ def topic_of(config: dict[str, Any], connector: str, model: str = "enrollments")
     return str(config["kafka"]["topic_template"]).format(connector=connector, model=model)
 
 
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def daemon_argv(*args: str) -> list[str]:
+    """``python -m daemon ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "daemon", *args]
+
+
+def sim_argv(*args: str) -> list[str]:
+    """``bindbee-sim ARGS`` (the venv's script, else ``python -m bindbee_sim``)."""
+    exe = Path(sys.executable).with_name("bindbee-sim")
+    return [*([str(exe)] if exe.exists() else [sys.executable, "-m", "bindbee_sim"]), *args]
+
+
 class Daemon:
-    """``python -m daemon COMMAND --config PATH`` as a process; its JSON log lines collected."""
+    """The suite's one driver of subprocesses that keep running: ``lms-changefeed`` commands
+    and ``bindbee-sim``.
+
+    ``Daemon(config, "run", *args)`` runs ``python -m daemon run --config PATH ARGS`` with
+    JSON logs: its stderr lines are parsed into ``lines`` (anything else is kept as an
+    ``{"event": "non-json", "text": ...}`` line) and its stdout kept in ``stdout``.
+    ``Daemon.launch(argv)`` runs any command line the same way; with ``terminal=True``
+    under a pseudo-terminal (its controlling terminal: ``send(b"\\x03")`` is Ctrl-C) whose
+    output is read into ``output()``.
+    """
 
     def __init__(
-        self, config: Path, command: str = "run", *args: str, env: dict[str, str] | None = None
+        self,
+        config: Path | None,
+        command: str = "run",
+        *args: str,
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+        cwd: Path | None = None,
+        terminal: bool = False,
     ) -> None:
         self.command = command
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", command, "--config", str(config), *args],
-            env={**os.environ, "CHANGEFEED_LOG__FORMAT": "json", **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
         self.lines: list[dict[str, Any]] = []
         self.stdout: list[str] = []
+        self._out = bytearray()  # stdout, or the terminal's output, as it came
         self._cond = threading.Condition()
-        self._threads = [
-            threading.Thread(target=self._read_stderr, daemon=True),
-            threading.Thread(target=self._read_stdout, daemon=True),
-        ]
+        self._master: int | None = None
+        if argv is None:
+            argv = daemon_argv(command, *(["--config", str(config)] if config else []), *args)
+            env = {"CHANGEFEED_LOG__FORMAT": "json", **(env or {})}
+        full_env = {**os.environ, **({"COLUMNS": "160", "LINES": "50"} if terminal else {})}
+        full_env.update(env or {})
+        if terminal:
+            self._master, slave = pty.openpty()
+            self.proc = subprocess.Popen(
+                argv,
+                env=full_env,
+                cwd=cwd,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                start_new_session=True,
+                preexec_fn=_take_terminal,  # the child's controlling terminal, before exec
+            )
+            os.close(slave)
+            readers = [self._read_terminal]
+        else:
+            self.proc = subprocess.Popen(
+                argv,
+                env=full_env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            readers = [self._read_stderr, self._read_stdout]
+        self._threads = [threading.Thread(target=reader, daemon=True) for reader in readers]
         for thread in self._threads:
             thread.start()
+
+    @classmethod
+    def launch(
+        cls,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        terminal: bool = False,
+    ) -> Daemon:
+        """Any command line, e.g. ``Daemon.launch(sim_argv("--port", "0"))``."""
+        return cls(None, Path(argv[0]).name, env=env, argv=argv, cwd=cwd, terminal=terminal)
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        else:
+            self._join()
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -135,7 +260,63 @@ class Daemon:
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
-            self.stdout.append(raw.decode(errors="replace"))
+            with self._cond:
+                self.stdout.append(raw.decode(errors="replace"))
+                self._out += raw
+                self._cond.notify_all()
+
+    def _read_terminal(self) -> None:
+        assert self._master is not None
+        while True:
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                chunk = b""
+            if not chunk:
+                break
+            with self._cond:
+                self._out += chunk
+                self._cond.notify_all()
+        os.close(self._master)
+
+    # -- output ------------------------------------------------------------------------
+
+    def output(self) -> bytes:
+        """Everything printed so far (stdout, or the terminal's screen output)."""
+        with self._cond:
+            return bytes(self._out)
+
+    def plain(self) -> bytes:
+        """``output()`` without terminal escape sequences and carriage returns."""
+        return _ANSI.sub(b"", self.output()).replace(b"\r", b"")
+
+    def text(self) -> str:
+        return self.plain().decode(errors="replace")
+
+    def wait_output(
+        self, done: Callable[[bytes], Any], timeout: float = 60.0, what: str = "output"
+    ) -> Any:
+        """Until ``done(plain())`` is truthy; fails at ``timeout`` or once the process
+        ended and all its output was read without it."""
+
+        def seen() -> Any:
+            value = done(self.plain())
+            if not value and self.proc.poll() is not None and not self._reading():
+                raise AssertionError(
+                    f"{what}: the command ended ({self.proc.returncode}); "
+                    f"output:\n{self.text()[-4000:]}\nlog: {self.lines[-15:]}"
+                )
+            return value
+
+        try:
+            return wait_until(seen, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; output:\n{self.text()[-4000:]}") from None
+
+    def send(self, data: bytes) -> None:
+        """Type ``data`` on the terminal (``terminal=True``)."""
+        assert self._master is not None, "not under a terminal"
+        os.write(self._master, data)
 
     # -- logs ------------------------------------------------------------------------
 
@@ -209,7 +390,11 @@ class Daemon:
         self._join()
         return code
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
     def wait(self, timeout: float = 120.0) -> int:
+        """Until the process ends (``subprocess.TimeoutExpired`` after ``timeout`` s)."""
         code = self.proc.wait(timeout)
         self._join()
         return code
@@ -217,6 +402,37 @@ class Daemon:
     def _join(self) -> None:
         for thread in self._threads:
             thread.join(10)
+
+
+def _take_terminal() -> None:
+    """In the child, before exec: make the new session's terminal its controlling one."""
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
+    argv: list[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``lms-changefeed ARGS`` (or ``argv``) run to its end in the repository: its exit code
+    and output (text). For commands that keep running, ``Daemon``."""
+    return subprocess.run(
+        argv or daemon_argv(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        cwd=cwd or REPO,
+    )
 
 
 def poll(config: Path, *args: str, timeout: float = 180.0) -> Daemon:
@@ -333,6 +549,49 @@ def wait_fresh_full_scan(daemon: Daemon, connector: str, since: float) -> dict:
         "scan_started", since=since, connector=connector, kind="full", resumed=False
     )
     return daemon.wait_for("scan_finished", since=started["_t"], connector=connector)
+
+
+def scanned(
+    bootstrap: str,
+    config: dict[str, Any],
+    connector: str,
+    model: str = "enrollments",
+    *,
+    line: dict[str, Any] | None = None,
+    scans: int = 1,
+    timeout: float = 60.0,
+) -> dict[int, int]:
+    """``kafka_read.scan_end`` for a stream of ``config``: the data topic's offsets through
+    the scan a daemon's ``scan_started``/``scan_finished`` log ``line`` names (its ``scan``
+    field, ``connector/model#N``), else through the ``scans``-th completed scan."""
+    scan = int(str(line["scan"]).rsplit("#", 1)[1]) if line is not None else None
+    control = str(config["kafka"]["control_topic"])
+    return scan_end(
+        bootstrap, control, f"{connector}/{model}", scan, scans=scans, timeout=timeout
+    )
+
+
+def marked_through(
+    daemons: Daemon | list[Daemon],
+    bootstrap: str,
+    config: dict[str, Any],
+    connector: str,
+    model: str = "enrollments",
+    timeout: float = 60.0,
+) -> dict[int, int]:
+    """The data topic's offsets through the last scan of the stream whose ``scan_completed``
+    marker these processes published (their ``scan_marker_published`` lines): for
+    ``invariant.check(..., through=...)`` once they stopped, or while they run."""
+    def published() -> list[dict[str, Any]]:
+        return [
+            line
+            for daemon in (daemons if isinstance(daemons, list) else [daemons])
+            for line in daemon.matching("scan_marker_published", connector=connector, model=model)
+        ]
+
+    lines = wait_until(published, timeout, f"a scan of {connector}/{model} to publish its marker")
+    last = max(lines, key=lambda line: int(str(line["scan"]).rsplit("#", 1)[1]))
+    return scanned(bootstrap, config, connector, model, line=last, timeout=timeout)
 
 
 def figures(name: str, **values: object) -> None:

@@ -204,9 +204,13 @@ def read_replay(
     ignore_fields: Iterable[str] = ("modified_at",),
     expected: int | None = None,
     quiet_seconds: float = 1.5,
+    through: Mapping[int, int] | None = None,
 ) -> Report:
-    """Read the whole topic and replay it (no comparison)."""
-    records = read_topic(bootstrap, topic, expected=expected, quiet_seconds=quiet_seconds)
+    """Read the whole topic (``through`` a scan's end: ``kafka_read.scan_end``) and replay
+    it (no comparison)."""
+    records = read_topic(
+        bootstrap, topic, expected=expected, quiet_seconds=quiet_seconds, through=through
+    )
     return replay(records, topic, ignore_fields)
 
 
@@ -221,12 +225,14 @@ def check(
     params: Mapping[str, object] | None = None,
     expected: int | None = None,
     quiet_seconds: float = 1.5,
+    through: Mapping[int, int] | None = None,
 ) -> Report:
     """Read ``topic`` from the beginning, replay it, compare with the simulator's data.
 
-    Call it once the daemon acknowledged everything of interest (e.g. after a finished scan
-    or a stopped process). ``expected``, a lower bound of the message count, ends the read
-    sooner.
+    Call it once the daemon acknowledged everything of interest. ``through`` (the offsets
+    of a completed scan, ``kafka_read.scan_end``) reads exactly what that scan and those
+    before it published; else ``expected``, a lower bound of the message count, ends the
+    read sooner than the topic going quiet.
     """
     source = source_records(sim, connector, model, params)
     report = read_replay(
@@ -235,6 +241,7 @@ def check(
         ignore_fields=ignore_fields,
         expected=expected,
         quiet_seconds=quiet_seconds,
+        through=through,
     )
     return compare(report, source, ignore_fields)
 

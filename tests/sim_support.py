@@ -1,4 +1,4 @@
-"""Shared fixtures and helpers of the tests/test_sim_*.py files (no tests of its own).
+"""Shared fixtures and helpers of the tests/*/test_sim_*.py files (no tests of its own).
 
 A module re-exports a fixture with ``sim = support.sim``; pytest then gives each
 module its own module-scoped server (``shared_sim``) and overrides the
@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import http.server
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta, timezone
-from typing import Any
 
 import httpx
 import pytest
@@ -72,18 +70,6 @@ def walk(client: httpx.Client, path: str = ENROLLMENTS, **params: object) -> lis
         cursor = body["cursor"]
         if cursor is None:
             return items
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class Receiver:

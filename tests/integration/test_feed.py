@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,9 +18,10 @@ from daemon.models import StreamKey
 from daemon.runtime import Runtime
 from daemon.settings import Settings, load_settings
 from daemon.timestamps import normalize_time
-from tests.harness import scan_pages
+from tests.harness import Daemon, cli, scan_pages, wait_until
+from tests.harness import poll as poll_to_the_end
 from tests.helpers import feed_config, new_enrollment
-from tests.kafka_read import read_topic
+from tests.kafka_read import read_topic, scan_end
 
 KEY = StreamKey("acme", "enrollments")
 
@@ -41,6 +37,16 @@ def poll(settings: Settings, *, full: bool = False, connector: str = "acme"):
         return stream_pass.run(force_full=full)
     finally:
         runtime.close()
+
+
+def scans_end(settings: Settings, scans: int, connector: str = "acme") -> dict[int, int]:
+    """The data topic's offsets through the stream's first ``scans`` completed scans."""
+    return scan_end(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.control_topic,
+        f"{connector}/enrollments",
+        scans=scans,
+    )
 
 
 def events_of(records) -> list[dict]:
@@ -97,7 +103,8 @@ def test_initial_sync_then_changes_then_quiet(sim, broker, tmp_path: Path) -> No
 
     again = poll(settings, full=True)
     assert again.stats.created == again.stats.updated == again.stats.deleted == 0
-    assert len(read_topic(broker.bootstrap, topic, quiet_seconds=1.5)) == 1018
+    # Everything the three scans published: through the third one's scan_completed marker.
+    assert len(read_topic(broker.bootstrap, topic, through=scans_end(settings, 3))) == 1018
 
 
 @pytest.mark.sim(enrollments=50)
@@ -116,7 +123,7 @@ def test_modified_at_bump_and_older_copy_make_no_event(sim, broker, tmp_path: Pa
     )
     result = poll(settings, full=True)
     assert result.stats.updated == 0 and result.stats.stale == 1 and result.stats.unchanged == 49
-    assert len(read_topic(broker.bootstrap, topic, quiet_seconds=1.5)) == 50
+    assert len(read_topic(broker.bootstrap, topic, through=scans_end(settings, 2))) == 50
     assert old_b["start_date"] != "2031-01-01T00:00:00Z"
 
 
@@ -146,7 +153,7 @@ def test_empty_answer_for_a_populated_stream_deletes_nothing(sim, broker, tmp_pa
         result = poll(settings, full=True)
     assert result.stats.deleted == 0 and result.delete_guard
     assert any(e["event"] == "delete_guard_tripped" and e["log_level"] == "error" for e in logs)
-    assert len(read_topic(broker.bootstrap, topic, quiet_seconds=1.5)) == 30
+    assert len(read_topic(broker.bootstrap, topic, through=scans_end(settings, 2))) == 30
     runtime = Runtime.open(settings)
     state = runtime.store.state(KEY)
     runtime.close()
@@ -227,20 +234,17 @@ def test_sigkilled_poll_resumes_from_its_checkpoint(sim, broker, tmp_path: Path)
     topic = settings.kafka.topic_for("acme", "enrollments")
     # Slow pages down so the kill lands mid-scan, wherever the machine's speed.
     sim.add_fault(delay_ms=60, count=100_000, connector="acme")
-    env = {**os.environ, "CHANGEFEED_LOG__FORMAT": "json"}
-    cmd = [sys.executable, "-m", "daemon", "poll", "--config", str(path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while scan_pages(tmp_path / "state.db") < 15:
-        assert proc.poll() is None, "poll finished before it could be killed"
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    proc = Daemon(path, "poll")
+    wait_until(
+        lambda: scan_pages(tmp_path / "state.db") >= 15 or proc.proc.poll() is not None,
+        60,
+        "15 committed pages",
+    )
+    assert proc.proc.poll() is None, "poll finished before it could be killed"
+    proc.kill()
     first_run_requests = sim.stats()["acme"]["200"]
     sim.clear_faults()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    poll_to_the_end(path, timeout=120)
     second_run_requests = sim.stats()["acme"]["200"] - first_run_requests
     assert second_run_requests < 50  # a fresh start needs 50 pages
     records = read_topic(broker.bootstrap, topic, expected=5000)
@@ -260,31 +264,11 @@ def test_status_and_reset_commands(sim, broker, tmp_path: Path, initial: str) ->
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     poll(settings_of(config))
-    status = subprocess.run(
-        [sys.executable, "-m", "daemon", "status", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    status = cli("status", "--config", str(path))
     assert status.returncode == 0, status.stderr
     assert "acme/enrollments" in status.stdout and "10" in status.stdout
-    reset = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "daemon",
-            "reset",
-            "--config",
-            str(path),
-            "--connector",
-            "acme",
-            "--model",
-            "enrollments",
-            "--yes",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    reset = cli(
+        "reset", "--config", str(path), "--connector", "acme", "--model", "enrollments", "--yes"
     )
     assert reset.returncode == 0
     runtime = Runtime.open(settings_of(config))

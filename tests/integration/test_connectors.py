@@ -25,6 +25,7 @@ from daemon.errors import (
 )
 from daemon.source.connectors import ConnectorDirectory, ConnectorInfo, parse_connector
 from daemon.timestamps import normalize_time
+from tests.harness import wait_until
 
 API_KEY = "bb-key-do-not-leak-3c1e"
 NAMES = {f"school_{n}": f"tok-school-{n}-do-not-leak" for n in range(5)}
@@ -408,21 +409,11 @@ def test_stop_during_a_long_back_off_returns_at_once(scripted: Callable[..., Scr
     thread = threading.Thread(target=run)
     thread.start()
     # Wait on a condition (the first request arrived), not a sleep.
-    deadline_hit = not _wait_for(lambda: len(server.seen) >= 1)
-    assert not deadline_hit
+    wait_until(lambda: len(server.seen) >= 1, 30, "the first request")
     stop.set()
     thread.join(30)
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], ScanInterrupted)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    done = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return True
-        done.wait(0.01)
-    return False
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ as rendered) and the Grafana dashboard ConfigMap; both only when enabled.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "lms-changefeed"
 ALERTS = CHART / "files" / "alerts.yaml"
 DASHBOARD = CHART / "files" / "dashboard.json"
@@ -44,13 +43,6 @@ def helm() -> Any:
 def chart(helm: Any) -> Iterator[Any]:
     with helm.Chart.load(CHART) as loaded:
         yield loaded
-
-
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed: apt-get install prometheus")
-    return path
 
 
 def render(chart: Any, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -108,8 +100,7 @@ def test_prometheus_rule_is_the_alerts_file(chart: Any) -> None:
     assert rule_doc["spec"]["groups"] == source["groups"]
 
 
-def test_rendered_rules_pass_promtool(chart: Any, tmp_path: Path) -> None:
-    promtool = _promtool()
+def test_rendered_rules_pass_promtool(chart: Any, tmp_path: Path, promtool: str) -> None:
     (rule_doc,) = _of_kind(render(chart, ENABLED), "PrometheusRule")
     rules = tmp_path / "rendered_alerts.yaml"
     rules.write_text(yaml.safe_dump({"groups": rule_doc["spec"]["groups"]}))

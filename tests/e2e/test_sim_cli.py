@@ -9,72 +9,51 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from tests.sim_support import API_KEY, CONNECTORS, ENROLLMENTS, Receiver, wait_for
+from tests.harness import Daemon, cli, sim_argv, wait_until
+from tests.sim_support import API_KEY, CONNECTORS, ENROLLMENTS, Receiver
 
 
-def sim_command() -> list[str]:
-    exe = Path(sys.executable).with_name("bindbee-sim")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "bindbee_sim"]
+def listening(sim_cli: Daemon) -> str:
+    """The base URL from the first line ``bindbee-sim`` prints."""
+    sim_cli.wait_output(lambda out: b"\n" in out, 30, "bindbee-sim's first line")
+    line = sim_cli.stdout[0]
+    assert line.startswith("bindbee-sim listening on http://127.0.0.1:"), line
+    return line.split()[-1]
 
 
 @contextmanager
 def running_cli(*args: str) -> Iterator[str]:
     """``bindbee-sim --port 0 ARGS``; yields its base URL; SIGTERM at the end."""
-    proc = subprocess.Popen(
-        [*sim_command(), "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("bindbee-sim listening on http://127.0.0.1:"), line
-        yield line.split()[-1]
+    with Daemon.launch(sim_argv("--port", "0", *args), env={"PYTHONUNBUFFERED": "1"}) as proc:
+        yield listening(proc)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert proc.wait(10) == 0
 
 
 # ---- the command line ----------------------------------------------------------------------
 
 
 def test_cli_serves_and_exits_on_sigterm(tmp_path: Path):
-    exe = Path(sys.executable).with_name("bindbee-sim")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "bindbee_sim"]
-    proc = subprocess.Popen(
-        [
-            *command,
-            "--port",
-            "0",
-            "--connectors",
-            "acme:tok_acme,globex:tok_g",
-            "--enrollments",
-            "120",
-            "--seed",
-            "3",
-            "--rate-limit",
-            "10",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    argv = sim_argv(
+        "--port",
+        "0",
+        "--connectors",
+        "acme:tok_acme,globex:tok_g",
+        "--enrollments",
+        "120",
+        "--seed",
+        "3",
+        "--rate-limit",
+        "10",
     )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("bindbee-sim listening on http://127.0.0.1:"), line
-        base_url = line.split()[-1]
+    with Daemon.launch(argv, env={"PYTHONUNBUFFERED": "1"}) as proc:
+        base_url = listening(proc)
         response = httpx.get(
             base_url + ENROLLMENTS,
             params={"page_size": 100},
@@ -85,12 +64,8 @@ def test_cli_serves_and_exits_on_sigterm(tmp_path: Path):
         assert response.json()["page_size"] == 100
         assert response.headers["x-ratelimit-limit"] == "10"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        assert proc.stdout.read() == ""  # exactly one line on stdout
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert proc.wait(10) == 0
+        assert len(proc.stdout) == 1, proc.stdout  # exactly one line on stdout
 
 
 def test_cli_scheduled_mode_with_signed_webhooks():
@@ -125,13 +100,13 @@ def test_cli_scheduled_mode_with_signed_webhooks():
         during = api.get(CONNECTORS).json()["items"][0]
         assert during["sync_status"] == "Syncing"
         assert during["last_sync_start_time"] > before["last_sync_start_time"]
-        wait_for(
+        wait_until(
             lambda: api.get(CONNECTORS).json()["items"][0]["sync_status"] == "Done", what="Done"
         )
         after = api.get(path).json()
         assert after["end_date"] is None and after["modified_at"] > record["modified_at"]
         assert after["modified_at"] > during["last_sync_start_time"]  # stamped at the end
-        wait_for(lambda: len(receiver.bodies()) == 3, what="three webhooks")
+        wait_until(lambda: len(receiver.bodies()) == 3, what="three webhooks")
         for headers, body in receiver.deliveries():
             digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
             assert headers["X-Bindbee-Webhook-Signature"] == (
@@ -142,9 +117,9 @@ def test_cli_scheduled_mode_with_signed_webhooks():
 
 
 def test_cli_help_has_no_rest_markup():
-    out = subprocess.run(
-        [*sim_command(), "--help"], capture_output=True, text=True, check=True, timeout=30
-    ).stdout
+    done = cli(argv=sim_argv("--help"), timeout=30)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "--sync-mode" in out and "--webhook-url" in out
     assert "``" not in out
 
@@ -156,7 +131,7 @@ def test_cli_refuses_bad_sync_and_webhook_options():
         (["--sync-mode", "hourly"], "invalid choice"),
     ]:
         done = subprocess.run(
-            [*sim_command(), "--port", "0", "--enrollments", "5", *args],
+            sim_argv("--port", "0", "--enrollments", "5", *args),
             capture_output=True,
             text=True,
             timeout=30,

@@ -9,16 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pty
 import re
-import select
-import signal
 import socket
-import subprocess
-import sys
 import time
 import types
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -31,42 +25,20 @@ from daemon.models import Message, StreamKey
 from daemon.settings import KafkaSettings
 from daemon.sink.kafka import KafkaSink
 from daemon.state import migrate, open_store
+from tests.harness import Daemon, base_config, daemon_argv, write_config
+from tests.harness import cli as _cli
 from tests.helpers import feed_config
 
 pytestmark = pytest.mark.timeout(180)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEV_CONFIG = REPO / "config" / "dev.yaml"
-_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
-
-
-def _cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-        cwd=cwd or REPO,
-    )
 
 
 def _config(tmp_path: Path, **sections: object) -> Path:
-    data: dict[str, object] = {
-        "bindbee": {"base_url": "http://127.0.0.1:1", "api_key": "k"},
-        "connectors": [{"name": "acme", "token": "t"}],
-        "models": {"enrollments": {}},
-        "kafka": {"bootstrap_servers": "127.0.0.1:1"},
-        "state": {"path": str(tmp_path / "state" / "changefeed.db")},
-        "http": {"enabled": False},
-    }
+    data = base_config(None, None, tmp_path)
     data.update(sections)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(tmp_path, data)
 
 
 def _closed_port() -> int:
@@ -153,13 +125,13 @@ def test_reset_without_yes_and_without_a_terminal_refuses(tmp_path: Path) -> Non
 def test_reset_on_a_terminal_asks_first(tmp_path: Path) -> None:
     config, state = _store_with_stream(tmp_path)
     args = ["reset", "--config", str(config), "--connector", "acme", "--model", "enrollments"]
-    with Pty(args) as term:
-        term.expect(lambda out: b"[y/N]" in out, 30)
+    with Daemon.launch(daemon_argv(*args), terminal=True) as term:
+        term.wait_output(lambda out: b"[y/N]" in out, 30)
         term.send(b"n\r")
         assert term.wait(30) == 2
     assert _streams_in(state) == ["acme/enrollments"]
-    with Pty(args) as term:
-        term.expect(lambda out: b"[y/N]" in out, 30)
+    with Daemon.launch(daemon_argv(*args), terminal=True) as term:
+        term.wait_output(lambda out: b"[y/N]" in out, 30)
         term.send(b"y\r")
         assert term.wait(30) == 0, term.text()
     assert "reset acme/enrollments" in term.text()
@@ -315,84 +287,6 @@ def test_kafka_library_chatter_is_a_rate_limited_warning() -> None:
 # ---- dev --------------------------------------------------------------------------------------
 
 
-class Pty:
-    """A command under a pseudo-terminal (the child's controlling terminal: \\x03 is
-    Ctrl-C), read from a non-blocking master."""
-
-    def __init__(
-        self,
-        args: Sequence[str],
-        env: dict[str, str] | None = None,
-        cwd: Path | None = None,
-    ) -> None:
-        self.args = [sys.executable, "-m", "daemon", *args]
-        self.env = {**os.environ, "COLUMNS": "160", "LINES": "50", **(env or {})}
-        self.cwd = cwd or REPO
-        self.out = b""
-        self.pid = 0
-        self.fd = -1
-        self.status: int | None = None
-
-    def __enter__(self) -> Pty:
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: exec at once, nothing else
-            try:
-                os.chdir(self.cwd)
-                os.execve(self.args[0], self.args, self.env)
-            finally:
-                os._exit(127)
-        self.pid, self.fd = pid, fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.status is None:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        os.close(self.fd)
-
-    def _read(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
-            return True
-        try:
-            chunk = os.read(self.fd, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            return False
-        self.out += chunk
-        return bool(chunk)
-
-    def expect(self, done: Callable[[bytes], bool], within: float) -> None:
-        deadline = time.monotonic() + within
-        while not done(self.plain()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not seen within {within}s; screen:\n{self.text()[-4000:]}")
-            if not self._read(0.5):
-                raise AssertionError(f"the command ended; screen:\n{self.text()[-4000:]}")
-
-    def send(self, data: bytes) -> None:
-        os.write(self.fd, data)
-
-    def wait(self, within: float) -> int:
-        deadline = time.monotonic() + within
-        while True:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                # What is still buffered: read until the terminal reports EOF or goes quiet.
-                while select.select([self.fd], [], [], 0.1)[0] and self._read(0):
-                    pass
-                self.status = os.waitstatus_to_exitcode(status)
-                return self.status
-            if time.monotonic() > deadline:
-                raise AssertionError(f"still running after {within}s:\n{self.text()[-4000:]}")
-            self._read(0.2)
-
-    def plain(self) -> bytes:
-        return _ANSI.sub(b"", self.out).replace(b"\r", b"")
-
-    def text(self) -> str:
-        return self.plain().decode(errors="replace")
-
-
 def _lines(text: str, kind: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(kind)]
 
@@ -409,13 +303,15 @@ def test_dev_under_a_terminal_shows_one_line_per_event_then_cleans_up(tmp_path: 
     # The mutator changes one record every 3 s, the kind drawn from its seed: with seed 4
     # the first three are an update, a delete and a create (after the initial sync), so
     # every kind of line shows up within three changes (a random seed takes six on average).
-    with Pty(["dev", "--seed", str(DEV_SEED)], env=env, cwd=tmp_path) as term:
+    with Daemon.launch(
+        daemon_argv("dev", "--seed", str(DEV_SEED)), env=env, cwd=tmp_path, terminal=True
+    ) as term:
 
         def seen_all(out: bytes) -> bool:
             text = out.decode(errors="replace")
             return all(_lines(text, kind) for kind in ("created ", "updated ", "deleted "))
 
-        term.expect(seen_all, 150)
+        term.wait_output(seen_all, 150)
         term.send(b"\x03")
         assert term.wait(60) == 130, term.text()[-3000:]
     screen = term.text()
@@ -444,8 +340,10 @@ def test_dev_keep_prints_the_folder_and_a_status_command(tmp_path: Path) -> None
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     args = ["dev", "--config", str(DEV_CONFIG), "--keep", "--seed", "7"]
-    with Pty(args, env={"TMPDIR": str(tmp)}, cwd=tmp_path) as term:
-        term.expect(lambda out: out.count(b"initial sync ") >= 2, 120)
+    with Daemon.launch(
+        daemon_argv(*args), env={"TMPDIR": str(tmp)}, cwd=tmp_path, terminal=True
+    ) as term:
+        term.wait_output(lambda out: out.count(b"initial sync ") >= 2, 120)
         term.send(b"\x03")
         assert term.wait(60) == 130, term.text()[-3000:]
     screen = term.text()

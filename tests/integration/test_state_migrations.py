@@ -25,9 +25,10 @@ from daemon.models import StreamKey
 from daemon.runtime import Runtime
 from daemon.settings import StateSettings, load_settings
 from daemon.state import current_revision, head_revision, migrate, open_store
+from tests.harness import cli
 from tests.kafka_read import read_topic
 
-FIXTURES = Path(__file__).parent / "fixtures" / "state-0.1.0"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "state-0.1.0"
 sys.path.insert(0, str(FIXTURES))
 from make_fixtures import SIM, TOPICS  # noqa: E402
 
@@ -280,12 +281,7 @@ def test_an_upgraded_store_sends_its_outbox_once_and_nothing_twice(
 
 
 def _cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli(*args, "--config", str(config), timeout=120)
 
 
 def test_migrate_command_and_status_revision(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import pytest
 from daemon.ops.health import HealthServer
 from daemon.settings import HttpSettings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 EXAMPLE_CONFIG = REPO / "config" / "example.yaml"
 SECRETS = {
@@ -252,7 +252,7 @@ def test_final_image_holds_no_tests_or_dev_tools(
         assert not any(word.startswith(("tests", "bench", ".ci")) for word in words)
         # The simulator is a test/dev tool: the image carries only what the daemon imports.
         assert not any(word.startswith("bindbee_sim") for word in words), copy.args
-    for rel in ("tests/test_dockerfile.py", ".venv/bin/python", ".git/HEAD", "bench/x.py"):
+    for rel in ("tests/deploy/test_dockerfile.py", ".venv/bin/python", ".git/HEAD", "bench/x.py"):
         assert dockerignore_excludes(rel), f"{rel} would be in the build context"
     for rel in ("pyproject.toml", "daemon/settings.py"):
         assert not dockerignore_excludes(rel), f"{rel} would be missing from the build context"
@@ -325,7 +325,8 @@ def installed(
     # RUN lines say `python`; in the image that is the base image's Python 3.11.
     (bin_dir / "python").symlink_to(sys.executable)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFEED_", "VIRTUAL_ENV"))}
+    unset = ("CHANGEFEED_", "VIRTUAL_ENV", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
     env.update(build.env())
     image_venv = env["VIRTUAL_ENV"]
     env["VIRTUAL_ENV"] = str(venv)
@@ -366,7 +367,10 @@ def installed(
     final_env = final.env()
     assert final_env["PATH"].startswith(f"{image_venv}/bin:")
 
-    run_env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
+    # The image sets no PYTHONPATH: a test run's own must not point the entrypoint at the tree.
+    run_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFEED_", "PYTHONPATH"))
+    }
     run_env.update({k: v for k, v in final_env.items() if k != "PATH"})
     run_env["PATH"] = f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     yield Installed(venv=venv, env=run_env)
@@ -395,6 +399,7 @@ def test_installed_image_has_no_dev_tools_and_is_not_editable(installed: Install
             " 'dev': [m for m in ('pytest', 'hypothesis', 'ruff', 'tests') if u.find_spec(m)]}))",
         ],
         cwd="/",
+        env=installed.env,
         capture_output=True,
         text=True,
         check=True,
@@ -421,6 +426,7 @@ def test_installed_image_holds_no_simulator(installed: Installed) -> None:
             "print(json.dumps({'modules': mods, 'sim': sim}))",
         ],
         cwd="/",
+        env=installed.env,
         capture_output=True,
         text=True,
         check=False,

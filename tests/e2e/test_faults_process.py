@@ -22,6 +22,7 @@ from tests.harness import (
     base_config,
     figures,
     kill_while_publishing,
+    marked_through,
     ok_requests,
     poll,
     scan_pages,
@@ -88,7 +89,8 @@ def test_sigkill_during_initial_sync_at_three_points(sim, own_broker, tmp_path: 
     assert started["resumed"] and started["cursor_set"], started
     finished = final.wait_for("scan_finished")
     assert finished["kind"] == "full"
-    report = check(broker.bootstrap, topic, sim, "acme")
+    through = marked_through(final, broker.bootstrap, config, "acme")
+    report = check(broker.bootstrap, topic, sim, "acme", through=through)
     report.assert_holds()
     redelivered.append(report.redeliveries)
 
@@ -149,5 +151,6 @@ def test_source_change_under_an_unacknowledged_page(
     else:
         sim.update("acme", "enrollments", victim, {})
     poll(path)
-    poll(path, "--full")
-    check(broker.bootstrap, topic_of(config, "acme"), sim, "acme").assert_holds()
+    full = poll(path, "--full")
+    through = marked_through(full, broker.bootstrap, config, "acme")
+    check(broker.bootstrap, topic_of(config, "acme"), sim, "acme", through=through).assert_holds()

@@ -30,7 +30,7 @@ from tests.helpers import feed_config
 from tests.kafka_read import read_topic
 from tests.schema_check import validate_event, validator
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 REGENERATE = ".venv/bin/python -m daemon.sink.schemas --write docs/schemas"
 BASE = "https://schemas.example.com/lms-changefeed/v1"
 KEY = StreamKey("acme", "enrollments")

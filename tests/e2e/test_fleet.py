@@ -26,6 +26,7 @@ from tests.harness import (
     base_config,
     each_at_once,
     figures,
+    marked_through,
     topic_of,
     wait_until,
     write_config,
@@ -258,7 +259,13 @@ def test_paused_replica_writes_nothing_after_its_lease_expired(
         # Every topic read at once (each read as before, on its own thread).
         reports = each_at_once(
             list(sim.tokens),
-            lambda c: check(broker.bootstrap, topic_of(config, c), sim, c),
+            lambda c: check(
+                broker.bootstrap,
+                topic_of(config, c),
+                sim,
+                c,
+                through=marked_through(list(daemons.values()), broker.bootstrap, config, c),
+            ),
         )
         for report in reports.values():
             report.assert_holds()

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,79 +10,26 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-import yaml
 
 from bindbee_sim import SimServer
 from daemon.models import StreamKey
 from daemon.state import open_store
+from tests.harness import (
+    Daemon,
+    base_config,
+    marked_through,
+    topic_of,
+    wait_until,
+    write_config,
+)
 from tests.kafka_read import read_topic
-
-
-class Daemon:
-    """A running daemon process whose JSON log lines are collected as they come."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "--config", str(config)],
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: queue.Queue[dict] = queue.Queue()
-        self.seen: list[dict] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            try:
-                self.lines.put(orjson.loads(raw))
-            except orjson.JSONDecodeError:
-                self.lines.put({"event": "non-json", "text": raw.decode(errors="replace")})
-
-    def wait_for(self, event: str, timeout: float = 60.0, **fields: object) -> dict:
-        deadline = time.monotonic() + timeout
-        for line in self.seen:
-            if line.get("event") == event and all(line.get(k) == v for k, v in fields.items()):
-                return line
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {event} {fields} in {self.seen[-20:]}")
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            self.seen.append(line)
-            if line.get("event") == event and all(line.get(k) == v for k, v in fields.items()):
-                return line
 
 
 @pytest.fixture
 def daemon_config(sim, broker, tmp_path: Path) -> Iterator[tuple[Path, dict]]:
-    config = {
-        "bindbee": {"base_url": sim.base_url, "api_key": sim.api_key},
-        "connectors": [{"name": "acme", "token": sim.tokens["acme"]}],
-        "models": {
-            "enrollments": {
-                "trigger": "interval",
-                "poll_interval_seconds": 1,
-                "lookback_seconds": 1,
-                "full_scan_interval_seconds": 3600,
-            }
-        },
-        "kafka": {
-            "bootstrap_servers": broker.bootstrap,
-            "topic_template": f"d{uuid.uuid4().hex[:8]}.{{model}}",
-        },
-        "state": {"path": str(tmp_path / "state.db")},
-        "http": {"host": "127.0.0.1", "port": 0},
-        "scheduler": {"jitter_seconds": 0.1, "shutdown_timeout_seconds": 10},
-        "log": {"format": "json", "level": "INFO"},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    yield path, config
+    config = base_config(sim, broker.bootstrap, tmp_path, lookback_seconds=1)
+    config["scheduler"]["jitter_seconds"] = 0.1
+    yield write_config(tmp_path, config), config
 
 
 @pytest.mark.sim(enrollments=300, honor_modified_after=True)
@@ -102,8 +43,9 @@ def test_run_serves_health_and_metrics_and_stops_cleanly(sim, broker, daemon_con
         assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
         ready = httpx.get(f"{base}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
-        topic = config["kafka"]["topic_template"].format(model="enrollments")
-        assert len(read_topic(broker.bootstrap, topic, expected=300)) == 300
+        topic = topic_of(config, "acme")
+        through = marked_through(daemon, broker.bootstrap, config, "acme")
+        assert len(read_topic(broker.bootstrap, topic, through=through)) == 300
 
         rid = sim.ids("acme", "enrollments")[5]
         sim.update("acme", "enrollments", rid, {"start_date": "2040-01-01T00:00:00Z"})
@@ -140,18 +82,15 @@ def test_sigterm_mid_scan_commits_every_acknowledged_page(sim, broker, daemon_co
     daemon.wait_for("scan_started")
     store = open_store(config["state"]["path"])
     key = StreamKey("acme", "enrollments")
-    deadline = time.monotonic() + 60
-    while store.state(key).scan_pages < 5:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: store.state(key).scan_pages >= 5, 60, "five committed pages")
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(30) == 0
     daemon.wait_for("stopped", clean=True, timeout=5)
     state = store.state(key)
     store.close()
     assert state.in_progress and state.scan_pages >= 5
-    topic = config["kafka"]["topic_template"].format(model="enrollments")
-    published = read_topic(broker.bootstrap, topic, quiet_seconds=1.5)
+    # The daemon has stopped: what the topic holds now is all it will ever hold.
+    published = read_topic(broker.bootstrap, topic_of(config, "acme"), expected=state.records)
     # Exactly the committed pages were published: nothing acknowledged is left uncommitted.
     assert len(published) == state.records == state.scan_pages * 100
 
@@ -171,7 +110,7 @@ def test_example_config_runs_against_simulator_and_broker(broker, tmp_path: Path
             "CHANGEFEED_LOG__FORMAT": "json",
             **{f"BINDBEE_TOKEN_{name.upper()}": token for name, token in tokens.items()},
         }
-        daemon = Daemon(Path("config/example.yaml"), env)
+        daemon = Daemon(Path("config/example.yaml"), env=env)
         try:
             port = daemon.wait_for("http_listening")["port"]
             for connector in tokens:
@@ -189,4 +128,4 @@ def test_example_config_runs_against_simulator_and_broker(broker, tmp_path: Path
             code = daemon.proc.wait(30)
         assert code == 0
         daemon.wait_for("stopped", clean=True, timeout=5)
-        assert not any(line.get("log_level") == "error" for line in daemon.seen)
+        assert not any(line.get("log_level") == "error" for line in daemon.lines)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import pytest
 
 from tests import sim_support as support
+from tests.harness import wait_until
 from tests.sim_support import (
     ENROLLMENTS,
 )
@@ -63,10 +63,7 @@ def test_delay_fault_does_not_block_other_requests(sim, client):
     thread = threading.Thread(target=slow)
     thread.start()
     # Wait until the slow request has consumed its fault, i.e. is sleeping.
-    deadline = time.monotonic() + 5
-    while sim.state.pending_faults() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert sim.state.pending_faults() == []
+    wait_until(lambda: not sim.state.pending_faults(), 5, "the slow request to take its fault")
     with httpx.Client(base_url=sim.base_url, headers=client.headers) as other:
         assert other.get(ENROLLMENTS).status_code == 200
     assert not done.is_set()  # the delayed request is still waiting

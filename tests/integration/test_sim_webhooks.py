@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from bindbee_sim import SimServer
-from tests.sim_support import API_KEY, ENROLLMENTS, Receiver, wait_for
+from tests.harness import wait_until
+from tests.sim_support import API_KEY, ENROLLMENTS, Receiver
 
 SECRET = "whsec-test-key"
 SIGNATURE = "X-Bindbee-Webhook-Signature"
@@ -50,7 +51,7 @@ def test_a_sync_sends_signed_started_synced_and_data_modified(encoding):
             sim.update("acme", "enrollments", record_id, {"remote_id": "W"})
         done = sim.sync("acme")
         # The log entry follows the answer: wait for it rather than for the receiver.
-        wait_for(lambda: len(sim.webhooks()) == 3, what="three logged deliveries")
+        wait_until(lambda: len(sim.webhooks()) == 3, what="three logged deliveries")
         for headers, body in receiver.deliveries():
             assert headers[SIGNATURE] == expected_signature(body, encoding)
             assert headers["Content-Type"] == "application/json"
@@ -97,7 +98,7 @@ def test_a_sync_sends_signed_started_synced_and_data_modified(encoding):
 def test_a_failed_sync_sends_connector_sync_error():
     with Receiver() as receiver, server(receiver) as sim:
         sim.sync("acme", fail=True)
-        wait_for(lambda: len(receiver.bodies()) == 2, what="two deliveries")
+        wait_until(lambda: len(receiver.bodies()) == 2, what="two deliveries")
         started, error = events(receiver)
         assert started["webhook"]["event"] == "connector_sync_started"
         assert error["webhook"]["event"] == "connector_sync_error"
@@ -109,7 +110,7 @@ def test_a_failed_sync_sends_connector_sync_error():
 def test_a_sync_without_changes_sends_no_data_modified():
     with Receiver() as receiver, server(receiver) as sim:
         sim.sync("acme")
-        wait_for(lambda: len(sim.webhooks()) == 2, what="two attempts")
+        wait_until(lambda: len(sim.webhooks()) == 2, what="two attempts")
         assert [e["webhook"]["event"] for e in events(receiver)] == [
             "connector_sync_started",
             "connector_synced",
@@ -119,7 +120,7 @@ def test_a_sync_without_changes_sends_no_data_modified():
 def test_live_mode_changes_send_sync_events():
     with Receiver() as receiver, server(receiver, sync_mode="live") as sim:
         record = sim.create("acme", "users", {"first_name": "Eve"})
-        wait_for(lambda: len(receiver.bodies()) == 3, what="three deliveries")
+        wait_until(lambda: len(receiver.bodies()) == 3, what="three deliveries")
         started, synced, modified = events(receiver)
         assert started["sync"] == synced["sync"] == modified["sync"]
         assert synced["sync"]["sync_type"] == "AUTOMATED"
@@ -133,7 +134,7 @@ def test_non_2xx_answers_are_retried_until_delivered():
     with Receiver(answers=[500, 500, 503]) as receiver, server(receiver) as sim:
         sim.set_connector("acme", status="RELINK_NEEDED")
         sim.sync("acme")  # fails: started + error events
-        wait_for(
+        wait_until(
             lambda: (
                 [e["outcome"] for e in sim.webhooks()][-1:] == ["delivered"]
                 and len(sim.webhooks()) == 5
@@ -164,7 +165,9 @@ def test_a_receiver_that_never_answers_gets_one_try_and_four_retries():
         # Deliveries hang, the API does not.
         headers = {"Authorization": f"Bearer {API_KEY}", "x-connector-token": "tok_acme"}
         assert api.get(ENROLLMENTS, headers=headers).status_code == 200
-        wait_for(lambda: any(e["outcome"] == "given_up" for e in sim.webhooks()), what="a give-up")
+        wait_until(
+            lambda: any(e["outcome"] == "given_up" for e in sim.webhooks()), what="a give-up"
+        )
         started = [e for e in sim.webhooks() if e["event"] == "connector_sync_started"]
         assert [(e["attempt"], e["status"]) for e in started] == [(n, None) for n in range(1, 6)]
         assert [e["outcome"] for e in started] == ["retrying"] * 4 + ["given_up"]
@@ -184,7 +187,7 @@ def test_a_refused_connection_is_retried_then_given_up():
         sync_duration_seconds=0,
     ) as sim:
         sim.sync("acme")
-        wait_for(lambda: len(sim.webhooks()) == 6, what="two events, three attempts each")
+        wait_until(lambda: len(sim.webhooks()) == 6, what="two events, three attempts each")
         outcomes = [(e["event"], e["attempt"], e["outcome"]) for e in sim.webhooks()]
         assert outcomes[:3] == [
             ("connector_sync_started", 1, "retrying"),
@@ -197,7 +200,7 @@ def test_a_refused_connection_is_retried_then_given_up():
 def test_reset_clears_the_delivery_log():
     with Receiver() as receiver, server(receiver) as sim:
         sim.sync("acme")
-        wait_for(lambda: len(sim.webhooks()) == 2, what="two attempts")
+        wait_until(lambda: len(sim.webhooks()) == 2, what="two attempts")
         sim.reset()
         assert sim.webhooks() == []
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from daemon.errors import ConfigError
 from daemon.settings import LMS_MODELS, ConnectorSettings, ModelSettings, Settings, load_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "lms-changefeed"
 THREE_CONNECTORS = CHART / "ci" / "three-connectors-values.yaml"
 WEBHOOK_DISCOVERY = CHART / "ci" / "webhook-discovery-values.yaml"

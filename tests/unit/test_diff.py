@@ -176,4 +176,4 @@ def test_cloudevent_shape() -> None:
 
 
 # The replay property (consecutive full scans, replayed, equal the last snapshot) lives in
-# tests/test_replay_property.py.
+# tests/unit/test_replay_property.py.

@@ -9,7 +9,8 @@ import pytest
 
 from bindbee_sim import Refused, SimServer
 from bindbee_sim.times import parse_us
-from tests.sim_support import API_KEY, CONNECTORS, ENROLLMENTS, wait_for, walk
+from tests.harness import wait_until
+from tests.sim_support import API_KEY, CONNECTORS, ENROLLMENTS, walk
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}", "x-connector-token": "tok_acme"}
 
@@ -153,7 +154,7 @@ def test_connectors_show_syncing_then_done_with_a_new_start_time(scheduled, api)
     during = connector(api)
     assert during["sync_status"] == "Syncing"
     assert during["last_sync_start_time"] == body["started_at"] > before["last_sync_start_time"]
-    after = wait_for(lambda: (c := connector(api))["sync_status"] == "Done" and c, what="Done")
+    after = wait_until(lambda: (c := connector(api))["sync_status"] == "Done" and c, what="Done")
     assert after["last_sync_start_time"] == during["last_sync_start_time"]
     (record,) = [s for s in api.get("/_sim/syncs").json() if s["sync_id"] == body["sync_id"]]
     assert record["status"] == "Done" and record["finished_at"] > record["started_at"]
@@ -271,7 +272,7 @@ def test_interval_syncs_run_by_themselves():
         assert first["next_sync_start_time"] is not None
         record_id = sim.ids("acme", "enrollments")[0]
         sim.update("acme", "enrollments", record_id, {"remote_id": "AUTO"})
-        wait_for(
+        wait_until(
             lambda: sim.get("acme", "enrollments", record_id)["remote_id"] == "AUTO",
             what="an interval sync",
         )

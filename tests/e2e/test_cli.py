@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import selectors
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from daemon.runtime import GIL_SWITCH_SECONDS, Runtime
 from daemon.settings import load_settings
+from tests.harness import Daemon, cli, daemon_argv
 from tests.helpers import feed_config
 from tests.kafka_read import read_topic
 
@@ -37,23 +35,15 @@ def test_tombstones_follow_deletes_and_tail_prints_events(sim, broker, tmp_path:
     for_gone = [r for r in records if r.key == gone.encode()]
     assert [r.value is None for r in for_gone] == [False, False, True]  # created, deleted, null
 
-    tail = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "daemon",
-            "tail",
-            "--topic",
-            topic,
-            "--bootstrap",
-            broker.bootstrap,
-            "--from-beginning",
-            "--limit",
-            "14",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    tail = cli(
+        "tail",
+        "--topic",
+        topic,
+        "--bootstrap",
+        broker.bootstrap,
+        "--from-beginning",
+        "--limit",
+        "14",
     )
     assert tail.returncode == 0, tail.stderr
     assert tail.stdout.count("created") == 12
@@ -62,41 +52,30 @@ def test_tombstones_follow_deletes_and_tail_prints_events(sim, broker, tmp_path:
 
 def test_dev_stack_on_pipes_prints_plain_lines_and_stops_on_sigint(tmp_path: Path) -> None:
     """Piped (``make dev | tee``), the live view is plain text; the log stays in its file.
-    (Under a terminal: tests/test_cli_operator.py.)"""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon", "dev", "--config", "config/dev.yaml"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "200", "TMPDIR": str(tmp_path)},
+    (Under a terminal: tests/e2e/test_cli_operator.py.)"""
+    dev = Daemon.launch(
+        daemon_argv("dev", "--config", "config/dev.yaml"),
+        env={"COLUMNS": "200", "TMPDIR": str(tmp_path)},
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    selector.register(proc.stderr, selectors.EVENT_READ)
-    out, err = b"", b""
-    deadline = time.monotonic() + 90
     try:
         # Both initial syncs summarised, then a mutation the daemon picks up.
-        while not (out.count(b"initial sync ") >= 2 and b"\nupdated " in out):
-            assert proc.poll() is None, err.decode()[-3000:]
-            assert time.monotonic() < deadline, (out[-2000:], err[-2000:])
-            for key, _ in selector.select(timeout=1):
-                chunk = os.read(key.fd, 65536)
-                if key.fileobj is proc.stdout:
-                    out += chunk
-                else:
-                    err += chunk
+        dev.wait_output(
+            lambda out: out.count(b"initial sync ") >= 2 and b"\nupdated " in out,
+            90,
+            "both initial syncs and an update",
+        )
     finally:
-        proc.send_signal(signal.SIGINT)
+        dev.send_signal(signal.SIGINT)
         try:
-            # Keep draining both pipes: a full pipe would block the stack's last lines.
-            rest_out, rest_err = proc.communicate(timeout=45)
+            # The readers keep draining both pipes: a full pipe would block the last lines.
+            code = dev.wait(45)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            dev.kill()
             raise
-        out, err = out + rest_out, err + rest_err
-    assert proc.returncode == 130, err.decode()[-3000:]
+    out = dev.output()
+    err = "".join(line.get("text", str(line)) for line in dev.lines)
+    assert code == 130, err[-3000:]
     assert b"acme/enrollments" in out and b"globex/enrollments" in out
     assert b"\x1b[" not in out and b"mutator: " in out
-    assert err == b"", err.decode()[-3000:]
+    assert err == "", err[-3000:]
     assert list(tmp_path.iterdir()) == []

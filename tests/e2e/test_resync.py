@@ -18,7 +18,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-import yaml
 
 from daemon.__main__ import main
 from daemon.models import StreamKey
@@ -31,24 +30,14 @@ from tests.harness import (
     wait_until,
     write_config,
 )
+from tests.harness import cli as _cli
 from tests.kafka_read import read_topic
 
 pytestmark = pytest.mark.timeout(180)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENROLLMENTS = 250
 REPLICA = "replica-under-test"
-
-
-def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        cwd=REPO,
-    )
 
 
 def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -184,21 +173,11 @@ def test_resync_makes_a_running_daemon_publish_only_the_real_difference(
     print(f"\nFIGURES resync: resync scan's first page request {picked_up:.2f}s after the request")
 
 
-# ---- refusals: unknown streams (a missing store: tests/test_cli_operator.py) ----------
+# ---- refusals: unknown streams (a missing store: tests/e2e/test_cli_operator.py) ----------
 
 
 def _config(tmp_path: Path, connectors: tuple[str, ...] = ("acme",)) -> Path:
-    data = {
-        "bindbee": {"base_url": "http://127.0.0.1:1", "api_key": "k"},
-        "connectors": [{"name": name, "token": "t"} for name in connectors],
-        "models": {"enrollments": {}},
-        "kafka": {"bootstrap_servers": "127.0.0.1:1"},
-        "state": {"path": str(tmp_path / "state" / "changefeed.db")},
-        "http": {"enabled": False},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(tmp_path, base_config(None, None, tmp_path, connectors))
 
 
 def _store_with(state: Path, *keys: StreamKey) -> None:

@@ -22,6 +22,7 @@ from tests.harness import (
     base_config,
     figures,
     free_port,
+    marked_through,
     scan_pages,
     stream_state,
     topic_of,
@@ -96,8 +97,9 @@ def test_broker_frozen_mid_scan_then_back(sim, own_broker, tmp_path: Path) -> No
     assert all(line["level"] == "info" for line in failures_while_paused[1:])
     assert daemon.matching("stream_recovered", since=resumed)
     assert not daemon.tracebacks()
-    # expected: at least the scan's 1500 created events (then a short quiet time ends it).
-    report = check(broker.bootstrap, topic_of(config, "acme"), sim, "acme", expected=1500)
+    # Through the last scan the daemon completed (its scan_completed marker).
+    through = marked_through(daemon, broker.bootstrap, config, "acme")
+    report = check(broker.bootstrap, topic_of(config, "acme"), sim, "acme", through=through)
     report.assert_holds()
     assert report.redeliveries <= PAGE
     figures(
@@ -147,7 +149,9 @@ def test_sigterm_while_kafka_is_frozen_exits_at_once_and_loses_nothing(
         again.wait_for("scan_finished", timeout=60)
     finally:
         assert again.stop() == 0
-    check(own_broker.bootstrap, topic_of(config, "acme"), sim, "acme", expected=600).assert_holds()
+    through = marked_through(again, own_broker.bootstrap, config, "acme")
+    topic = topic_of(config, "acme")
+    check(own_broker.bootstrap, topic, sim, "acme", through=through).assert_holds()
     figures("sigterm_while_kafka_frozen", exit_s=round(exit_s, 2))
 
 
@@ -179,7 +183,8 @@ def test_no_broker_at_start_then_it_appears(sim, tmp_path: Path) -> None:
             wait_until(lambda: daemon.http("/readyz").status_code == 200, 30, "ready")
         finally:
             assert daemon.stop() == 0
-        report = check(late.bootstrap, topic_of(config, "acme"), sim, "acme", expected=500)
+        through = marked_through(daemon, late.bootstrap, config, "acme")
+        report = check(late.bootstrap, topic_of(config, "acme"), sim, "acme", through=through)
     finally:
         late.stop()
     failures = daemon.matching("scan_failed")

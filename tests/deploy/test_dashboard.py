@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,9 @@ import pytest
 import yaml
 
 from tests.harness import Daemon, base_config, write_config
+from tests.helpers import defined_metric_names
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "helm" / "lms-changefeed" / "files" / "dashboard.json"
 METRIC_NAME = re.compile(r"\b(changefeed_[A-Za-z0-9_:]+)")
 # What an operator needs in the first hour: each must have a panel.
@@ -42,14 +42,6 @@ REQUIRED = {
     "changefeed_leases_held",
     "changefeed_lease_lost_total",
     "changefeed_sync_watcher_leader",
-}
-# Series names of each metric type, from its family name (prometheus_client's naming).
-_SUFFIXES = {
-    "counter": ("_total",),
-    "histogram": ("_bucket", "_sum", "_count"),
-    "summary": ("_sum", "_count", ""),
-    "info": ("_info",),
-    "gauge": ("",),
 }
 # Grafana's variables, replaced by plain values for promtool.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$connector": ".*", "$model": ".*"}
@@ -79,20 +71,6 @@ def _expressions(dashboard: dict[str, Any]) -> list[str]:
 
 def _metric_names(exprs: list[str]) -> set[str]:
     return {name for expr in exprs for name in METRIC_NAME.findall(expr)}
-
-
-def defined_metric_names() -> set[str]:
-    """Every changefeed_* series name the daemon can export: the families registered by
-    daemon/ops/metrics.py (also those without samples yet), expanded by type."""
-    from prometheus_client import REGISTRY
-
-    import daemon.ops.metrics  # noqa: F401  (registers the families)
-
-    names: set[str] = set()
-    for family in REGISTRY.collect():
-        if family.name.startswith("changefeed_"):
-            names.update(f"{family.name}{s}" for s in _SUFFIXES.get(family.type, ("",)))
-    return names
 
 
 def test_dashboard_is_well_formed() -> None:
@@ -130,10 +108,7 @@ def test_every_dashboard_metric_is_defined_by_the_daemon() -> None:
     assert not unknown, f"daemon/ops/metrics.py defines no {unknown}"
 
 
-def test_dashboard_promql_parses(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed: apt-get install prometheus")
+def test_dashboard_promql_parses(tmp_path: Path, promtool: str) -> None:
     rules = []
     for i, expr in enumerate(_expressions(_dashboard())):
         if expr.startswith("label_values("):

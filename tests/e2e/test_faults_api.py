@@ -27,6 +27,7 @@ from tests.harness import (
     base_config,
     each_at_once,
     figures,
+    marked_through,
     metric_value,
     ok_requests,
     poll,
@@ -101,7 +102,13 @@ def test_api_fault_loses_nothing_and_spares_other_connectors(
         # Both topics read at once (each read as before, on its own thread).
         reads = each_at_once(
             ["acme", "globex"],
-            lambda c: check(broker.bootstrap, topic_of(config, c), sim, c, expected=160),
+            lambda c: check(
+                broker.bootstrap,
+                topic_of(config, c),
+                sim,
+                c,
+                through=marked_through(daemon, broker.bootstrap, config, c),
+            ),
         )
         after, globex_after = reads["acme"], reads["globex"]
         after.assert_holds()
@@ -170,7 +177,9 @@ def test_watermark_does_not_pass_a_change_behind_the_scan_cursor(sim, broker, tm
     assert run.wait() == 0
     watermark = stream_state(db, "acme")["watermark"]
     topic = topic_of(config, "acme")
-    report = read_replay(broker.bootstrap, topic, expected=1500)
+    report = read_replay(
+        broker.bootstrap, topic, through=marked_through(run, broker.bootstrap, config, "acme")
+    )
     source = source_records(sim, "acme", "enrollments")
     # The scan published `ahead` as changed and `behind` as it was before.
     assert report.replica[ahead]["start_date"] == source[ahead]["start_date"]
@@ -179,7 +188,8 @@ def test_watermark_does_not_pass_a_change_behind_the_scan_cursor(sim, broker, tm
     # And the next (incremental) pass picks the change up.
     done = poll(path)
     assert done.wait_for("scan_finished")["kind"] == "incremental"
-    check(broker.bootstrap, topic, sim, "acme", expected=1500).assert_holds()
+    through = marked_through(done, broker.bootstrap, config, "acme")
+    check(broker.bootstrap, topic, sim, "acme", through=through).assert_holds()
 
 
 @pytest.mark.sim(enrollments=50, honor_modified_after=True)
@@ -197,8 +207,10 @@ def test_a_record_dated_in_the_future_does_not_blind_later_passes(sim, broker, t
     poll(path)
     assert stream_state(tmp_path / "state.db", "acme")["watermark"] < "2035"
     sim.update("acme", "enrollments", second, {"start_date": "2034-02-02T00:00:00Z"})
-    assert poll(path).wait_for("scan_finished")["kind"] == "incremental"
-    check(broker.bootstrap, topic_of(config, "acme"), sim, "acme", expected=50).assert_holds()
+    done = poll(path)
+    assert done.wait_for("scan_finished")["kind"] == "incremental"
+    through = marked_through(done, broker.bootstrap, config, "acme")
+    check(broker.bootstrap, topic_of(config, "acme"), sim, "acme", through=through).assert_holds()
 
 
 # -- 5. one connector's token revoked ----------------------------------------------------------
@@ -237,7 +249,9 @@ def test_revoked_token_backs_off_that_stream_only(broker, tmp_path: Path) -> Non
             refused = sim.stats()["globex"].get("401", 0)
         finally:
             assert daemon.stop() == 0
-        check(broker.bootstrap, topic_of(config, "acme"), sim, "acme", expected=200).assert_holds()
+        through = marked_through(daemon, broker.bootstrap, config, "acme")
+        topic = topic_of(config, "acme")
+        check(broker.bootstrap, topic, sim, "acme", through=through).assert_holds()
 
     assert "AuthError" in failed["error"] and "401" in failed["error"], failed
     assert failed["retry_in_s"] == 600

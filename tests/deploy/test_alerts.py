@@ -8,31 +8,21 @@ queries only metrics the daemon defines (a misspelt name would never fire).
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.test_dashboard import defined_metric_names
+from tests.helpers import defined_metric_names
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "helm" / "lms-changefeed" / "files" / "alerts.yaml"
 ALERTS_TEST = REPO / "tests" / "promtool" / "alerts_test.yaml"
 OPERATIONS = REPO / "docs" / "operations.md"
 METRIC_NAME = re.compile(r"\b(changefeed_[A-Za-z0-9_:]+)")
 # A stream's state, as one replica last saw it: rules must ask every replica that ran it.
 STREAM_KEY = "by (namespace, job, connector, model)"
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed: apt-get install prometheus")
-    return path
 
 
 def _run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
