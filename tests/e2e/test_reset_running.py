@@ -113,9 +113,10 @@ def test_reset_mid_pass_fences_the_pass_and_an_initial_sync_follows(
 ) -> None:
     config, path, daemon = _start(sim, broker, tmp_path)
     try:
-        # A resync's pass, held by the simulator at its first page request: it holds the
+        # A resync's pass, held by the simulator at its first page request (12 s: room for a
+        # loaded machine to start the `reset` process within it): it holds the
         # stream's lease and has not written its page yet when the reset comes.
-        sim.add_fault(delay_ms=3000, count=1, connector="acme", model="enrollments")
+        sim.add_fault(delay_ms=12_000, count=1, connector="acme", model="enrollments")
         asked = time.monotonic()
         resync = _cli(path, "resync", "--connector", "acme", "--model", "enrollments")
         assert resync.returncode == 0, resync.stdout + resync.stderr
