@@ -21,7 +21,8 @@ from daemon.diff import diff_page
 from daemon.models import Message, Record, StreamKey
 from daemon.settings import KafkaSettings
 from daemon.sink.events import to_messages
-from daemon.sink.kafka import KafkaSink, producer_configs
+from daemon.sink.kafka import KafkaSink
+from daemon.sink.kafka_clients import producer_configs
 
 
 @dataclass

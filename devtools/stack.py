@@ -272,7 +272,7 @@ def _run(
     from daemon.cli.tail import tail
     from daemon.runtime import Runtime
     from daemon.schedule.scheduler import Scheduler
-    from daemon.sink.kafka import client_configs
+    from daemon.sink.kafka_clients import client_configs
     from devtools.tansu import TansuBroker
 
     stop = threading.Event()

@@ -27,9 +27,8 @@ from daemon.cli.common import interrupted_or
 from daemon.errors import SinkError
 from daemon.service import StopOnSignal
 from daemon.settings import load_kafka_settings
+from daemon.sink.kafka_clients import BOOTSTRAP_TIMEOUT_MS
 
-# Matches the sink's bootstrap cap: a broker that has not answered in 5 s is not there.
-_BOOTSTRAP_TIMEOUT_MS = 5000
 _POLL_MS = 500
 # tansu reports end offsets wrongly (last batch's base + 1), so "the end of what exists" is
 # found by reading: a poll that brings nothing for this long after the last record.
@@ -167,12 +166,12 @@ def open_consumer(configs: Mapping[str, Any]) -> KafkaConsumer:
         return KafkaConsumer(
             **{k: v for k, v in configs.items() if v is not None},
             enable_auto_commit=False,
-            bootstrap_timeout_ms=_BOOTSTRAP_TIMEOUT_MS,
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         )
     except (KafkaError, OSError) as exc:
         raise SinkError(
             f"Kafka at {servers} is not reachable (no answer within "
-            f"{_BOOTSTRAP_TIMEOUT_MS / 1000:g}s): {type(exc).__name__}"
+            f"{BOOTSTRAP_TIMEOUT_MS / 1000:g}s): {type(exc).__name__}"
         ) from None
 
 
@@ -264,7 +263,7 @@ def _stderr_note(message: str) -> None:
 def cmd_tail(args: argparse.Namespace) -> int:
     """Print the events of topics, one line each: 0 at ``--limit`` (or the end of what
     exists, with ``--from-beginning``), 130 on Ctrl-C."""
-    from daemon.sink.kafka import client_configs
+    from daemon.sink.kafka_clients import client_configs
 
     kafka = load_kafka_settings(args.config, bootstrap=args.bootstrap)
     logsetup.configure("WARNING", "auto")

@@ -16,15 +16,13 @@ client may not write) keeps it, and the other streams' batches in flight with it
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import structlog
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient
 from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd
 from kafka.errors import (
     KafkaConnectionError,
@@ -32,28 +30,25 @@ from kafka.errors import (
     KafkaTimeoutError,
     TopicAlreadyExistsError,
 )
-from kafka.net.compat import KafkaNetClient
 from structlog.typing import FilteringBoundLogger
 
 from daemon.errors import ConfigError, SinkError
 from daemon.models import Message
 from daemon.settings import KafkaSettings
+from daemon.sink.kafka_clients import (
+    CLOSE_TIMEOUT_SECONDS,
+    admin_client,
+    bootstrap_timeout_ms,
+    client_configs,
+    close_producer,
+    flush_until,
+    producer_configs,
+)
 from daemon.sink.partitioner import partition_for
 
-# Measured with ~600-byte records on tansu, one 20,000-message publish: 16 KiB batches (the
-# default) ~30k msg/s, 256 KiB ~60k msg/s, larger no better. kafka-python grows batch
-# buffers on demand, so small pages pay nothing for the headroom.
-_BATCH_SIZE = 256 * 1024
-_CLOSE_TIMEOUT_SECONDS = 5.0
-_FLUSH_STEP_SECONDS = 0.25
 # What talking to Kafka can raise: kafka-python's errors, and socket/TLS-file errors.
 _KAFKA_FAILURES = (KafkaError, OSError)
 _CODEC_AVAILABLE = {"gzip": has_gzip, "lz4": has_lz4, "snappy": has_snappy, "zstd": has_zstd}
-# Bootstrapping (connect, handshake, first metadata) takes milliseconds on a LAN and well
-# under a second over TLS+SASL; a broker that has not answered in 5 s is down or
-# unreachable. Without this cap a refused connection was retried for request_timeout_ms
-# (30 s) per stream and pass; requests to a connected broker keep request_timeout_ms.
-BOOTSTRAP_TIMEOUT_MS = 5000
 # send() blocks while it waits for a topic's metadata: one round trip on a live cluster.
 # Capped so a pass (and so a SIGTERM) never waits request_timeout_ms on a broker that left.
 SEND_BLOCK_MS = 3000
@@ -150,7 +145,7 @@ class KafkaSink:
             self._discard(producer)
             raise
         try:
-            _flush(producer, futures, deadline, self._stop)
+            flush_until(producer, futures, deadline, self._stop)
         except BaseException:
             self._discard(producer)
             raise
@@ -185,8 +180,8 @@ class KafkaSink:
         timeout_ms = s.request_timeout_ms
         missing: list[str] = []
         try:
-            with _admin_client(
-                _client_configs(s), timeout_ms, bootstrap_ms=bootstrap_timeout_ms(s)
+            with admin_client(
+                client_configs(s), timeout_ms, bootstrap_ms=bootstrap_timeout_ms(s)
             ) as admin:
                 missing = sorted(wanted - set(admin.list_topics()))
                 if missing:
@@ -221,7 +216,7 @@ class KafkaSink:
         """Raise SinkError unless cluster metadata can be fetched within about the timeout."""
         timeout_ms = max(int(timeout_seconds * 1000), 1)
         try:
-            with _admin_client(_client_configs(self._settings), timeout_ms) as admin:
+            with admin_client(client_configs(self._settings), timeout_ms) as admin:
                 admin.describe_cluster()
         except _KAFKA_FAILURES as exc:
             raise SinkError(
@@ -237,7 +232,7 @@ class KafkaSink:
             producer, self._producer = self._producer, None
         if producer is not None:
             # Stopping: the outbox holds whatever is unsent, so do not wait for a dead broker.
-            _close_producer(producer, 1.0 if self._stop.is_set() else _CLOSE_TIMEOUT_SECONDS)
+            close_producer(producer, 1.0 if self._stop.is_set() else CLOSE_TIMEOUT_SECONDS)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -285,7 +280,7 @@ class KafkaSink:
         with self._lock:
             if self._producer is producer:
                 self._producer = None
-        _close_producer(producer, 0.0)
+        close_producer(producer, 0.0)
 
     def _publish_error(
         self,
@@ -337,101 +332,6 @@ class KafkaSink:
         return text.replace(self._secret, "**********") if self._secret else text
 
 
-def producer_configs(settings: KafkaSettings) -> dict[str, Any]:
-    """How every producer of ours sends (the benchmark's bare floor producer too)."""
-    return {
-        **_client_configs(settings),
-        "acks": "all",
-        "enable_idempotence": True,
-        "compression_type": None
-        if settings.compression_type == "none"
-        else settings.compression_type,
-        "linger_ms": settings.linger_ms,
-        "batch_size": _BATCH_SIZE,
-        "request_timeout_ms": settings.request_timeout_ms,
-        "delivery_timeout_ms": settings.delivery_timeout_ms,
-    }
-
-
-def _client_configs(settings: KafkaSettings) -> dict[str, Any]:
-    """Connection settings shared by the producer and the admin client."""
-    password = settings.sasl_plain_password
-    return {
-        "bootstrap_servers": settings.bootstrap_servers,
-        "client_id": settings.client_id,
-        "security_protocol": settings.security_protocol,
-        "sasl_mechanism": settings.sasl_mechanism,
-        "sasl_plain_username": settings.sasl_plain_username,
-        "sasl_plain_password": password.get_secret_value() if password is not None else None,
-        "ssl_cafile": settings.ssl_cafile,
-        "ssl_certfile": settings.ssl_certfile,
-        "ssl_keyfile": settings.ssl_keyfile,
-    }
-
-
-def bootstrap_timeout_ms(settings: KafkaSettings) -> int:
-    """How long a new client may take to reach the cluster before it counts as unreachable."""
-    return min(settings.request_timeout_ms, BOOTSTRAP_TIMEOUT_MS)
-
-
-def client_configs(settings: KafkaSettings) -> dict[str, Any]:
-    """Connection settings (servers, TLS, SASL) for any client of ours, ``tail`` too."""
-    return _client_configs(settings)
-
-
-@contextlib.contextmanager
-def _admin_client(
-    configs: dict[str, Any], timeout_ms: int, *, bootstrap_ms: int | None = None
-) -> Iterator[KafkaAdminClient]:
-    """A short-lived admin client whose requests take ``timeout_ms`` and whose connection
-    attempt takes ``bootstrap_ms`` (default: ``timeout_ms``).
-
-    kafka-python 3.0.12's KafkaAdminClient starts its I/O thread before bootstrapping and
-    leaks it when bootstrapping fails; keeping hold of the network client lets us stop it.
-    """
-    created: list[KafkaNetClient] = []
-
-    def network_client(**kwargs: Any) -> KafkaNetClient:
-        client = KafkaNetClient(**kwargs)
-        created.append(client)
-        return client
-
-    try:
-        admin = KafkaAdminClient(
-            **configs,
-            request_timeout_ms=timeout_ms,
-            bootstrap_timeout_ms=bootstrap_ms or timeout_ms,
-            kafka_client=network_client,
-        )
-    except BaseException:
-        for client in created:
-            with contextlib.suppress(Exception):
-                client.close()
-        raise
-    try:
-        yield admin
-    finally:
-        with contextlib.suppress(Exception):
-            admin.close()
-
-
-def _close_producer(producer: KafkaProducer, timeout: float) -> None:
-    """Close ``producer`` within ``timeout`` seconds, dropping whatever it could not send.
-
-    ``KafkaProducer.close`` flushes first and raises when records are still pending, before
-    it stops its I/O thread; aborting the sender then lets that thread end and free sockets.
-    """
-    try:
-        producer.close(timeout=timeout)
-    except Exception:  # whatever went wrong, the same cleanup is left to do
-        sender = getattr(producer, "_sender", None)
-        if sender is not None:
-            sender.force_close()
-            sender.join(_CLOSE_TIMEOUT_SECONDS)
-        with contextlib.suppress(Exception):
-            producer.close(timeout=0)
-
-
 def _broken(producer: KafkaProducer, exc: BaseException | None, *, unanswered: bool) -> str | None:
     """Why ``producer`` must not send another page (for any stream), or None if it may.
 
@@ -455,28 +355,6 @@ def _broken(producer: KafkaProducer, exc: BaseException | None, *, unanswered: b
     if exc is None or isinstance(exc, KafkaTimeoutError | KafkaConnectionError | OSError):
         return f"the broker did not answer: {_describe(exc) if exc else 'no error given'}"
     return None
-
-
-def _flush(
-    producer: KafkaProducer, futures: list[Any], deadline: float, stop: threading.Event
-) -> None:
-    """Flush until every future is done, the deadline passed or a stop was requested.
-
-    ``KafkaProducer.flush(timeout)`` applies the timeout to each pending batch in turn, so
-    one call can overrun it several times (measured: 4 s for a 2 s timeout); short steps
-    keep the overrun below one step.
-    """
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            producer.flush(timeout=max(min(remaining, _FLUSH_STEP_SECONDS), 0.0))
-            return
-        except KafkaTimeoutError:
-            # Other threads' batches count in a flush too; only ours matter here.
-            if remaining <= _FLUSH_STEP_SECONDS or all(f.is_done for f in futures):
-                return
-            if stop.is_set():
-                return  # the caller finds the unacknowledged futures and fails the page
 
 
 def _describe(exc: BaseException) -> str:
