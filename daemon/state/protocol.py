@@ -20,6 +20,7 @@ from daemon.models import (
     StoredRow,
     StreamKey,
     StreamState,
+    WalkState,
 )
 
 
@@ -92,3 +93,4 @@ class SnapshotStore(Protocol):
         now: float = 0.0,
     ) -> None: ...
     def mark_seen(self, key: StreamKey, ids: Sequence[str]) -> None: ...
+    def walk_state(self, key: StreamKey) -> WalkState: ...
