@@ -66,9 +66,7 @@ _WALK_STATE = select(
 # Idempotent per sync: a sync already counted (by any replica, before a restart) is not.
 _COUNT_SYNC = (
     stream_update()
-    .where(
-        sa.or_(streams.c.walk_counted_sync.is_(None), streams.c.walk_counted_sync != _SYNC)
-    )
+    .where(sa.or_(streams.c.walk_counted_sync.is_(None), streams.c.walk_counted_sync != _SYNC))
     .values(walk_syncs=streams.c.walk_syncs + 1, walk_counted_sync=_SYNC)
 )
 _COVER_SYNC = stream_update().values(sync_bookmark=_SYNC)
@@ -327,9 +325,7 @@ class Hints(Snapshots):
             since = tx.one(_LAST_WALK, p_sid=sid)[0]
             unread = 0
             if connector_id is not None and since is not None:
-                found = tx.one(
-                    _COUNT_UNREAD, p_sid=sid, p_connector_id=connector_id, p_since=since
-                )
+                found = tx.one(_COUNT_UNREAD, p_sid=sid, p_connector_id=connector_id, p_since=since)
                 unread = int(found[0])
         return HintStatus(walk.spacing, walk.syncs, walk.hint_missed, walk.hint_missed_total,
                           unread)  # fmt: skip

@@ -142,8 +142,10 @@ def deliveries_lost(sim: SimServer, *, ids: bool = True) -> Iterator[None]:
     try:
         yield
         wait_until(
-            lambda: deliveries(sim, "connector_synced", lost) > synced
-            and (not ids or deliveries(sim, "connector_data_modified", lost) > modified),
+            lambda: (
+                deliveries(sim, "connector_synced", lost) > synced
+                and (not ids or deliveries(sim, "connector_data_modified", lost) > modified)
+            ),
             15,
             "the sync's deliveries to be lost",
         )

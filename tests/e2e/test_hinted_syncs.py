@@ -11,8 +11,8 @@ import pytest
 from tests.e2e.hinted_support import (
     control_events,
     data_requests,
-    deliveries_lost,
     delivered,
+    deliveries_lost,
     hinted_config,
     hinted_sim,
     running,
