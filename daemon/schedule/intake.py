@@ -60,9 +60,10 @@ class HintIntake:
         with runtime.hint_bell:
             runtime.hint_bell.notify_all()
         if not added:
+            # Routed again all the same: the first delivery's process may have died between
+            # storing it and asking for its reads. A hint already read is not read again.
             log.info("hint_replayed", connector_id=hint.connector_id, sync_id=hint.sync_id)
-            return
-        if hint.walk_reason is not None:
+        elif hint.walk_reason is not None:
             log.warning("hint_walks_instead", connector_id=hint.connector_id,
                         sync_id=hint.sync_id, reason=hint.walk_reason)  # fmt: skip
         self.route(hint.connector_id)
