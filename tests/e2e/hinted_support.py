@@ -13,7 +13,15 @@ from typing import Any
 import orjson
 
 from bindbee_sim import SimServer
-from tests.harness import Daemon, base_config, free_port, wait_until, write_config
+from tests.harness import (
+    Daemon,
+    base_config,
+    free_port,
+    wait_until,
+    webhook_envelope,
+    webhook_signature,
+    write_config,
+)
 from tests.helpers import new_enrollment
 from tests.kafka_read import read_topic
 
@@ -151,6 +159,13 @@ def deliveries_lost(sim: SimServer, *, ids: bool = True) -> Iterator[None]:
         )
     finally:
         sender.policy = policy
+
+
+def ids_delivery(connector_id: str, ids: list[str], sync_id: str) -> tuple[bytes, str]:
+    envelope = webhook_envelope(connector_id, "connector_data_modified", sync_id)
+    envelope["data"] = ids
+    body = orjson.dumps(envelope)
+    return body, webhook_signature(SECRET, body)
 
 
 def control_events(bootstrap: str, topic: str, kind: str) -> list[dict[str, Any]]:

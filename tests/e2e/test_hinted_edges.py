@@ -6,17 +6,15 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import orjson
-
 from daemon.models import StreamKey
 from daemon.state import open_store
 from tests.e2e.hinted_support import (
-    SECRET,
     data_requests,
     delivered,
     deliveries_lost,
     hinted_config,
     hinted_sim,
+    ids_delivery,
     running,
     stage_changes,
 )
@@ -25,19 +23,10 @@ from tests.harness import (
     post_webhook,
     topic_of,
     wait_until,
-    webhook_envelope,
-    webhook_signature,
 )
 from tests.invariant import check
 
 KEY = StreamKey("acme", "enrollments")
-
-
-def ids_delivery(connector_id: str, ids: list[str], sync_id: str) -> tuple[bytes, str]:
-    envelope = webhook_envelope(connector_id, "connector_data_modified", sync_id)
-    envelope["data"] = ids
-    body = orjson.dumps(envelope)
-    return body, webhook_signature(SECRET, body)
 
 
 def spacing(tmp_path: Path) -> tuple[int, int]:
