@@ -47,6 +47,8 @@ class HintIntake:
         """Make ``hint`` durable (raises StateStoreError: the delivery answers 500 and
         Bindbee retries), then ask for its reads."""
         runtime = self.runtime
+        if not hint.ids and hint.walk_reason is None:
+            return  # a sync that changed nothing: nothing to read
         now = time.time()
         added = runtime.store.add_hint(
             hint.connector_id,
