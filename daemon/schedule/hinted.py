@@ -24,6 +24,7 @@ from daemon.ops import metrics
 from daemon.runtime import Runtime
 from daemon.schedule.registry import Stream
 from daemon.schedule.rules import skip_until
+from daemon.stream import StreamPass
 from daemon.stream.hint_measure import HintMeasure
 from daemon.stream.hint_rules import spacing_now, walk_due
 from daemon.timestamps import normalize_time, parse_time
@@ -140,7 +141,7 @@ class StreamTurn:
                 runtime.hint_bell.wait(min(left, _BELL_SECONDS))
         return store.unread_hints(self.stream.key, connector_id)
 
-    def _walk(self, stream_pass: Any, walk_reason: str | None) -> None:
+    def _walk(self, stream_pass: StreamPass, walk_reason: str | None) -> None:
         """The pass as before: resume or start a scan; a full one when walking."""
         state, store, cid = self.state, self.runtime.store, self.connector_id
         resync = state.resync_requested_at is not None

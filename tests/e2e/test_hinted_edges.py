@@ -134,3 +134,26 @@ def test_at_every_sync_the_hinted_changes_come_before_the_walk_ends(broker, tmp_
             assert (walk["updated"], walk["created"], walk["deleted"]) == (0, 0, 0)
             assert walk["hint_missed"] == 0
             check(broker.bootstrap, topic, sim, "acme", expected=3005).assert_holds()
+
+
+def test_an_interval_stream_reads_a_hint_at_once_and_keeps_its_poll_time(broker, tmp_path) -> None:
+    port = free_port()
+    with hinted_sim(port, 1000) as sim:
+        config = hinted_config(sim, broker, tmp_path, port)
+        config["models"]["enrollments"].update(
+            trigger="interval", poll_interval_seconds=3600, full_scan_every_syncs=1
+        )
+        topic = topic_of(config, "acme")
+        with running(config, tmp_path) as daemon:
+            daemon.wait_for("scan_finished", connector="acme", timeout=120)
+            with open_store(tmp_path / "state.db") as store:
+                due = wait_until(lambda: store.state(KEY).due_at, 30, "the next poll's time")
+            walked = data_requests(sim)
+            stage_changes(sim, updates=2, creates=1, deletes=1)
+            sim.sync("acme")
+            check(broker.bootstrap, topic, sim, "acme", expected=1004).assert_holds()
+            wait_until(lambda: daemon.matching("hints_read"), 30, "the read")
+            with open_store(tmp_path / "state.db") as store:
+                wait_until(lambda: store.state(KEY).due_at == due, 30, "the poll time put back")
+        assert data_requests(sim) - walked == 4
+        assert len(daemon.matching("scan_started")) == 1
