@@ -85,7 +85,14 @@ _SELECT_HINT_DUE = select(streams.c.due_before_hint).where(streams.c.sid == SID)
 _CLEAR_HINT_DUE = stream_update().values(due_before_hint=None)
 _PRUNE_HINTS = delete(hints).where(hints.c.received_at < bindparam("p_before", type_=sa.Double))
 _PRUNE_READS = delete(hint_reads).where(~exists().where(hints.c.hid == hint_reads.c.hid))
-_STREAM_IDS = select(streams.c.sid).where(streams.c.connector == bindparam("p_connector"))
+# The Bindbee ids under which a stream has read hints: ``status`` (another process) does
+# not know a configured connector's id, but the hints the stream read say it.
+_READ_CONNECTOR_IDS = (
+    select(hints.c.connector_id)
+    .select_from(hints.join(hint_reads, hint_reads.c.hid == hints.c.hid))
+    .where(hint_reads.c.sid == SID)
+    .distinct()
+)
 
 
 def _locate(count: int) -> sa.Select[Any]:
@@ -309,23 +316,22 @@ class Hints(Snapshots):
             for key in keys:
                 tx.run(_FORCE_WALK, p_sid=self._sid(tx, key))
 
-    def force_walk_everywhere(self, connector: str | None = None) -> list[StreamKey]:
-        """``force_walk`` on every stream (of ``connector``, a store key, when given)."""
-        keys = [s.key for s in self.states() if connector is None or s.key.connector == connector]
-        self.force_walk(keys)
-        return keys
-
-    def hint_status(self, key: StreamKey, connector_id: str | None) -> HintStatus:
+    def hint_status(self, key: StreamKey, connector_id: str | None = None) -> HintStatus:
         """What ``status`` shows: spacing, syncs since the last walk, ``hint_missed``
-        (last walk, total) and the hints not read yet (``connector_id``: Bindbee's id
-        of the stream's connector, None when not known)."""
+        (last walk, total) and the hints not read yet (``connector_id``: Bindbee's id of
+        the stream's connector; None: the ids of the hints the stream has read)."""
         with self._tx("read hint status", read=True) as tx:
             sid = self._sid(tx, key)
             walk = self._walk_state(tx, sid)
             since = tx.one(_LAST_WALK, p_sid=sid)[0]
+            if connector_id is not None:
+                known = [connector_id]
+            else:
+                known = [row[0] for row in tx.run(_READ_CONNECTOR_IDS, p_sid=sid).fetchall()]
             unread = 0
-            if connector_id is not None and since is not None:
-                found = tx.one(_COUNT_UNREAD, p_sid=sid, p_connector_id=connector_id, p_since=since)
-                unread = int(found[0])
-        return HintStatus(walk.spacing, walk.syncs, walk.hint_missed, walk.hint_missed_total,
-                          unread)  # fmt: skip
+            for cid in known if since is not None else []:
+                found = tx.one(_COUNT_UNREAD, p_sid=sid, p_connector_id=cid, p_since=since)
+                unread += int(found[0])
+        return HintStatus(
+            walk.spacing, walk.syncs, walk.hint_missed, walk.hint_missed_total, unread
+        )

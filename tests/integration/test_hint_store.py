@@ -56,8 +56,10 @@ def test_a_hint_is_kept_once_and_read_once_per_stream(store: StateStore) -> None
     store.commit_reads(KEY, [write("z")], ["b"], [], read_hints=[unread.hid], now=12.0)
     assert store.unread_hints(KEY, "c1") == []
     assert len(store.unread_hints(USERS, "c1")) == 1  # each stream reads it
+    hint(store, "d3", ["y"], now=13.0)
+    assert store.hint_status(KEY).hints_unread == 1  # the connector's id, from its reads
     assert store.state(KEY).records == 2  # a, z (b deleted)
-    assert store.hinted_ids("c1", 0.0) == {"a", "z"}
+    assert store.hinted_ids("c1", 0.0) == {"a", "z", "y"}
     walked(store, KEY, "az", started=20.0)
     assert hint(store, "d2", ["q"], now=15.0)
     assert store.unread_hints(KEY, "c1") == []  # received before the last walk: covered
