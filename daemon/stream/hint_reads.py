@@ -103,28 +103,28 @@ class HintReads:
         stream, key = self.stream, self.stream.key
         ids = list(dict.fromkeys(rid for hint in hints for rid in hint.ids))
         located = stream.store.locate(key.connector, ids)
-        reads, walks = self._costs(len(located), len(ids) - len(located))
+        records = self._records()
+        reads = read_cost(len(located), len(ids) - len(located), len(self.models))
+        walks = walk_cost(records.values(), stream.settings.bindbee.page_size)
         if not read_instead(reads, walks):
             result.walk_reason = f"reading {reads} ids would cost more than walking ({walks})"
             return result
         started = stream.clock()
         stream.publish_pending(self.log, None)
         mine = [rid for rid in ids if located.get(rid, key.model) == key.model]
-        total = stream.store.state(key).records
+        total = records.get(key.model, 0)
         for start in range(0, len(mine), BATCH):
             self._batch(mine[start : start + BATCH], total, result)
         self._finish(result, started)
         return result
 
-    def _costs(self, known: int, unknown: int) -> tuple[int, int]:
-        """(requests the reads take, requests the connector's walks take)."""
+    def _records(self) -> dict[str, int]:
+        """Records stored per model of the connector (what each walk would list)."""
         stream = self.stream
-        counts = [
-            stream.store.state(StreamKey(stream.key.connector, model)).records
+        return {
+            model: stream.store.state(StreamKey(stream.key.connector, model)).records
             for model in self.models
-        ]
-        page_size = stream.settings.bindbee.page_size
-        return read_cost(known, unknown, len(self.models)), walk_cost(counts, page_size)
+        }
 
     def _read(self, ids: Sequence[str], result: HintResult) -> list[tuple[str, RecordRead]]:
         stream = self.stream
