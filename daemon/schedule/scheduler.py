@@ -17,6 +17,8 @@ probes, shutdown):
     registry.py   the streams this process knows: configured, discovered, reloaded
     claims.py     the claim loop, the heartbeat, the sync watcher's leadership
     runner.py     one pass on the pool: outcome -> next due time, lease given back
+    hinted.py     what a claimed pass does: skip, read its hints, count its sync, walk
+    intake.py     webhook hints in: stored before the 200, their streams made due
     rules.py      the pure rules those apply (next due time, intervals, jitter, ...)
 """
 
