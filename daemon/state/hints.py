@@ -7,9 +7,7 @@ read (``unread_hints``), reads their ids by id, and commits the rows, their even
 (the outbox) and "read" in one fenced transaction (``commit_reads``), so each hint is
 read once per stream, fleet-wide, and a crash leaves either all or none of a batch.
 
-The walk-spacing columns of the stream row count the syncs since the last completed walk
-(``count_sync``: once per sync, by its start time) and keep the last walk's
-``hint_missed`` (written by ``finish_scan``'s transaction, see ``scans``).
+The walk-spacing count (``walks``) and ``hint_status`` (what ``status`` shows) sit beside.
 """
 
 from __future__ import annotations
@@ -29,16 +27,15 @@ from daemon.models import (
     RejectWrite,
     RowWrite,
     StreamKey,
-    WalkState,
 )
 from daemon.state.scans import write_outbox
 from daemon.state.schema import hint_reads, hints, records, seen, streams
 from daemon.state.snapshots import REJECTED_COLUMNS, Snapshots
 from daemon.state.sql import CHUNK, NOW, SID, Tx, id_params, row_params, stream_update
+from daemon.state.walks import Walks
 
 _CONNECTOR_ID = bindparam("p_connector_id", type_=sa.Text)
 _SINCE = bindparam("p_since", type_=sa.Double)
-_SYNC = bindparam("p_sync", type_=sa.Text)
 _HINT_COLUMNS = ("connector_id", "sync_id", "dedupe", "ids", "walk", "received_at")
 _READ = exists().where(hint_reads.c.hid == hints.c.hid, hint_reads.c.sid == SID)
 _OF_CONNECTOR = and_(hints.c.connector_id == _CONNECTOR_ID, hints.c.received_at >= _SINCE)
@@ -55,22 +52,6 @@ _SCAN = select(streams.c.scan_number).where(streams.c.sid == SID)
 _FULL_IN_PROGRESS = select(streams.c.scan_number).where(
     streams.c.sid == SID, streams.c.scan_kind == "full"
 )
-_WALK_STATE = select(
-    streams.c.walk_syncs,
-    streams.c.walk_counted_sync,
-    streams.c.walk_spacing,
-    streams.c.walk_forced,
-    streams.c.hint_missed,
-    streams.c.hint_missed_total,
-).where(streams.c.sid == SID)
-# Idempotent per sync: a sync already counted (by any replica, before a restart) is not.
-_COUNT_SYNC = (
-    stream_update()
-    .where(sa.or_(streams.c.walk_counted_sync.is_(None), streams.c.walk_counted_sync != _SYNC))
-    .values(walk_syncs=streams.c.walk_syncs + 1, walk_counted_sync=_SYNC)
-)
-_COVER_SYNC = stream_update().values(sync_bookmark=_SYNC)
-_FORCE_WALK = stream_update().values(walk_forced=1)
 _EARLIER = sa.or_(streams.c.due_at.is_(None), streams.c.due_at > NOW)
 # A hint makes the stream due now; the due time it pushed aside is kept, so a pass that
 # only reads the hint (an interval stream between its polls) puts it back.
@@ -125,7 +106,7 @@ def _mark_existing(count: int) -> sa.Update:
     )
 
 
-class Hints(Snapshots):
+class Hints(Snapshots, Walks):
     """Hints, targeted reads' commits, and the walk-spacing count."""
 
     @functools.cached_property
@@ -282,39 +263,6 @@ class Hints(Snapshots):
                 return
             for start in range(0, len(ids), CHUNK):
                 tx.run_ids(_mark_existing, ids[start : start + CHUNK], p_scan=row[0], p_sid=sid)
-
-    # -- walk spacing ----------------------------------------------------------------
-
-    def walk_state(self, key: StreamKey) -> WalkState:
-        """The stream's walk spacing as the store has it."""
-        with self._tx("read walk state", read=True) as tx:
-            return self._walk_state(tx, self._sid(tx, key))
-
-    def _walk_state(self, tx: Tx, sid: int) -> WalkState:
-        syncs, counted, spacing, forced, missed, total = tx.one(_WALK_STATE, p_sid=sid)
-        return WalkState(int(syncs), counted, int(spacing), bool(forced), missed, int(total))
-
-    def count_sync(self, key: StreamKey, sync: str) -> WalkState:
-        """Count the completed sync ``sync`` (its start time) once; the walk state after."""
-        with self._tx("count sync") as tx:
-            sid = self._sid(tx, key)
-            self._fence(tx, sid, key)
-            tx.run(_COUNT_SYNC, p_sync=sync, p_sid=sid)
-            return self._walk_state(tx, sid)
-
-    def cover_sync(self, key: StreamKey, sync: str) -> None:
-        """The sync is handled without a walk (its hinted ids are read): move the sync
-        bookmark to it, so it asks for no pass of its own."""
-        with self._tx("cover sync") as tx:
-            sid = self._sid(tx, key)
-            self._fence(tx, sid, key)
-            tx.run(_COVER_SYNC, p_sync=sync, p_sid=sid)
-
-    def force_walk(self, keys: Sequence[StreamKey]) -> None:
-        """A hint could not be read by id: the streams walk their next (or current) sync."""
-        with self._tx("force walk") as tx:
-            for key in keys:
-                tx.run(_FORCE_WALK, p_sid=self._sid(tx, key))
 
     def hint_status(self, key: StreamKey, connector_id: str | None = None) -> HintStatus:
         """What ``status`` shows: spacing, syncs since the last walk, ``hint_missed``
