@@ -11,6 +11,7 @@ from daemon.models import StreamKey
 from daemon.state import open_store
 from daemon.timestamps import normalize_time
 from tests.e2e.hinted_support import (
+    control_events,
     data_requests,
     delivered,
     deliveries_lost,
@@ -170,3 +171,26 @@ def test_an_interval_stream_reads_a_hint_at_once_and_keeps_its_poll_time(broker,
                 wait_until(lambda: store.state(KEY).due_at == due, 30, "the poll time put back")
         assert data_requests(sim) - walked == 4
         assert len(daemon.matching("scan_started")) == 1
+
+
+def test_a_malformed_record_read_by_id_is_dead_lettered_and_the_row_kept(broker, tmp_path) -> None:
+    port = free_port()
+    with hinted_sim(port, 1000) as sim:
+        config = hinted_config(sim, broker, tmp_path, port, every=3)
+        config["kafka"]["dead_letter_topic"] = config["kafka"]["control_topic"] + ".dead"
+        with running(config, tmp_path) as daemon:
+            daemon.wait_for("scan_finished", connector="acme", timeout=120)
+            [rid] = stage_changes(sim, updates=1, creates=0, deletes=0)
+            with deliveries_lost(sim):
+                sim.sync("acme")
+            handled(sim, tmp_path)
+            # Every try of the read answers the record without its id (max_attempts 3).
+            sim.add_fault(malformed="item_without_id", count=3, model="enrollments")
+            body, signature = ids_delivery(sim.connector("acme")["id"], [rid], "poison")
+            assert post_webhook(port, body, signature).status_code == 200
+            read = daemon.wait_for("hints_read", timeout=30)
+            assert (read["rejected"], read["updated"]) == (1, 0)
+            with open_store(tmp_path / "state.db") as store:
+                assert rid in store.load_rows(KEY, [rid])  # kept as it was
+        letters = control_events(broker.bootstrap, config["kafka"]["dead_letter_topic"], "rejected")
+        assert len(letters) == 1 and letters[0]["data"]["reason"] == "no_id"
