@@ -240,3 +240,49 @@ class FleetView:
     next_due: float | None
     leases: list[LeaseInfo]
     replicas: list[ReplicaInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """A verified ``connector_data_modified`` delivery, as the store keeps it.
+
+    ``walk``: its ids cannot be read by id (over ``webhook.max_hint_ids``, or an id that
+    is not a safe path segment): the sync is walked instead.
+    """
+
+    hid: int
+    connector_id: str  # Bindbee's id of the connector
+    sync_id: str | None
+    ids: tuple[str, ...]
+    walk: bool
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WalkState:
+    """A stream's walk spacing (``full_scan_every_syncs``), shared by the replicas.
+
+    ``syncs``: syncs completed since the last completed walk (each counted once, by its
+    ``last_sync_start_time``: ``counted_sync`` is the last one); ``spacing``: syncs between
+    walks now (auto moves it); ``forced``: a hint that could not be read by id asks for a
+    walk; ``hint_missed``: changes the last walk found that no hint named (None: not
+    measured); ``hint_missed_total``: over every walk.
+    """
+
+    syncs: int = 0
+    counted_sync: str | None = None
+    spacing: int = 1
+    forced: bool = False
+    hint_missed: int | None = None
+    hint_missed_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HintStatus:
+    """What ``status`` shows of a stream's hints and walk spacing."""
+
+    spacing: int  # syncs between walks now
+    syncs_since_walk: int
+    hint_missed: int | None  # the last walk's count (None: not measured)
+    hint_missed_total: int
+    hints_unread: int  # hints received since the last walk that this stream has not read

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from daemon.settings import ConnectorSettings, Settings, StateSettings
 from daemon.sink.kafka import KafkaSink
 from daemon.source.client import BindbeeClient
+from daemon.source.connector_ids import ConnectorIds
 from daemon.source.connectors import ConnectorDirectory
 from daemon.source.discovery import discovered
 from daemon.state import StateStore
@@ -50,6 +51,10 @@ class Runtime:
     sink: KafkaSink
     stop: threading.Event = field(default_factory=threading.Event)
     scan_progress: ScanProgressBook = field(default_factory=ScanProgressBook)
+    # Bindbee's id of each followed connector (webhooks name connectors by it), and a
+    # bell rung when a hint is stored here (a walk waiting for its sync's ids wakes).
+    connector_ids: ConnectorIds = field(default_factory=ConnectorIds)
+    hint_bell: threading.Condition = field(default_factory=threading.Condition)
 
     @classmethod
     def open(cls, settings: Settings, stop: threading.Event | None = None) -> Runtime:

@@ -125,6 +125,9 @@ def run_daemon(settings: Settings, *, config_path: Path | str | None = None) -> 
                 max_body_bytes=hooks.max_body_bytes,
                 hint_interval_seconds=hooks.hint_interval_seconds,
                 read_timeout_seconds=hooks.read_timeout_seconds,
+                on_ids=scheduler.hints.receive,
+                on_too_large=scheduler.hints.too_large,
+                max_hint_ids=hooks.max_hint_ids,
             )
             webhook.start()
             log.info("webhook_listening", host=hooks.host, port=webhook.port, path=hooks.path)

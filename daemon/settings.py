@@ -80,6 +80,9 @@ class BindbeeSettings(_Section):
     # Take the connectors (and their tokens) from the connectors list instead of config.
     discover_connectors: bool = False
     discover_filter: DiscoverFilter = DiscoverFilter()
+    # A walk asked for a sync first waits up to this long for that sync's hinted ids
+    # (``connector_data_modified``), reads them by id, then walks: hinted changes first.
+    hint_grace_seconds: float = Field(3.0, ge=0, le=60)
 
     @field_validator("base_url")
     @classmethod
@@ -139,6 +142,8 @@ class ConnectorSettings(_Section):
 
 
 DEFAULT_POLL_INTERVAL = {"sync": 86400.0, "interval": 300.0}
+AUTO_MAX_SPACING = 7
+"""``full_scan_every_syncs: auto`` spaces walks at most this many syncs apart."""
 
 
 class ModelSettings(_Section):
@@ -155,11 +160,28 @@ class ModelSettings(_Section):
     initial_sync: Literal["emit", "baseline"] = "emit"
     max_delete_fraction: float = Field(0.5, ge=0, le=1)
     emit_tombstones: bool = False
+    # trigger: sync. 1: walk every sync (hinted ids are read first); N: walk when N syncs
+    # completed since the last walk, the others get only their hinted reads; auto: every
+    # sync until walks stop finding changes the hints missed, then doubling up to 7.
+    full_scan_every_syncs: int | Literal["auto"] = Field(1)
+
+    @field_validator("full_scan_every_syncs")
+    @classmethod
+    def _every(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 1000:
+            raise ValueError("must be an integer from 1 to 1000, or auto")
+        return value
 
     @model_validator(mode="after")
     def _default_interval(self) -> ModelSettings:
         if self.poll_interval_seconds is None:
-            object.__setattr__(self, "poll_interval_seconds", DEFAULT_POLL_INTERVAL[self.trigger])
+            default = DEFAULT_POLL_INTERVAL[self.trigger]
+            if self.trigger == "sync":
+                # The safety net must not cancel the spacing: N syncs (about daily), or
+                # the widest auto spacing.
+                every = self.full_scan_every_syncs
+                default *= AUTO_MAX_SPACING if every == "auto" else int(every)
+            object.__setattr__(self, "poll_interval_seconds", default)
         return self
 
 
@@ -305,6 +327,12 @@ class WebhookSettings(_Section):
     hint_interval_seconds: float = Field(5.0, ge=0)
     read_timeout_seconds: float = Field(10.0, gt=0, le=60)
     max_body_bytes: int = Field(1 << 20, ge=1024, le=16 << 20)
+    # A connector_data_modified listing more ids than this is not read id by id: the
+    # sync is walked instead (nothing is truncated). 10,000 ids fit ~400 KB of body.
+    max_hint_ids: int = Field(10_000, ge=1, le=100_000)
+    # Hints are kept this long at most (a hint is pruned sooner once every stream of its
+    # connector read it and walked past it); a replay after that is read again.
+    hint_retention_seconds: float = Field(35 * 86400.0, gt=0)
 
     @model_validator(mode="after")
     def _secret_when_enabled(self) -> WebhookSettings:
@@ -392,6 +420,12 @@ class Settings(_FileAndEnv):
             raise ValueError(
                 "webhook.port: must differ from http.port (the webhook listener faces the "
                 "internet, /metrics must not)"
+            )
+        spaced = [m for m, s in self.models.items() if s.full_scan_every_syncs != 1]
+        if spaced and not self.webhook.enabled:
+            raise ValueError(
+                f"models: {spaced[0]}.full_scan_every_syncs other than 1 needs webhook.enabled "
+                "(syncs that are not walked are read from their connector_data_modified hints)"
             )
         names = [c.name for c in self.connectors]
         dupes = sorted({n for n in names if names.count(n) > 1})

@@ -15,6 +15,7 @@ answer before the connection closes instead of meeting a reset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -92,8 +93,10 @@ class WebhookApp:
         signature_header: str,
         max_body_bytes: int,
         read_timeout_seconds: float,
+        on_too_large: Callable[[], None] | None = None,
     ) -> None:
         self._path = path
+        self._on_too_large = on_too_large
         self._handle = handle
         self._signature = signature_header.lower().encode()
         self._limit = max_body_bytes
@@ -116,6 +119,11 @@ class WebhookApp:
             async with asyncio.timeout(self._timeout):
                 body = await _read_body(receive, self._limit)
         except _TooLarge:
+            if self._on_too_large is not None:
+                # A hint too large to take: its sync is walked instead (see the receiver).
+                # Best effort: the store failing must not turn a 413 into a dropped answer.
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._on_too_large)
             await _reply(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", "body too large")
             return
         except TimeoutError:
@@ -128,7 +136,10 @@ class WebhookApp:
             return  # nobody to answer
         signature = _header(headers, self._signature)
         client = scope.get("client")
-        status, outcome, detail = self._handle(
+        # On a worker thread: a delivery may write to the state store before its answer,
+        # and the loop must go on serving the other connections meanwhile.
+        status, outcome, detail = await asyncio.to_thread(
+            self._handle,
             body,
             None if signature is None else signature.decode("latin-1"),
             client[0] if client else "",

@@ -79,6 +79,30 @@ ITEMS_REJECTED = Counter(
     "Poison items published to the dead-letter topic (once per distinct content), by reason",
     [*_STREAM, "reason"],
 )
+HINT_MISSED = Counter(
+    "changefeed_hint_missed",
+    "Changes a walk found whose ids no connector_data_modified hint received since the "
+    "previous walk named (hints lost, or Bindbee not sending them)",
+    _STREAM,
+)
+HINT_READS = Counter(
+    "changefeed_hint_reads",
+    "Hinted ids read by id, by outcome: created, updated, deleted, unchanged, not_found, "
+    "rejected, filtered (outside the stream's filters), withheld (a delete the guard held)",
+    ["outcome"],
+)
+HINTS_WALKED = Counter(
+    "changefeed_hints_walked",
+    "Hints not read by id (reads would cost more than a walk, over the id cap, unsafe "
+    "ids): their sync was walked instead",
+    _STREAM,
+)
+WALK_SPACING = Gauge(
+    "changefeed_walk_spacing",
+    "Syncs between two walks of the stream now (models.<m>.full_scan_every_syncs; auto "
+    "moves it between 1 and 7)",
+    _STREAM,
+)
 DELETES_WITHHELD = Gauge(
     "changefeed_deletes_withheld",
     "1 when the last full scan withheld its deletes (the delete guard, or a rejected item "

@@ -1,10 +1,18 @@
-"""The Bindbee webhook receiver: signed deliveries become *hints* for the sync watcher.
+"""The Bindbee webhook receiver: signed deliveries become *hints*.
 
-A delivery never carries data the daemon trusts. ``connector_synced`` and
-``connector_data_modified`` only make the watcher read that connector's status from
-the API now; the scan decision and the data always come from the API. So a forged,
-replayed or duplicated delivery costs at most one connectors-list read, and hints
-per connector are coalesced (one per ``hint_interval_seconds``).
+A delivery never carries data the daemon trusts. ``connector_synced`` only makes the
+watcher read that connector's status from the API now (coalesced per connector, one per
+``hint_interval_seconds``). ``connector_data_modified`` names the ids a sync touched:
+they are handed to ``on_ids`` (which writes them to the state store) before the delivery
+is answered 200, since Bindbee never redelivers; it is never coalesced, as coalescing
+would drop ids. The records themselves are then read from the API by id, so a forged or
+replayed delivery costs at most one read per id (a replay has the same dedupe key).
+
+An id that is not a safe URL path segment, or a list longer than ``max_hint_ids``, is
+not read id by id: the hint asks for a walk of the sync instead (nothing is truncated).
+A body over the limit (413) cannot be verified and so names no connector: ``on_too_large``
+makes every connector walk its next sync, which a forger can only make as costly as
+``full_scan_every_syncs: 1``.
 
 Order of checks, cheapest and safest first: path (404) and method (405); size
 from Content-Length before reading (413; any body is counted as it arrives); the
@@ -34,6 +42,7 @@ import structlog
 from pydantic import SecretStr
 
 from daemon.ops import metrics
+from daemon.ops._ids import MAX_HINT_IDS, SAFE_ID, IdsHint, parse_ids_hint, safe_id
 from daemon.ops._server import MAX_CONNECTIONS, ServerThread
 from daemon.ops._throttle import Clock, _HintLimiter, _LogThrottle
 from daemon.ops._webhook_app import WebhookApp
@@ -45,11 +54,26 @@ ENCODINGS: tuple[Encoding, ...] = ("base64url", "base64", "hex")
 SIGNATURE_HEADER = "X-Bindbee-Webhook-Signature"
 DEFAULT_PATH = "/webhooks/bindbee"
 MAX_BODY_BYTES = 1 << 20
-HINT_EVENTS = frozenset({"connector_synced", "connector_data_modified"})
+IDS_EVENT = "connector_data_modified"
+HINT_EVENTS = frozenset({"connector_synced", IDS_EVENT})
 # Long enough for any real id; keeps a hostile-but-signed body out of log lines.
 _MAX_FIELD = 200
 
 Hint = Callable[[str, str], None]
+__all__ = [
+    "ENCODINGS",
+    "HINT_EVENTS",
+    "IDS_EVENT",
+    "MAX_HINT_IDS",
+    "SAFE_ID",
+    "IdsHint",
+    "WebhookReceiver",
+    "parse_envelope",
+    "parse_ids_hint",
+    "safe_id",
+    "sign",
+    "verify_signature",
+]
 
 
 # -- signatures ------------------------------------------------------------------
@@ -132,6 +156,11 @@ class WebhookReceiver:
 
     ``clock`` (monotonic seconds) drives hint coalescing and log throttling; tests
     inject one they control.
+
+    ``on_ids(hint)`` takes a ``connector_data_modified`` (never coalesced) and must have
+    made it durable when it returns; if it raises, the delivery answers 500 so Bindbee
+    retries. ``on_too_large()`` is told of a body refused for its size (413). Both run
+    on a worker thread, not on the listener's loop.
     """
 
     def __init__(
@@ -149,6 +178,9 @@ class WebhookReceiver:
         max_connections: int = MAX_CONNECTIONS,
         bad_signature_log_interval_seconds: float = 60.0,
         clock: Clock = time.monotonic,
+        on_ids: Callable[[IdsHint], None] | None = None,
+        on_too_large: Callable[[], None] | None = None,
+        max_hint_ids: int = MAX_HINT_IDS,
     ) -> None:
         key = secret.get_secret_value().encode()
         if not key:
@@ -166,6 +198,8 @@ class WebhookReceiver:
         self.max_connections = max_connections
         self._key = key
         self._on_hint = on_hint
+        self._on_ids = on_ids
+        self.max_hint_ids = max_hint_ids
         self._hints = _HintLimiter(hint_interval_seconds, clock)
         self._bad_signature_log = _LogThrottle(bad_signature_log_interval_seconds, clock)
         self._bad_request_log = _LogThrottle(bad_signature_log_interval_seconds, clock)
@@ -176,6 +210,7 @@ class WebhookReceiver:
             signature_header=SIGNATURE_HEADER,
             max_body_bytes=max_body_bytes,
             read_timeout_seconds=read_timeout_seconds,
+            on_too_large=on_too_large,
         )
         self._server = ServerThread(
             app,
@@ -232,6 +267,10 @@ class WebhookReceiver:
         if event not in HINT_EVENTS or self._stopped.is_set():
             log.info("webhook_ignored", webhook_event=event, connector_id=connector_id)
             return HTTPStatus.OK, "ignored", f"event {event} needs no action"
+        if event == IDS_EVENT and self._on_ids is not None:
+            failed = self._take_ids(body, connector_id)
+            if failed is not None:
+                return failed
         if not self._hints.admit(connector_id):
             log.debug("webhook_coalesced", webhook_event=event, connector_id=connector_id)
             return HTTPStatus.OK, "coalesced", "a hint for this connector was just taken"
@@ -248,6 +287,23 @@ class WebhookReceiver:
             return HTTPStatus.INTERNAL_SERVER_ERROR, "error", "hint could not be taken"
         log.info("webhook_hint", webhook_event=event, connector_id=connector_id)
         return HTTPStatus.OK, "accepted", f"connector {connector_id} will be checked"
+
+    def _take_ids(self, body: bytes, connector_id: str) -> tuple[HTTPStatus, str, str] | None:
+        """Hand a ``connector_data_modified``'s ids over (durably); None when taken."""
+        assert self._on_ids is not None
+        try:
+            hint = parse_ids_hint(body, connector_id, self.max_hint_ids)
+        except ValueError as exc:
+            return HTTPStatus.BAD_REQUEST, "bad_request", str(exc)
+        try:
+            self._on_ids(hint)
+        except Exception as exc:
+            log.error("webhook_hint_failed", webhook_event=IDS_EVENT, connector_id=connector_id,
+                      error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return HTTPStatus.INTERNAL_SERVER_ERROR, "error", "hint could not be stored"
+        log.info("webhook_ids", connector_id=connector_id, sync_id=hint.sync_id,
+                 ids=len(hint.ids), walk_reason=hint.walk_reason)  # fmt: skip
+        return None
 
     def _malformed(self) -> None:
         """A request h11 refused (400) before the app saw it: counted, logged throttled."""

@@ -3,8 +3,8 @@
 A claimed stream's pass runs on a worker thread. Its outcome (``rules.outcome_of``, from
 the exception's class alone) gives the next due time (``rules.next_due``), written when
 the lease is given back; failures are counted in the stream's health, reported once per
-outage, and recorded in the store for ``status``. A sync-triggered stream with nothing
-new is skipped until its safety net (``rules.skip_until``).
+outage, and recorded in the store for ``status``. What the pass does (skip, read hints,
+walk) is the stream's turn (``hinted.StreamTurn``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from daemon.errors import ChangefeedError, ScanInterrupted
 from daemon.models import StreamKey, StreamState
 from daemon.ops import metrics
 from daemon.runtime import Runtime
+from daemon.schedule.hinted import StreamTurn
 from daemon.schedule.registry import Stream
 from daemon.schedule.rules import (
     Outcome,
@@ -29,7 +30,6 @@ from daemon.schedule.rules import (
     next_due,
     outcome_of,
     shortened_due,
-    skip_until,
 )
 from daemon.stream import StreamPass
 
@@ -121,24 +121,14 @@ class PassRunner:
         return Timing.of(self.runtime.settings, stream.connector, stream.model)
 
     def _skip_or_pass(self, stream: Stream, state: StreamState, bound: Any) -> float:
-        """Run the pass, or skip it when the stream is up to date; its next due time."""
-        store = self.runtime.store
-        trigger = self.runtime.settings.models[stream.model].trigger
-        interval = self._timing(stream).interval
-        up_to_date = skip_until(
-            trigger, state, interval, time.time(), lambda: store.pending(stream.key)
-        )
-        if up_to_date is not None:
-            metrics.PASSES_SKIPPED.labels(*stream.labels, "up_to_date").inc()
-            return up_to_date
-        resync = state.resync_requested_at is not None
-        if resync:
-            bound.info("resync_started", requested_at=state.resync_requested_at)
-        build_pass(self.runtime, stream).run(
-            force_full=trigger == "sync" or resync,
-            sync=state.requested_sync if trigger == "sync" else None,
-        )
-        self._succeeded(stream)
+        """Skip the pass (up to date), read its hints only, or run it (``hinted``); its
+        next due time."""
+        turn = StreamTurn(self.runtime, stream, state, bound, self._timing(stream).interval)
+        due = turn.run()
+        if turn.ran:
+            self._succeeded(stream)
+        if due is not None:
+            return due
         due = next_due(
             Outcome.SUCCEEDED,
             self._timing(stream),

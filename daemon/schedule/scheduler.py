@@ -17,6 +17,8 @@ probes, shutdown):
     registry.py   the streams this process knows: configured, discovered, reloaded
     claims.py     the claim loop, the heartbeat, the sync watcher's leadership
     runner.py     one pass on the pool: outcome -> next due time, lease given back
+    hinted.py     what a claimed pass does: skip, read its hints, count its sync, walk
+    intake.py     webhook hints in: stored before the 200, their streams made due
     rules.py      the pure rules those apply (next due time, intervals, jitter, ...)
 """
 
@@ -38,6 +40,7 @@ from daemon.models import StreamKey
 from daemon.ops import metrics
 from daemon.runtime import Runtime
 from daemon.schedule.claims import Claims
+from daemon.schedule.intake import HintIntake
 from daemon.schedule.registry import StreamHealth, StreamRegistry, restart_needed
 from daemon.schedule.rules import blocked, worker_count
 from daemon.schedule.runner import PassRunner, build_pass
@@ -81,6 +84,7 @@ class Scheduler:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC",
         )
+        self.hints = HintIntake(runtime, self._registry.snapshot, self._wake_at, self._poke)
         self.follower = SyncFollower(
             streams=lambda: self._registry.watched(self.runtime.settings),
             states=store.states,
@@ -146,8 +150,12 @@ class Scheduler:
             name="renew leases",
             executor="heartbeat",
         )
-        if any(m.trigger == "sync" for m in settings.models.values()) or (
-            settings.bindbee.discover_connectors
+        # With webhooks the list is read too: it gives each configured connector's
+        # Bindbee id, by which hints name connectors.
+        if (
+            any(m.trigger == "sync" for m in settings.models.values())
+            or settings.bindbee.discover_connectors
+            or settings.webhook.enabled
         ):
             self.watcher = self._start_watcher(settings)
             self.watcher.first_check.wait(first_check_timeout)
@@ -182,6 +190,10 @@ class Scheduler:
         )
         watcher.start()
         return watcher
+
+    def _poke(self) -> None:
+        if self.watcher is not None:
+            self.watcher.poke()
 
     def _wake_at(self, when: float) -> None:
         """Run the claim loop no later than ``when`` (a request, a stream falling due)."""
@@ -226,6 +238,9 @@ class Scheduler:
         settings = self.runtime.settings
         if settings.bindbee.discover_connectors:
             self._added(self._registry.discover(listing, settings))
+        connectors = [s.connector for s in self._registry.snapshot().values()]
+        self.runtime.connector_ids.learn(listing, connectors)
+        self.hints.learned()
         if follow:
             self.follower.apply(listing)
 

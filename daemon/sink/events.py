@@ -227,6 +227,7 @@ class ScanMarker:
     partial: bool
     initial_sync: bool
     consistent: bool
+    hint_missed: int | None = None  # measured walks only: changes no hint named
 
 
 def scan_marker_id(marker: ScanMarker) -> str:
@@ -263,6 +264,8 @@ def scan_completed_cloudevent(
     }
     if marker.consistent:
         data["consistent_as_of"] = data["started_at"]
+    if marker.hint_missed is not None:
+        data["hint_missed"] = marker.hint_missed
     return {
         "specversion": "1.0",
         "id": scan_marker_id(marker),

@@ -54,7 +54,7 @@ SCHEMA_VERSION = 1
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 CHANGE_KINDS = ("created", "updated", "deleted")
 DEAD_LETTER_KINDS = ("rejected",)
-CONTROL_KINDS = ("scan_completed",)
+CONTROL_KINDS = ("scan_completed", "hints_read")
 # Kinds whose schema is published before the daemon emits them (none at the moment).
 RESERVED_KINDS: tuple[str, ...] = ()
 EVENT_KINDS = CHANGE_KINDS + DEAD_LETTER_KINDS + CONTROL_KINDS + RESERVED_KINDS
@@ -105,6 +105,7 @@ _SHAPES: dict[str, tuple[type, type]] = {
     **{kind: (shape.ChangeCloudEvent, shape.ChangeData) for kind in CHANGE_KINDS + RESERVED_KINDS},
     "rejected": (shape.RejectedCloudEvent, shape.RejectedData),
     "scan_completed": (shape.ScanCompletedCloudEvent, shape.ScanCompletedData),
+    "hints_read": (shape.HintsReadCloudEvent, shape.HintsReadData),
 }
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
@@ -169,6 +170,8 @@ def _translate(tp: Any, ctx: _Context) -> Schema:
         if args[0] is not str:
             out["propertyNames"] = _translate(args[0], ctx)
         return out
+    if origin is list:
+        return {"type": "array", "items": _translate(args[0], ctx)}
     if tp in _SCALARS:
         return {"type": _SCALARS[tp]}
     raise TypeError(f"no JSON Schema for {tp!r}")
@@ -230,6 +233,13 @@ def _data_description(model: str, kind: str) -> str:
             "control topic (`kafka.control_topic`), keyed by `connector/model`; see "
             "docs/consumers.md."
         )
+    if kind == "hints_read":
+        return (
+            "A targeted read of one stream completed: the records that webhook hints "
+            "(`connector_data_modified`) named were read by id, and their changes are on "
+            "the data topic up to `partitions`. Not a scan: it vouches for no other record. "
+            "On the control topic, keyed by `connector/model`; see docs/consumers.md."
+        )
     note = " (the last known record)" if kind == "deleted" else ""
     return f"A record of {model} was {kind}{note}. `changes` only on updated."
 
@@ -252,6 +262,8 @@ def event_schema(model: str, kind: str, base_uri: str | None = None) -> Schema:
             f"An item of {model} the daemon could not use (a poison record), on the "
             "dead-letter topic."
         )
+    elif kind == "hints_read":
+        description = f"A targeted read of a {model} stream (hinted ids) completed."
     elif kind in CONTROL_KINDS:
         description = f"A scan of a {model} stream completed (a marker), on the control topic."
     else:
@@ -309,8 +321,9 @@ def index(base_uri: str | None = None) -> str:
         "its `data` (what the event's `dataschema` names) and `{model}.record.json` the",
         "record in `data.record`. The schemas refer to one another by `$id`: load them all",
         "into one registry. `rejected` events go to the dead-letter topic",
-        "(`kafka.dead_letter_topic`), `scan_completed` markers to the control topic",
-        "(`kafka.control_topic`; how to use them: [docs/consumers.md](../consumers.md)).",
+        "(`kafka.dead_letter_topic`), `scan_completed` and `hints_read` markers to the",
+        "control topic (`kafka.control_topic`; how to use them:",
+        "[docs/consumers.md](../consumers.md)).",
         "",
         f"**Versions.** The number ending each URN (now {SCHEMA_VERSION}) changes only when a",
         "schema stops admitting events it admitted before. Version 1 was corrected in place",

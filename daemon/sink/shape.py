@@ -211,9 +211,58 @@ class ScanCompletedData(TypedDict):
             ),
         ]
     ]
+    hint_missed: NotRequired[
+        Annotated[
+            int,
+            doc("Full scans while webhook hints are read: changes this walk found whose ids "
+                "no `connector_data_modified` hint received since the previous walk named "
+                "(this process's part when `partial`).", minimum=0),
+        ]
+    ]  # fmt: skip
 
 
 class ScanCompletedCloudEvent(Envelope):
     subject: Annotated[str, doc("The stream, connector/model (the Kafka key).", minLength=3)]
     time: Annotated[str, _date_time("When the scan completed")]
     data: Annotated[ScanCompletedData, doc(slot="data")]
+
+
+# ---- targeted reads (the control topic) ------------------------------------------------
+
+
+class HintsReadCounts(TypedDict):
+    asked: Annotated[int, doc("Hinted ids this stream read by id.", minimum=0)]
+    found: Annotated[int, doc("Of those, ids the API returned a record for.", minimum=0)]
+    created: Count
+    updated: Count
+    deleted: Count
+    unchanged: Count
+    not_found: Annotated[int, doc("Ids the API answered 404 for.", minimum=0)]
+    rejected: Annotated[int, doc("Malformed records, sent to the dead-letter topic.", minimum=0)]
+    requests: Annotated[int, doc("Data requests the reads took.", minimum=0)]
+
+
+class HintsReadData(TypedDict):
+    connector: Annotated[str, doc("The connector.", minLength=1)]
+    model: Annotated[str, doc(slot="model")]
+    topic: Annotated[str, doc("The data topic the reads' events went to.", minLength=1)]
+    sync_ids: Annotated[
+        list[str], doc("Bindbee's sync ids of the hints read (when the deliveries named them).")
+    ]
+    started_at: Annotated[str, _date_time("When the reads started")]
+    finished_at: Annotated[str, _date_time("When the reads finished (also the event's time)")]
+    counts: Annotated[HintsReadCounts, doc("What the reads found.")]
+    deletes_withheld: Annotated[
+        bool, doc("True when the delete guard held back the deletes the reads found.")
+    ]
+    partitions: Annotated[
+        dict[Annotated[str, doc(pattern="^[0-9]+$")], Count],
+        doc("Partition of `topic` -> offset of the reads' last message there, as Kafka "
+            "acknowledged it; only partitions they wrote to."),
+    ]  # fmt: skip
+
+
+class HintsReadCloudEvent(Envelope):
+    subject: Annotated[str, doc("The stream, connector/model (the Kafka key).", minLength=3)]
+    time: Annotated[str, _date_time("When the reads finished")]
+    data: Annotated[HintsReadData, doc(slot="data")]

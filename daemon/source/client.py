@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 
-from daemon.models import Page, Record
+from daemon.errors import NotFoundError
+from daemon.models import Page, Record, RejectedItem
 from daemon.settings import BindbeeSettings, ConnectorSettings
 from daemon.source.items import classify_item, classify_items
 from daemon.source.pagination import KnownRejects
@@ -42,6 +44,7 @@ __all__ = [
     "BindbeeClient",
     "KnownRejects",
     "QueryParams",
+    "RecordRead",
     "classify_item",
     "classify_items",
 ]
@@ -55,6 +58,16 @@ _T = TypeVar("_T")
 def _query_value(value: str | int | float | bool) -> str | int | float:
     # The API is FastAPI: booleans are spelled true/false.
     return ("true" if value else "false") if isinstance(value, bool) else value
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRead:
+    """One read by id: the record, or ``rejected`` (still malformed after every try), or
+    neither (404: there is no such record; an outcome, not an error); ``requests`` sent."""
+
+    record: Record | None
+    rejected: RejectedItem | None
+    requests: int
 
 
 class BindbeeClient:
@@ -154,6 +167,36 @@ class BindbeeClient:
             return body
 
         return self._get(connector, f"{API_PREFIX}/{model}/{record_id}", {}, where, parse)
+
+    def read_record(
+        self,
+        connector: ConnectorSettings,
+        model: str,
+        record_id: str,
+        params: QueryParams | None = None,
+    ) -> RecordRead:
+        """``GET /{model}/{id}`` with ``params`` (the walk's projection: ``include_raw_data``,
+        ``include_custom_fields``, ``expand``), so the record is byte-identical to the
+        walked one. A malformed record is fetched again like a page's malformed item, then
+        returned as ``rejected`` for the stream to dead-letter; 404 is ``record`` None."""
+        where = f"{connector.name}/{model} record {record_id}"
+        query = {key: _query_value(value) for key, value in (params or {}).items()}
+
+        def parse(body: Any, sent: int) -> RecordRead:
+            rejected = classify_item(0, body)
+            if rejected is None and body.get("id") != record_id:
+                rejected = RejectedItem(0, body, "bad_id", f"{where}: answered another id",
+                                        None, None)  # fmt: skip
+            if rejected is None:
+                return RecordRead(body, None, sent)
+            reason = f"{where}: {rejected.detail}"
+            raise TryAgain(reason, "malformed_items",
+                           fallback=lambda _attempts: RecordRead(None, rejected, sent))  # fmt: skip
+
+        try:
+            return self._get(connector, f"{API_PREFIX}/{model}/{record_id}", query, where, parse)
+        except NotFoundError:
+            return RecordRead(None, None, 1)
 
     def _get(
         self,

@@ -4,7 +4,7 @@ the shared schedule its replicas coordinate through (leases, replicas, due times
 One store (``store.StateStore``), written against one schema (``schema``) over
 SQLAlchemy Core, on SQLite by default or PostgreSQL (``state.url``); ``dialects`` holds
 the little that differs. The store is composed of one part per job (``snapshots``,
-``scans``, ``leases``, ``replicas``, ``due``) over one SQL runner (``sql``).
+``scans``, ``leases``, ``replicas``, ``due``, ``hints``) over one SQL runner (``sql``).
 ``SnapshotStore`` (``protocol``) is the part a stream pass uses. Alembic revisions
 (``migrations``) are the schema version.
 """

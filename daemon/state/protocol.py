@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from daemon.models import (
+    Hint,
     Message,
     RejectWrite,
     RowWrite,
@@ -19,6 +20,7 @@ from daemon.models import (
     StoredRow,
     StreamKey,
     StreamState,
+    WalkState,
 )
 
 
@@ -73,5 +75,22 @@ class SnapshotStore(Protocol):
         now: float,
         delete_guard: str | None,
         outbox: Sequence[Message] = (),
+        walked: tuple[int, int | None] | None = None,
     ) -> StreamState: ...
     def abandon_scan(self, key: StreamKey) -> None: ...
+    # Hints (targeted reads) and the walk's hint_missed measure.
+    def unread_hints(self, key: StreamKey, connector_id: str) -> list[Hint]: ...
+    def hinted_ids(self, connector_id: str, since: float) -> set[str]: ...
+    def locate(self, connector: str, ids: Sequence[str]) -> dict[str, str]: ...
+    def commit_reads(
+        self,
+        key: StreamKey,
+        writes: Sequence[RowWrite],
+        deleted: Sequence[str],
+        outbox: Sequence[Message],
+        rejected: Sequence[RejectWrite] = (),
+        read_hints: Sequence[int] = (),
+        now: float = 0.0,
+    ) -> None: ...
+    def mark_seen(self, key: StreamKey, ids: Sequence[str]) -> None: ...
+    def walk_state(self, key: StreamKey) -> WalkState: ...

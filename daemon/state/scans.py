@@ -76,6 +76,16 @@ _FINISH_SCAN = stream_update().values(
     ),
     **_CLEAR_SCAN,
 )
+# A completed walk (full scan): the count of syncs since the last walk starts again, the
+# spacing (``full_scan_every_syncs``) and the walk's ``hint_missed`` are kept.
+_MISSED = bindparam("p_missed", type_=sa.Integer)
+_WALK_DONE = stream_update().values(
+    walk_syncs=0,
+    walk_forced=0,
+    walk_spacing=bindparam("p_spacing", type_=sa.Integer),
+    hint_missed=_MISSED,
+    hint_missed_total=streams.c.hint_missed_total + func.coalesce(_MISSED, 0),
+)
 _RECORD_ERROR = stream_update().values(
     last_error=bindparam("p_message", type_=sa.Text), last_error_at=NOW
 )
@@ -231,14 +241,18 @@ class Scans(LeaseFencing):
         now: float,
         delete_guard: str | None,
         outbox: Sequence[Message] = (),
+        walked: tuple[int, int | None] | None = None,
     ) -> StreamState:
         """Close the scan and move the watermark to the newest ``modified_at`` it published;
-        ``outbox`` (the scan's marker) is kept to publish in the same transaction."""
+        ``outbox`` (the scan's marker) is kept to publish in the same transaction.
+        ``walked``: a full scan's (walk spacing from now, hint_missed or None)."""
         with self._tx("finish scan") as tx:
             sid = self._sid(tx, key)
             self._fence(tx, sid, key)
             if outbox:
                 write_outbox(tx, sid, outbox)
+            if walked is not None:
+                tx.run(_WALK_DONE, p_spacing=walked[0], p_missed=walked[1], p_sid=sid)
             tx.run(_PRUNE_REJECTED, p_sid=sid)
             tx.run(_FINISH_SCAN, p_now=now, p_guard=delete_guard, p_sid=sid)
             return self._state(tx, key)

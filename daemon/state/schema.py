@@ -44,6 +44,18 @@ streams = sa.Table(
     sa.Column("requested_at", sa.Double),
     sa.Column("requested_sync", sa.Text),
     sa.Column("resync_requested_at", sa.Double),
+    # Walk spacing (models.<m>.full_scan_every_syncs), shared by the replicas: syncs
+    # completed since the last completed walk, the last sync counted (its
+    # last_sync_start_time: counting is idempotent per sync), the current spacing (auto),
+    # a walk forced by a hint that could not be read by id, the last walk's hint_missed
+    # and its running total; the due time a hint-only pass puts back.
+    sa.Column("walk_syncs", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("walk_counted_sync", sa.Text),
+    sa.Column("walk_spacing", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("walk_forced", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("hint_missed", sa.Integer),
+    sa.Column("hint_missed_total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("due_before_hint", sa.Double),
     sa.UniqueConstraint("connector", "model"),
     sa.Index("changefeed_streams_due", "due_at"),
 )
@@ -101,6 +113,34 @@ rejected = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("record_id", sa.Text),
     sa.Column("scan", sa.Integer, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# Verified connector_data_modified deliveries, written before they are answered 200
+# (Bindbee never redelivers). ``connector_id`` is Bindbee's id of the connector; ``dedupe``
+# (sync id + body digest) makes a replayed delivery a no-op; ``ids`` the JSON list of
+# record ids; ``walk`` 1 when they cannot be read by id (over the cap, unsafe): walk.
+hints = sa.Table(
+    "changefeed_hints",
+    metadata,
+    sa.Column("hid", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("connector_id", sa.Text, nullable=False),
+    sa.Column("sync_id", sa.Text),
+    sa.Column("dedupe", sa.Text, nullable=False, unique=True),
+    sa.Column("ids", sa.LargeBinary, nullable=False),
+    sa.Column("walk", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("received_at", sa.Double, nullable=False),
+    sa.Index("changefeed_hints_connector", "connector_id", "received_at"),
+)
+
+# Which stream has read which hint (committed with the read's last rows, under the
+# stream's lease): one targeted read per hint and stream, fleet-wide.
+hint_reads = sa.Table(
+    "changefeed_hint_reads",
+    metadata,
+    sa.Column("hid", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("sid", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("done_at", sa.Double, nullable=False),
     sqlite_with_rowid=False,
 )
 

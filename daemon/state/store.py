@@ -8,7 +8,8 @@ lease fencing (``leases.LeaseFencing``):
 - ``scans``: a stream's state, scan checkpoints, deletes, the outbox, reset;
 - ``leases``: claiming, fencing and releasing a stream's or a named lease;
 - ``replicas``: the heartbeat, freeing dead processes' leases, leaving the fleet;
-- ``due``: the shared schedule (due times, requests, the fleet view).
+- ``due``: the shared schedule (due times, requests, the fleet view);
+- ``hints``: webhook hints as durable work, targeted reads' commits, walk spacing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import select
 
 from daemon.errors import StateStoreError
 from daemon.state.due import DueTimes
+from daemon.state.hints import Hints
 from daemon.state.leases import DROP_LEASE
 from daemon.state.replicas import Replicas
 from daemon.state.scans import Scans
@@ -31,7 +33,7 @@ __all__ = ["StateStore"]
 _PING = select(streams.c.sid).limit(1)
 
 
-class StateStore(Snapshots, Scans, Replicas, DueTimes):
+class StateStore(Hints, Snapshots, Scans, Replicas, DueTimes):
     """The snapshot store over one backend (``dialects.SqliteBackend`` or ``PostgresBackend``).
 
     ``StateStore(backend, owner=..., lease_seconds=...)``: ``owner`` names this process

@@ -23,6 +23,9 @@ The modules, by job::
     progress.py  counts (once per page), the scan's progress for its marker, PassResult
     context.py   one stream's settings and parts, its outbox sends; EventSink
     rules.py     the pure rules (delete guard, watermark ceiling, which scan is due, ...)
+    hint_reads.py   the targeted read: hinted ids read by id, diffed, through the outbox
+    hint_measure.py a walk's changes that no hint named (hint_missed)
+    hint_rules.py   pure: when to walk (full_scan_every_syncs), auto spacing, read or walk
 """
 
 from daemon.stream.context import EventSink

@@ -14,6 +14,8 @@ from daemon.errors import ScanInterrupted
 from daemon.models import StreamState
 from daemon.ops import metrics
 from daemon.stream.context import StreamContext
+from daemon.stream.hint_measure import HintMeasure
+from daemon.stream.pages import count_missed
 from daemon.stream.progress import PageTally, PassResult, ScanProgress, record_published
 from daemon.stream.rules import delete_batch_size, delete_guard, unidentified_guard
 
@@ -24,8 +26,10 @@ def run_deletes(
     result: PassResult,
     progress: ScanProgress,
     log: structlog.BoundLogger,
+    measure: HintMeasure | None = None,
 ) -> StreamState:
-    """Delete what the full scan in ``state`` did not see; returns the state after."""
+    """Delete what the full scan in ``state`` did not see; returns the state after.
+    ``measure``: count the deletes no hint named."""
     withheld = metrics.DELETES_WITHHELD.labels(*stream.labels)
     if state.scan_phase != "deletes":
         guard = _guard(stream, log)
@@ -48,6 +52,8 @@ def run_deletes(
         progress.add(tally)
         stream.publish(messages, progress)
         record_published(stream.labels, tally)
+        if measure is not None:
+            count_missed(stream, progress, measure.missed(row.id for row in rows))
         result.add(tally)
         if stream.stop.is_set():
             raise ScanInterrupted(f"{stream.name}: stop requested during deletes")

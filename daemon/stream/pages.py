@@ -15,8 +15,10 @@ import structlog
 from daemon.diff import PageDiff, diff_page
 from daemon.errors import ScanInterrupted
 from daemon.models import Page, StreamState
+from daemon.ops import metrics
 from daemon.source.pagination import iter_pages
 from daemon.stream.context import StreamContext
+from daemon.stream.hint_measure import HintMeasure
 from daemon.stream.progress import PageTally, PassResult, ScanProgress, record_page
 from daemon.stream.rejects import PageRejections, all_dead_lettered, page_rejections
 from daemon.stream.rules import (
@@ -39,8 +41,10 @@ class PageWalk:
         *,
         initial: bool,
         log: structlog.BoundLogger,
+        measure: HintMeasure | None = None,
     ) -> None:
         self.stream = stream
+        self.measure = measure  # a walk measuring the hints: counts changes none named
         self.state = state  # as of the last committed page
         self.result = result
         self.progress = progress
@@ -105,6 +109,9 @@ class PageWalk:
         # these messages from the outbox as part of the same scan.
         self.progress.add(tally)
         stream.publish(messages, self.progress)
+        if self.measure is not None and diff.events:
+            missed = self.measure.missed(event.record_id for event in diff.events)
+            count_missed(stream, self.progress, missed)
         self.result.add(tally)
         record_page(stream.labels, tally, rejections.reasons)
         self._log_progress()
@@ -132,3 +139,10 @@ class PageWalk:
                 created=stats.created,
                 updated=stats.updated,
             )
+
+
+def count_missed(stream: StreamContext, progress: ScanProgress, missed: int) -> None:
+    """Count a walk's changes that no hint named (the marker, the metric)."""
+    if missed:
+        progress.hint_missed += missed
+        metrics.HINT_MISSED.labels(*stream.labels).inc(missed)

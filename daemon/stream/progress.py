@@ -78,6 +78,7 @@ class PassResult:
     duration: float = 0.0
     rejected: int = 0  # items rejected by this pass (poison records)
     dead_lettered: int = 0  # of which new contents, published to the dead-letter topic
+    hint_missed: int | None = None  # a walk's changes no hint named (None: not measured)
 
     def add(self, tally: PageTally) -> None:
         stats = self.stats
@@ -100,6 +101,7 @@ class ScanProgress:
     partial: bool
     offsets: dict[int, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MARKER_COUNTS, 0))
+    hint_missed: int = 0  # changes no hint named (measured walks only), for the marker
 
     def acked(self, topic: str, acked: Mapping[tuple[str, int], int] | None) -> None:
         """Keep the newest offset Kafka acknowledged on each partition of ``topic``."""

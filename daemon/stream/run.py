@@ -18,7 +18,7 @@ from collections.abc import Callable
 import structlog
 
 from daemon.errors import ScanInterrupted, StreamHeldElsewhere
-from daemon.models import Message, ScanKind, StreamState
+from daemon.models import Hint, Message, ScanKind, StreamState
 from daemon.ops import metrics
 from daemon.settings import ConnectorSettings, Settings
 from daemon.sink.events import ScanMarker, scan_completed_message
@@ -26,6 +26,9 @@ from daemon.source.pagination import PageSource
 from daemon.state import SnapshotStore
 from daemon.stream.context import EventSink, StreamContext
 from daemon.stream.deletes import run_deletes
+from daemon.stream.hint_measure import HintMeasure
+from daemon.stream.hint_reads import HintReads, HintResult
+from daemon.stream.hint_rules import next_spacing
 from daemon.stream.pages import PageWalk
 from daemon.stream.progress import PassResult, ScanProgress, ScanProgressBook
 from daemon.stream.rules import (
@@ -80,12 +83,14 @@ class StreamPass:
         force_full: bool = False,
         on_page: Callable[[PassResult], None] | None = None,
         sync: str | None = None,
+        measure: HintMeasure | None = None,
     ) -> PassResult:
         """One pass: resume the scan in progress or start the one that is due.
 
         ``on_page`` is called after every committed page (progress display). ``sync`` is
         the start time of the newest Bindbee sync seen Done for the connector: a full scan
         started now covers it, and the stream's sync bookmark moves to it on completion.
+        ``measure``: a full scan counts the changes it finds that no hint named.
         """
         started = time.monotonic()
         stream = self.stream
@@ -110,7 +115,7 @@ class StreamPass:
             )
             progress = self.progress.scan(state)
             try:
-                state, marker = self._scan(state, result, progress, log, on_page)
+                state, marker = self._scan(state, result, progress, log, on_page, measure)
             except BaseException as exc:
                 result.duration = time.monotonic() - started
                 outcome = "interrupted" if isinstance(exc, ScanInterrupted) else "failed"
@@ -126,6 +131,20 @@ class StreamPass:
                 # fails the pass (retried soon), and the next pass sends the marker first.
                 stream.publish_pending(log, None, event="scan_marker_published")
         return result
+
+    def read_hints(self, connector_id: str, models: list[str], hints: list[Hint]) -> HintResult:
+        """A targeted read of ``hints`` (this stream's unread ones, of Bindbee connector
+        ``connector_id``; ``models``: the connector's configured models), under the
+        stream's lease. Its ``walk_reason`` says when a walk must replace it."""
+        stream = self.stream
+        if not stream.store.claim(self.key):
+            raise StreamHeldElsewhere(f"{self.name} is being polled by another replica")
+        with structlog.contextvars.bound_contextvars(
+            connector=stream.connector.name, model=self.key.model
+        ):
+            stream.sink.ensure_topics(stream.topics)
+            log = structlog.get_logger("daemon.stream").bind(kind="hints")
+            return HintReads(stream, connector_id, models, log).run(hints)
 
     # -- phases ------------------------------------------------------------------
 
@@ -153,6 +172,7 @@ class StreamPass:
         progress: ScanProgress,
         log: structlog.BoundLogger,
         on_page: Callable[[PassResult], None] | None,
+        measure: HintMeasure | None = None,
     ) -> tuple[StreamState, tuple[Message, ...]]:
         """The scan's work in this pass, up to its close; returns the closed state and
         the marker committed with it (to send)."""
@@ -165,14 +185,28 @@ class StreamPass:
         stream.publish_pending(log, progress if result.resumed else None)
         # Initial sync: until the first full scan completes, nothing is "changed".
         initial = state.last_full_scan_at is None
+        full = state.scan_kind == "full"
+        if initial or not full:
+            measure = None  # an initial sync has no hints to measure; not a walk
         if pages_left(state):
-            walk = PageWalk(stream, state, result, progress, initial=initial, log=log)
+            walk = PageWalk(
+                stream, state, result, progress, initial=initial, log=log, measure=measure
+            )
             state = walk.run(on_page)
-        if state.scan_kind == "full":
-            state = run_deletes(stream, state, result, progress, log)
+        if full:
+            state = run_deletes(stream, state, result, progress, log, measure)
+        if measure is not None:
+            result.hint_missed = progress.hint_missed
         now = stream.clock()
         marker = self._marker(state, result, progress, initial, now)
-        state = stream.store.finish_scan(self.key, now, result.delete_guard, outbox=marker)
+        walked = None
+        if full:
+            current = stream.store.walk_state(self.key).spacing
+            every = stream.model.full_scan_every_syncs
+            walked = (next_spacing(every, current, result.hint_missed), result.hint_missed)
+        state = stream.store.finish_scan(
+            self.key, now, result.delete_guard, outbox=marker, walked=walked
+        )
         self.progress.forget(self.key)
         return state, marker
 
@@ -202,6 +236,7 @@ class StreamPass:
             partitions=progress.offsets,
             partial=progress.partial,
             initial_sync=initial,
+            hint_missed=result.hint_missed,
             consistent=marker_consistent(
                 full=full,
                 delete_guard=result.delete_guard,
@@ -235,6 +270,7 @@ def _log_finished(log: structlog.BoundLogger, result: PassResult) -> None:
         requests=stats.requests,
         rejected=result.rejected,
         dead_lettered=result.dead_lettered,
+        hint_missed=result.hint_missed,
         duration_s=round(result.duration, 3),
         watermark=result.watermark,
         delete_guard=result.delete_guard,

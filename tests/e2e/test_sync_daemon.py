@@ -169,7 +169,8 @@ def test_the_simulators_signed_webhook_brings_the_syncs_changes(broker, tmp_path
             hint = daemon.wait_for("webhook_hint", since=synced_at, connector_id=connector_id)
             assert hint["webhook_event"] == "connector_synced"
             daemon.wait_for("scan_finished", since=synced_at, connector="acme")
-            assert data_requests(sim) == 2 * PAGES  # one full walk for the sync
+            # The sync's 3 hinted ids read by id first (full_scan_every_syncs 1), then its walk.
+            assert data_requests(sim) == 2 * PAGES + 3
             delivered = wait_until(
                 lambda: [
                     d

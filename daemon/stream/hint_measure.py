@@ -1,0 +1,42 @@
+"""Measuring the hints: which changes a walk found that no hint had named.
+
+A walk covers the syncs completed since the previous walk started; the hints received
+since then named what those syncs changed. A change the walk finds (created, updated,
+deleted) whose id none of them named is a ``hint_missed``: a lost delivery, or a change
+Bindbee did not report. Hints received while the walk runs count too (the set is read
+again before an id is called missed), so a sync completing mid-walk is not blamed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+
+class HintedIds(Protocol):
+    def hinted_ids(self, connector_id: str, since: float) -> set[str]: ...
+
+
+class HintMeasure:
+    """Counts a walk's changes that no hint of Bindbee connector ``connector_id`` received
+    at or after ``since`` (the previous walk's start) named."""
+
+    def __init__(self, store: HintedIds, connector_id: str, since: float) -> None:
+        self._store = store
+        self.connector_id = connector_id
+        self.since = since
+        self._ids: set[str] | None = None
+
+    def missed(self, changed: Iterable[str]) -> int:
+        """How many of the ``changed`` ids no hint named."""
+        changed = list(changed)
+        if not changed:
+            return 0
+        if self._ids is None:
+            self._ids = self._store.hinted_ids(self.connector_id, self.since)
+        unnamed = [rid for rid in changed if rid not in self._ids]
+        if unnamed:
+            # A hint may have arrived since the set was read: read it again before blaming.
+            self._ids = self._store.hinted_ids(self.connector_id, self.since)
+            unnamed = [rid for rid in unnamed if rid not in self._ids]
+        return len(unnamed)
