@@ -16,7 +16,8 @@ DAEMON = Path(__file__).resolve().parents[2] / "daemon"
 
 # Lowest first. A module may import its own unit and any unit of a lower layer.
 LAYERS: list[set[str]] = [
-    {"models", "errors", "settings", "settings_errors", "log", "timestamps", "backoff", "ops"},
+    {"models", "errors", "settings", "settings_errors", "settings_sections", "log", "timestamps"},
+    {"backoff", "ops"},
     {"diff", "source", "state", "sink"},
     {"stream"},
     {"runtime"},
