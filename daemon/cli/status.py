@@ -15,7 +15,7 @@ from daemon.cli.common import (
     store_where,
 )
 from daemon.cli.status_view import REPLICA_COLUMNS, STATUS_COLUMNS, replica_rows, stream_rows
-from daemon.models import LeaseInfo, ReplicaInfo, StreamKey, StreamState
+from daemon.models import HintStatus, LeaseInfo, ReplicaInfo, StreamKey, StreamState
 from daemon.settings import Settings, load_settings
 
 
@@ -26,6 +26,7 @@ class Snapshot:
     states: list[StreamState]
     rejected: dict[StreamKey, int]
     leases: dict[StreamKey, LeaseInfo]
+    hints: dict[StreamKey, HintStatus]
     replicas: list[ReplicaInfo]
     watcher: str | None
     now: float
@@ -45,6 +46,8 @@ def read_snapshot(settings: Settings) -> Snapshot:
             # Poison records dead-lettered and still met (distinct contents), per stream.
             rejected={st.key: store.rejected_count(st.key) for st in states},
             leases=store.stream_leases(),
+            # Walk spacing and how many changes the hints missed (issue "hinted syncs").
+            hints={st.key: store.hint_status(st.key) for st in states},
             replicas=list(store.replicas()),
             watcher=next(
                 (lease.owner for lease in store.fleet(now).leases if lease.name == WATCHER_LEASE),
@@ -59,8 +62,9 @@ def read_snapshot(settings: Settings) -> Snapshot:
 def cmd_status(args: argparse.Namespace) -> int:
     """A table per stream: watermark, records, last full scan, scan in progress, lease
     holder, next due time, pending resync, rejected items (dead-lettered, still met),
-    delete guard, error; then the replicas sharing the store. Exit 1 when a stream is
-    unhealthy; a missing or unmigrated store is refused (StoreMissing, exit 2)."""
+    walk spacing and hints missed, delete guard, error; then the replicas sharing the
+    store. Exit 1 when a stream is unhealthy; a missing or unmigrated store is refused
+    (StoreMissing, exit 2)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -80,7 +84,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     table = Table(title=f"lms-changefeed streams ({store_where(settings)})")
     for column in STATUS_COLUMNS:
         table.add_column(column)
-    for row in stream_rows(states, snap.rejected, snap.leases, snap.now):
+    rows = stream_rows(states, snap.rejected, snap.leases, snap.now, snap.hints)
+    for row in rows:
         table.add_row(*row)
     # Not a terminal (a pipe, a log): wide enough that a row stays on one line.
     console = Console(width=240 if not sys.stdout.isatty() else None)

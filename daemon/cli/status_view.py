@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from daemon.cli.common import age, ts
-from daemon.models import LeaseInfo, ReplicaInfo, StreamKey, StreamState
+from daemon.models import HintStatus, LeaseInfo, ReplicaInfo, StreamKey, StreamState
 
 STATUS_COLUMNS = (
     "stream",
@@ -22,6 +22,7 @@ STATUS_COLUMNS = (
     "resync",
     "sync scanned",
     "rejected",
+    "walks",
     "delete guard",
     "last error",
 )
@@ -43,6 +44,21 @@ def due_cell(due_at: float | None, now: float) -> str:
     return "now" if due_at is None or due_at <= now else f"in {age(due_at - now)}"
 
 
+def walks_cell(hints: HintStatus | None) -> str:
+    """How often the stream is walked and how well hints did: ``every 4 syncs (1 since),
+    missed 0 (total 2), 3 hints unread``. A walk that was not measured has no ``missed``."""
+    if hints is None:
+        return "-"
+    every = "every sync" if hints.spacing == 1 else f"every {hints.spacing} syncs"
+    parts = [f"{every} ({hints.syncs_since_walk} since)"]
+    if hints.hint_missed is not None or hints.hint_missed_total:
+        last = "-" if hints.hint_missed is None else str(hints.hint_missed)
+        parts.append(f"missed {last} (total {hints.hint_missed_total})")
+    if hints.hints_unread:
+        parts.append(f"{hints.hints_unread} hints unread")
+    return ", ".join(parts)
+
+
 def _error_cell(st: StreamState) -> str:
     parts = (
         f"{st.last_error} ({ts(st.last_error_at)})" if st.last_error else "",
@@ -52,7 +68,11 @@ def _error_cell(st: StreamState) -> str:
 
 
 def stream_row(
-    st: StreamState, rejected: int, lease: LeaseInfo | None, now: float
+    st: StreamState,
+    rejected: int,
+    lease: LeaseInfo | None,
+    now: float,
+    hints: HintStatus | None = None,
 ) -> tuple[str, ...]:
     """One stream, in the order of ``STATUS_COLUMNS``."""
     progress = (
@@ -79,6 +99,7 @@ def stream_row(
         resync,
         scanned,
         str(rejected),
+        walks_cell(hints),
         st.delete_guard or "-",
         _error_cell(st),
     )
@@ -89,9 +110,14 @@ def stream_rows(
     rejected: Mapping[StreamKey, int],
     leases: Mapping[StreamKey, LeaseInfo],
     now: float,
+    hints: Mapping[StreamKey, HintStatus] | None = None,
 ) -> list[tuple[str, ...]]:
     """One row per stream, in the order of ``STATUS_COLUMNS``."""
-    return [stream_row(st, rejected[st.key], leases.get(st.key), now) for st in states]
+    hints = hints or {}
+    return [
+        stream_row(st, rejected[st.key], leases.get(st.key), now, hints.get(st.key))
+        for st in states
+    ]
 
 
 def replica_rows(

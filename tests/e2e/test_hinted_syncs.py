@@ -9,6 +9,7 @@ import math
 import pytest
 
 from tests.e2e.hinted_support import (
+    SECRET,
     control_events,
     data_requests,
     delivered,
@@ -18,7 +19,7 @@ from tests.e2e.hinted_support import (
     running,
     stage_changes,
 )
-from tests.harness import PAGE, free_port, metric_value, topic_of, wait_until
+from tests.harness import PAGE, cli, free_port, metric_value, topic_of, wait_until
 from tests.invariant import check
 
 RECORDS = 5000
@@ -86,3 +87,9 @@ def test_a_lost_hint_waits_for_the_third_sync_and_is_counted(broker, tmp_path) -
         )
         assert markers[-1]["data"]["hint_missed"] == 2
         assert len(lost) == 2
+        # `status` shows the spacing and the misses (the config file `running` wrote).
+        shown = cli("status", "--config", str(tmp_path / "config.yaml"),
+                    env={"CHANGEFEED_WEBHOOK__SECRET": SECRET, "COLUMNS": "300"})  # fmt: skip
+        # (The table may wrap the cell: its words, in order.)
+        assert "every 3 syncs (0 since), missed 2" in shown.stdout, shown.stdout
+        assert "(total 2)" in shown.stdout, shown.stdout

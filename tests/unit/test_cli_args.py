@@ -108,3 +108,22 @@ def test_lease_and_due_cells() -> None:
         "now",
         "in 5m",
     )
+
+
+@pytest.mark.parametrize(
+    ("spacing", "since", "missed", "total", "unread", "shown"),
+    [
+        (1, 0, None, 0, 0, "every sync (0 since)"),
+        (4, 2, 0, 3, 0, "every 4 syncs (2 since), missed 0 (total 3)"),
+        (1, 0, 2, 2, 5, "every sync (0 since), missed 2 (total 2), 5 hints unread"),
+        (7, 1, None, 4, 0, "every 7 syncs (1 since), missed - (total 4)"),
+    ],
+)
+def test_walks_cell_says_spacing_misses_and_unread_hints(
+    spacing: int, since: int, missed: int | None, total: int, unread: int, shown: str
+) -> None:
+    from daemon.cli.status_view import walks_cell
+    from daemon.models import HintStatus
+
+    assert walks_cell(HintStatus(spacing, since, missed, total, unread)) == shown
+    assert walks_cell(None) == "-"
