@@ -1,0 +1,268 @@
+"""What a pass writes to the state store: rows, WAL and dead tuples, for either store.
+
+A probe brackets one daemon process (``begin`` before it starts, ``end`` after it
+exited) and reads the store from outside:
+
+- PostgreSQL: ``pg_stat_user_tables`` deltas over the store's schema (n_tup_ins, _upd,
+  _del, n_dead_tup), and ``pg_current_wal_lsn()`` before and after. A backend flushes its
+  table statistics when it exits, so ``end`` first waits until no other session is
+  connected to the database, then until two reads of the counters agree. WAL is
+  cluster-wide and the server is shared: with ``pg_walinspect`` the records of the range
+  are read back and only those touching this database (or written by a transaction that
+  did) are counted, beside the raw LSN difference.
+- SQLite keeps no such statistics, and ``total_changes`` lives in the writer's own
+  connection. ``begin`` installs AFTER INSERT/UPDATE/DELETE triggers on every table of
+  the store that count rows into a side table (UPSERTs fire the trigger of what they did,
+  as PostgreSQL counts them); ``end`` reads and removes both. The triggers slow the pass,
+  so a probed pass is never one of the timed ones.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Protocol
+
+from _storage import Workspace, connect, wait_until
+
+OPS = ("ins", "upd", "del")
+_SIDE = "bench_write_counts"
+_WALINSPECT_MAX = 1 << 30  # WAL ranges larger than this are not read back
+
+
+class Probe(Protocol):
+    def begin(self) -> None: ...
+    def end(self) -> dict[str, Any]: ...
+    def at_rest(self) -> dict[str, Any]: ...
+
+
+def probe_for(ws: Workspace, state: Path) -> Probe:
+    """The probe for the store called ``state`` in ``ws``."""
+    if ws.state_url is None:
+        return SqliteProbe(state)
+    return PostgresProbe(ws.state_url, ws.schema(state))
+
+
+def per_record(figures: dict[str, Any], n: int) -> dict[str, Any]:
+    """A probe's ``end`` figures, per record of a scan of ``n``."""
+
+    def per(value: float | None, digits: int = 4) -> float | None:
+        return None if value is None else round(value / n, digits)
+
+    return {
+        "rows_written_per_record": per(figures["rows_written"]),
+        "wal_bytes_per_record": per(figures.get("wal_bytes"), 1),
+        "dead_tuples_per_record": per(figures.get("dead_tuples_added")),
+    }
+
+
+class SqliteProbe:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._tables: list[str] = []
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        return conn
+
+    def begin(self) -> None:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self._tables = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%' AND name <> ? ORDER BY name",
+                    (_SIDE,),
+                )
+            ]
+            conn.execute(
+                f"CREATE TABLE {_SIDE} (tbl TEXT, op TEXT, n INTEGER NOT NULL, "
+                "PRIMARY KEY (tbl, op))"
+            )
+            for i, table in enumerate(self._tables):
+                for op, event in zip(OPS, ("INSERT", "UPDATE", "DELETE"), strict=True):
+                    conn.execute(f"INSERT INTO {_SIDE} VALUES (?, ?, 0)", (table, op))
+                    conn.execute(
+                        f'CREATE TRIGGER bench_w{i}_{op} AFTER {event} ON "{table}" BEGIN '
+                        f"UPDATE {_SIDE} SET n = n + 1 WHERE tbl = '{table}' AND op = '{op}'; "
+                        "END"
+                    )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def end(self) -> dict[str, Any]:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            rows: dict[str, dict[str, int]] = {}
+            for table, op, n in conn.execute(f"SELECT tbl, op, n FROM {_SIDE}"):
+                rows.setdefault(table, {})[op] = n
+            for i in range(len(self._tables)):
+                for op in OPS:
+                    conn.execute(f"DROP TRIGGER bench_w{i}_{op}")
+            conn.execute(f"DROP TABLE {_SIDE}")
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return {
+            "how": "AFTER INSERT/UPDATE/DELETE triggers counting into a side table",
+            "rows": rows,
+            "rows_written": sum(sum(per.values()) for per in rows.values()),
+            "wal_bytes": None,
+            "dead_tuples_added": None,
+        }
+
+    def at_rest(self) -> dict[str, Any]:
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        finally:
+            conn.close()
+        return {"dead_tuples": None, "page_size": page, "pages": pages, "freelist_pages": free}
+
+
+class PostgresProbe:
+    def __init__(self, url: str, schema: str) -> None:
+        self.url = url
+        self.schema = schema
+        self._before: dict[str, tuple[int, ...]] = {}
+        self._lsn = ""
+        self._checkpoints = 0
+
+    # pg_stat_user_tables columns, in this order, per table of the schema
+    _COLUMNS = (
+        "n_tup_ins",
+        "n_tup_upd",
+        "n_tup_hot_upd",
+        "n_tup_del",
+        "n_dead_tup",
+        "n_live_tup",
+        "autovacuum_count",
+        "vacuum_count",
+        "autoanalyze_count",
+    )
+
+    def _counters(self, conn: Any) -> dict[str, tuple[int, ...]]:
+        rows = conn.execute(
+            f"SELECT relname, {', '.join(self._COLUMNS)} FROM pg_stat_user_tables "
+            "WHERE schemaname = %s ORDER BY relname",
+            (self.schema,),
+        ).fetchall()
+        return {row[0]: tuple(int(v) for v in row[1:]) for row in rows}
+
+    def _settled(self, conn: Any) -> dict[str, tuple[int, ...]]:
+        """The counters once every other session ended and its statistics were flushed."""
+        others = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        wait_until(lambda: conn.execute(others).fetchone()[0] == 0, 60, "the sessions to end")
+        last: list[dict[str, tuple[int, ...]]] = [{}]
+
+        def stable() -> bool:
+            current = self._counters(conn)
+            same, last[0] = current == last[0], current
+            return same
+
+        wait_until(stable, 10, "the statistics to settle", step=0.05)
+        return last[0]
+
+    def _checkpoint_count(self, conn: Any) -> int:
+        row = conn.execute(
+            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+        ).fetchone()
+        return int(row[0])
+
+    def begin(self) -> None:
+        with connect(self.url) as conn:
+            self._before = self._settled(conn)
+            self._lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            self._checkpoints = self._checkpoint_count(conn)
+
+    def end(self) -> dict[str, Any]:
+        with connect(self.url) as conn:
+            after = self._settled(conn)
+            lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            wal = int(
+                conn.execute("SELECT pg_wal_lsn_diff(%s, %s)", (lsn, self._lsn)).fetchone()[0]
+            )
+            own = self._own_wal(conn, self._lsn, lsn, wal)
+            checkpoints = self._checkpoint_count(conn) - self._checkpoints
+        delta = {
+            table: [
+                a - b for a, b in zip(now, self._before.get(table, (0,) * len(now)), strict=True)
+            ]
+            for table, now in after.items()
+        }
+        col = {name: i for i, name in enumerate(self._COLUMNS)}
+        rows = {
+            table: {
+                "ins": d[col["n_tup_ins"]],
+                "upd": d[col["n_tup_upd"]],
+                "hot_upd": d[col["n_tup_hot_upd"]],
+                "del": d[col["n_tup_del"]],
+            }
+            for table, d in delta.items()
+        }
+        return {
+            "how": "pg_stat_user_tables deltas, read after the daemon's sessions ended",
+            "rows": rows,
+            "rows_written": sum(r["ins"] + r["upd"] + r["del"] for r in rows.values()),
+            "wal_bytes": own["bytes"] if own else wal,
+            "wal_bytes_lsn_diff": wal,
+            "wal_own": own,
+            "checkpoints_during": checkpoints,
+            "dead_tuples_added": sum(d[col["n_dead_tup"]] for d in delta.values()),
+            "autovacuum_runs": sum(d[col["autovacuum_count"]] for d in delta.values()),
+        }
+
+    def _own_wal(self, conn: Any, start: str, end: str, span: int) -> dict[str, Any] | None:
+        """WAL records of [start, end) that touch this database, or that a transaction
+        touching it wrote (its commit record); None without pg_walinspect."""
+        if span > _WALINSPECT_MAX:
+            return None
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        except Exception:
+            return None
+        flushed = "SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), %s) >= 0"
+        wait_until(lambda: conn.execute(flushed, (end,)).fetchone()[0], 10, "the WAL flush")
+        dboid = conn.execute(
+            "SELECT oid FROM pg_database WHERE datname = current_database()"
+        ).fetchone()[0]
+        like = f"% rel %/{dboid}/%"
+        row = conn.execute(
+            "WITH r AS (SELECT xid::text AS x, record_length, fpi_length, block_ref "
+            "FROM pg_get_wal_records_info(%s, %s)), "
+            "tx AS (SELECT DISTINCT x FROM r WHERE x <> '0' AND block_ref LIKE %s) "
+            "SELECT count(*), coalesce(sum(record_length), 0), coalesce(sum(fpi_length), 0) "
+            "FROM r WHERE block_ref LIKE %s OR x IN (SELECT x FROM tx)",
+            (start, end, like, like),
+        ).fetchone()
+        return {"records": int(row[0]), "bytes": int(row[1]), "fpi_bytes": int(row[2])}
+
+    def at_rest(self) -> dict[str, Any]:
+        with connect(self.url) as conn:
+            now = self._settled(conn)
+        col = {name: i for i, name in enumerate(self._COLUMNS)}
+        return {
+            "dead_tuples": sum(c[col["n_dead_tup"]] for c in now.values()),
+            "live_tuples": sum(c[col["n_live_tup"]] for c in now.values()),
+            "autovacuum_runs": sum(c[col["autovacuum_count"]] for c in now.values()),
+            "vacuum_runs": sum(c[col["vacuum_count"]] for c in now.values()),
+            "autoanalyze_runs": sum(c[col["autoanalyze_count"]] for c in now.values()),
+            "per_table": {
+                table: {
+                    "n_dead_tup": c[col["n_dead_tup"]],
+                    "n_live_tup": c[col["n_live_tup"]],
+                    "autovacuum_count": c[col["autovacuum_count"]],
+                }
+                for table, c in now.items()
+            },
+        }
