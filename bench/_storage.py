@@ -63,7 +63,10 @@ class Workspace:
             return {"path": str(state)}
         glue = "&" if "?" in self.state_url else "?"
         schema = self.schema(state)
-        return {"url": f"{self.state_url}{glue}options=-csearch_path%3D{schema}"}
+        # application_name: the bench tells the daemon's sessions from anyone else's
+        # (bench/_writes.py waits for them to end before reading their statistics).
+        query = f"options=-csearch_path%3D{schema}&application_name={schema}"
+        return {"url": f"{self.state_url}{glue}{query}"}
 
     def state_size(self, state: Path) -> int:
         """Bytes of the store: the SQLite file plus any WAL, or the schema's relations."""

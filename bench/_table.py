@@ -63,7 +63,10 @@ def _storage_rows(result: dict[str, Any], store: str, n: int) -> list[tuple[str,
     where = "tables + indexes + TOAST" if pg else "file + WAL"
     wal = result["wal_bytes_per_record"]
     lsn = steady.get("wal_bytes_lsn_diff")
+    fpi = (steady.get("wal_own") or {}).get("fpi_bytes")
     wal_note = "—" if lsn is None else f"LSN diff {lsn / n:.0f} B (whole server)"
+    if fpi is not None:
+        wal_note += f"; full-page images {fpi / n:.0f} B"
     dead = result["dead_tuples_fraction"]
     av = f"{rest.get('autovacuum_runs')} autovacuum runs" if pg else "no MVCC"
     t_rows, t_wal = (

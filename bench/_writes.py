@@ -5,11 +5,12 @@ exited) and reads the store from outside:
 
 - PostgreSQL: ``pg_stat_user_tables`` deltas over the store's schema (n_tup_ins, _upd,
   _del, n_dead_tup), and ``pg_current_wal_lsn()`` before and after. A backend flushes its
-  table statistics when it exits, so ``end`` first waits until no other session is
-  connected to the database, then until two reads of the counters agree. WAL is
-  cluster-wide and the server is shared: with ``pg_walinspect`` the records of the range
-  are read back and only those touching this database (or written by a transaction that
-  did) are counted, beside the raw LSN difference.
+  table statistics when it exits, so ``end`` first waits until no session of the daemon
+  (its ``application_name``, set by the bench) is left, then until two reads of the
+  counters agree. WAL is cluster-wide and the server is shared: with ``pg_walinspect``
+  the records of the range are read back and only those touching the store's relations
+  (tables, indexes, TOAST), or written by a transaction that did (its commit record),
+  are counted; the raw LSN difference is kept beside it.
 - SQLite keeps no such statistics, and ``total_changes`` lives in the writer's own
   connection. ``begin`` installs AFTER INSERT/UPDATE/DELETE triggers on every table of
   the store that count rows into a side table (UPSERTs fire the trigger of what they did,
@@ -28,6 +29,16 @@ from _storage import Workspace, connect, wait_until
 OPS = ("ins", "upd", "del")
 _SIDE = "bench_write_counts"
 _WALINSPECT_MAX = 1 << 30  # WAL ranges larger than this are not read back
+# The files of every relation of a schema: tables, indexes, sequences, TOAST and its index.
+_FILENODES = """
+SELECT pg_relation_filenode(c.oid) FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(s)s
+UNION SELECT pg_relation_filenode(c.reltoastrelid) FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(s)s AND c.reltoastrelid <> 0
+UNION SELECT pg_relation_filenode(i.indexrelid) FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_index i ON i.indrelid = c.reltoastrelid
+  WHERE n.nspname = %(s)s AND c.reltoastrelid <> 0
+"""
 
 
 class Probe(Protocol):
@@ -134,6 +145,7 @@ class PostgresProbe:
         self._before: dict[str, tuple[int, ...]] = {}
         self._lsn = ""
         self._checkpoints = 0
+        self._checkpoint_age = 0.0
 
     # pg_stat_user_tables columns, in this order, per table of the schema
     _COLUMNS = (
@@ -158,11 +170,15 @@ class PostgresProbe:
 
     def _settled(self, conn: Any) -> dict[str, tuple[int, ...]]:
         """The counters once every other session ended and its statistics were flushed."""
-        others = (
+        daemons = (
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            "AND application_name = %s"
         )
-        wait_until(lambda: conn.execute(others).fetchone()[0] == 0, 60, "the sessions to end")
+        wait_until(
+            lambda: conn.execute(daemons, (self.schema,)).fetchone()[0] == 0,
+            60,
+            "the daemon's sessions to end",
+        )
         last: list[dict[str, tuple[int, ...]]] = [{}]
 
         def stable() -> bool:
@@ -184,6 +200,8 @@ class PostgresProbe:
             self._before = self._settled(conn)
             self._lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
             self._checkpoints = self._checkpoint_count(conn)
+            age = "SELECT extract(epoch FROM now() - checkpoint_time) FROM pg_control_checkpoint()"
+            self._checkpoint_age = float(conn.execute(age).fetchone()[0])
 
     def end(self) -> dict[str, Any]:
         with connect(self.url) as conn:
@@ -218,6 +236,9 @@ class PostgresProbe:
             "wal_bytes_lsn_diff": wal,
             "wal_own": own,
             "checkpoints_during": checkpoints,
+            # A page's first change after a checkpoint is logged whole (full_page_writes):
+            # how much of the WAL is such images depends on when the last one was.
+            "last_checkpoint_age_s_before": round(self._checkpoint_age, 1),
             "dead_tuples_added": sum(d[col["n_dead_tup"]] for d in delta.values()),
             "autovacuum_runs": sum(d[col["autovacuum_count"]] for d in delta.values()),
         }
@@ -236,14 +257,15 @@ class PostgresProbe:
         dboid = conn.execute(
             "SELECT oid FROM pg_database WHERE datname = current_database()"
         ).fetchone()[0]
-        like = f"% rel %/{dboid}/%"
+        nodes = [str(node) for (node,) in conn.execute(_FILENODES, {"s": self.schema}) if node]
+        ours = rf" rel \d+/{dboid}/({'|'.join(nodes)}) "
         row = conn.execute(
             "WITH r AS (SELECT xid::text AS x, record_length, fpi_length, block_ref "
             "FROM pg_get_wal_records_info(%s, %s)), "
-            "tx AS (SELECT DISTINCT x FROM r WHERE x <> '0' AND block_ref LIKE %s) "
+            "tx AS (SELECT DISTINCT x FROM r WHERE x <> '0' AND block_ref ~ %s) "
             "SELECT count(*), coalesce(sum(record_length), 0), coalesce(sum(fpi_length), 0) "
-            "FROM r WHERE block_ref LIKE %s OR x IN (SELECT x FROM tx)",
-            (start, end, like, like),
+            "FROM r WHERE block_ref ~ %s OR x IN (SELECT x FROM tx)",
+            (start, end, ours, ours),
         ).fetchone()
         return {"records": int(row[0]), "bytes": int(row[1]), "fpi_bytes": int(row[2])}
 
