@@ -10,7 +10,9 @@ exited) and reads the store from outside:
   counters agree. WAL is cluster-wide and the server is shared: with ``pg_walinspect``
   the records of the range are read back and only those touching the store's relations
   (tables, indexes, TOAST), or written by a transaction that did (its commit record),
-  are counted; the raw LSN difference is kept beside it.
+  are counted; the raw LSN difference is kept beside it. ``begin`` runs a CHECKPOINT first,
+  as a scan long after the previous one would follow one: each page it changes is then
+  logged whole once (full-page images), whatever the timing of the server's own.
 - SQLite keeps no such statistics, and ``total_changes`` lives in the writer's own
   connection. ``begin`` installs AFTER INSERT/UPDATE/DELETE triggers on every table of
   the store that count rows into a side table (UPSERTs fire the trigger of what they did,
@@ -198,6 +200,10 @@ class PostgresProbe:
     def begin(self) -> None:
         with connect(self.url) as conn:
             self._before = self._settled(conn)
+            # As for a scan hours after the last one (a daily sync): a checkpoint lies
+            # between, so every page the scan changes is logged whole once. Without it the
+            # figure depends on whether a timed checkpoint fell since the previous scan.
+            conn.execute("CHECKPOINT")
             self._lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
             self._checkpoints = self._checkpoint_count(conn)
             age = "SELECT extract(epoch FROM now() - checkpoint_time) FROM pg_control_checkpoint()"
@@ -237,7 +243,7 @@ class PostgresProbe:
             "wal_own": own,
             "checkpoints_during": checkpoints,
             # A page's first change after a checkpoint is logged whole (full_page_writes):
-            # how much of the WAL is such images depends on when the last one was.
+            # ``begin`` checkpoints, so this is the age of its own checkpoint.
             "last_checkpoint_age_s_before": round(self._checkpoint_age, 1),
             "dead_tuples_added": sum(d[col["n_dead_tup"]] for d in delta.values()),
             "autovacuum_runs": sum(d[col["autovacuum_count"]] for d in delta.values()),
