@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,7 +23,8 @@ from _harness import (
     poll,
     write_config,
 )
-from _writes import per_record, probe_for
+from _steady import steady_writes, touch_all
+from _writes import probe_for
 
 from daemon.models import StreamKey
 from daemon.settings import KafkaSettings
@@ -149,7 +149,7 @@ def scan_cases(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
         out["record_json_bytes"] = round(record_json / n, 1)
         dead = rest["dead_tuples"]
         out["dead_tuples_fraction"] = None if dead is None else round(dead / n, 4)
-        out.update(_steady_writes(ws, state, config, n))
+        out.update(steady_writes(ws, state, config, n))
 
         # One incremental poll with nothing changed, the API honouring modified_after.
         sim.configure(honor_modified_after=True)
@@ -174,54 +174,12 @@ def scan_cases(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
             "after_3_steady_scans": rest,
             "record_json_bytes_total": record_json,
         }
-        out.update(_touch_all(ws, sim, state, config, n))
+        out.update(touch_all(ws, sim, state, config, n))
     return out
 
 
 def _per_1k(cpu: list[float], n: int) -> float:
     return round(statistics.median(cpu) / n * 1000, 4)
-
-
-def _steady_writes(ws: Workspace, state: Path, config: Path, n: int) -> dict[str, Any]:
-    """One more steady full scan, probed (never timed): what it wrote."""
-    probe = probe_for(ws, state)
-    probe.begin()
-    run = poll(ws, config, "--full")
-    figures = probe.end()
-    assert run.scan["unchanged"] == n, run.scan
-    per = per_record(figures, n)
-    return {
-        "rows_written_per_record": per["rows_written_per_record"],
-        "wal_bytes_per_record": per["wal_bytes_per_record"],
-        "details_steady_scan_writes": {**figures, **per, "records": n},
-    }
-
-
-def _touch_all(ws: Workspace, sim: Simulator, state: Path, config: Path, n: int) -> dict[str, Any]:
-    """A sync moves every record's ``modified_at`` (content unchanged); then one full
-    scan, probed: what it wrote."""
-    sim.configure(honor_modified_after=False)
-    sync = sim.touch_all_sync()
-    probe = probe_for(ws, state)
-    probe.begin()
-    run = poll(ws, config, "--full")
-    figures = probe.end()
-    scan = run.scan
-    per = per_record(figures, n)
-    outcome = ("items", "created", "updated", "unchanged", "deleted", "duration_s")
-    return {
-        "touch_all_rows_written_per_record": per["rows_written_per_record"],
-        "touch_all_wal_bytes_per_record": per["wal_bytes_per_record"],
-        "touch_all_dead_tuples_per_record": per["dead_tuples_per_record"],
-        "details_touch_all_scan": {
-            **figures,
-            **per,
-            "records": n,
-            "scan": {key: scan.get(key) for key in outcome},
-            "sync": {key: sync.get(key) for key in ("status", "touched_all")},
-            "cpu_s": round(run.cpu_s, 3),
-        },
-    }
 
 
 def rss_case(bootstrap: str, ws: Workspace, records: int) -> dict[str, Any]:

@@ -128,28 +128,6 @@ class Simulator:
         """``POST /_sim/config`` (rate_limit, rate_window_seconds, honor_modified_after)."""
         httpx.post(f"{self.base_url}/_sim/config", json=changes, timeout=30).raise_for_status()
 
-    def touch_all_sync(self, timeout: float = 60.0) -> dict[str, Any]:
-        """One sync that moves every record's ``modified_at``, content unchanged
-        (``sync_touches_all``); returns the sync once it is Done."""
-        self.configure(sync_touches_all=True, sync_duration_seconds=0)
-        try:
-            started = httpx.post(
-                f"{self.base_url}/_sim/syncs", json={"connector": CONNECTOR}, timeout=30
-            )
-            started.raise_for_status()
-            sync_id = started.json()["sync_id"]
-            deadline = time.monotonic() + timeout
-            while True:
-                syncs = httpx.get(f"{self.base_url}/_sim/syncs", timeout=30).json()
-                sync = next(s for s in syncs if s["sync_id"] == sync_id)
-                if sync["status"] != "Syncing":
-                    return sync
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"touch-all sync still running after {timeout} s")
-                time.sleep(0.05)
-        finally:
-            self.configure(sync_touches_all=False)
-
     def patch(self, client: httpx.Client, record_id: str, fields: dict[str, Any]) -> dict:
         """Change a record; ``modified_at`` becomes the simulator's now."""
         response = client.patch(
