@@ -96,7 +96,7 @@ def _storage_rows(result: dict[str, Any], store: str, n: int) -> list[tuple[str,
         ),
         (
             "`wal_bytes_per_record`",
-            "WAL of that scan / N (this database's records)",
+            "WAL of that scan / N (the store's own records, CHECKPOINT before)",
             _fmt(wal, ".0f", " B"),
             wal_note,
             "—",
