@@ -171,7 +171,7 @@ class PostgresProbe:
         return {row[0]: tuple(int(v) for v in row[1:]) for row in rows}
 
     def _settled(self, conn: Any) -> dict[str, tuple[int, ...]]:
-        """The counters once every other session ended and its statistics were flushed."""
+        """The counters once the daemon's sessions ended and their statistics were flushed."""
         daemons = (
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND application_name = %s"
