@@ -148,6 +148,7 @@ class PostgresProbe:
         self._lsn = ""
         self._checkpoints = 0
         self._checkpoint_age = 0.0
+        self._slot: Any = None
 
     # pg_stat_user_tables columns, in this order, per table of the schema
     _COLUMNS = (
@@ -204,6 +205,15 @@ class PostgresProbe:
             # between, so every page the scan changes is logged whole once. Without it the
             # figure depends on whether a timed checkpoint fell since the previous scan.
             conn.execute("CHECKPOINT")
+        # Keep the scan's WAL until it is read back: any checkpoint during the scan (the
+        # server's, or one asked for by someone else's work) may otherwise recycle it. A
+        # temporary slot, held by a session of its own: it goes when the session does,
+        # even if the bench dies.
+        self._slot = connect(self.url)
+        self._slot.execute(
+            "SELECT pg_create_physical_replication_slot(%s, true, true)", (self.schema,)
+        )
+        with connect(self.url) as conn:
             self._lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
             self._checkpoints = self._checkpoint_count(conn)
             age = "SELECT extract(epoch FROM now() - checkpoint_time) FROM pg_control_checkpoint()"
@@ -216,7 +226,15 @@ class PostgresProbe:
             wal = int(
                 conn.execute("SELECT pg_wal_lsn_diff(%s, %s)", (lsn, self._lsn)).fetchone()[0]
             )
-            own = self._own_wal(conn, self._lsn, lsn, wal)
+            own_error = None
+            try:
+                own = self._own_wal(conn, self._lsn, lsn, wal)
+            except Exception as exc:  # the figure falls back to the LSN difference
+                own, own_error = None, f"{type(exc).__name__}: {exc}"
+            finally:
+                if self._slot is not None:
+                    self._slot.close()
+                    self._slot = None
             checkpoints = self._checkpoint_count(conn) - self._checkpoints
         delta = {
             table: [
@@ -241,6 +259,7 @@ class PostgresProbe:
             "wal_bytes": own["bytes"] if own else wal,
             "wal_bytes_lsn_diff": wal,
             "wal_own": own,
+            "wal_own_error": own_error,
             "checkpoints_during": checkpoints,
             # A page's first change after a checkpoint is logged whole (full_page_writes):
             # ``begin`` checkpoints, so this is the age of its own checkpoint.
