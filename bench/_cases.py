@@ -11,20 +11,20 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from _floors import initial_sync_messages, raw_produce, raw_walk
 from _harness import (
     CONNECTOR,
     MODEL,
     PAGE_SIZE,
-    DaemonProcess,
     Simulator,
     Workspace,
-    api_headers,
     new_topic_prefix,
     poll,
     write_config,
 )
-from _latency import TopicWatcher, mutate_and_measure, sample_ids
+from _steady import steady_writes, touch_all
+from _writes import probe_for
 
 from daemon.models import StreamKey
 from daemon.settings import KafkaSettings
@@ -69,7 +69,7 @@ def scan_cases(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
         kafka = KafkaSettings(bootstrap_servers=bootstrap)
 
         # Initial sync: a fresh state file and topic each time, against walk + producer.
-        sync_daemon, sync_walk, sync_produce = [], [], []
+        sync_daemon, sync_walk, sync_produce, sync_cpu, sync_pass = [], [], [], [], []
         state = ws.path("sync-0.db")
         sync_requests = 0
         for rep in range(sizes.reps_sync):
@@ -83,6 +83,8 @@ def scan_cases(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
             sync_requests = sim.requests() - before
             assert run.scan["created"] == n, run.scan
             sync_daemon.append(run.duration_s)
+            sync_cpu.append(run.cpu_s)
+            sync_pass.append(run.pass_cpu_s or 0.0)
             walk = raw_walk(sim.base_url)
             floor_topic = f"{prefix}-floor.{MODEL}"
             messages = initial_sync_messages(KEY, floor_topic, warm.pages)
@@ -99,15 +101,20 @@ def scan_cases(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
             "floor_produce_s": _ms(sync_produce),
             "floor_s": _ms(sync_floor),
             "requests": sync_requests,
+            "cpu_s": _ms(sync_cpu),
+            "pass_cpu_s": _ms(sync_pass),
         }
-        out["state_bytes_per_record"] = round(ws.state_size(state) / n, 1)
+        out["cpu_s_per_1k_initial_sync"] = _per_1k(sync_cpu, n)
+        size_after_sync = ws.state_size(state)
 
         # Steady state: full scans of the same, unchanged records, against the bare walk.
         config = write_config(
             ws, "scan", sim=sim, bootstrap=bootstrap, state=state, topic_prefix=prefix
         )
         scan_daemon, scan_floor, scan_wall, rss, requests = [], [], [], [], []
-        for _ in range(sizes.reps_scan):
+        scan_cpu, scan_pass = [], []
+        rest: dict[str, Any] = {}
+        for rep in range(sizes.reps_scan):
             before = sim.requests()
             run = poll(ws, config, "--full")
             requests.append(sim.requests() - before)
@@ -116,7 +123,11 @@ def scan_cases(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
             scan_daemon.append(run.duration_s)
             scan_wall.append(run.wall_s)
             rss.append(run.peak_rss_mb)
+            scan_cpu.append(run.cpu_s)
+            scan_pass.append(run.pass_cpu_s or 0.0)
             scan_floor.append(raw_walk(sim.base_url).seconds)
+            if rep == 2:  # after 3 steady scans: dead tuples and size (nothing vacuumed)
+                rest = {**probe_for(ws, state).at_rest(), "sizes": ws.state_sizes(state)}
         out["full_scan_ratio"] = round(_ratio(scan_daemon, scan_floor), 3)
         out["requests_per_full_scan"] = max(requests)
         out["minimum_requests"] = math.ceil(n / PAGE_SIZE)
@@ -128,7 +139,17 @@ def scan_cases(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
             "floor_s": _ms(scan_floor),
             "requests": requests,
             "peak_rss_mb": [round(r, 1) for r in rss],
+            "cpu_s": _ms(scan_cpu),
+            "pass_cpu_s": _ms(scan_pass),
         }
+        out["cpu_s_per_1k_full_scan"] = _per_1k(scan_cpu, n)
+        size = sum(rest["sizes"].values())
+        out["state_bytes_per_record"] = round(size / n, 1)
+        record_json = sum(len(orjson.dumps(item)) for page in warm.pages for item in page)
+        out["record_json_bytes"] = round(record_json / n, 1)
+        dead = rest["dead_tuples"]
+        out["dead_tuples_fraction"] = None if dead is None else round(dead / n, 4)
+        out.update(steady_writes(ws, state, config, n))
 
         # One incremental poll with nothing changed, the API honouring modified_after.
         sim.configure(honor_modified_after=True)
@@ -139,8 +160,26 @@ def scan_cases(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
             "kind": run.scan["kind"],
             "items": run.scan["items"],
             "duration_s": run.duration_s,
+            "cpu_s": round(run.cpu_s, 3),
         }
+        out["details_cpu"] = {
+            "how": "wait4 rusage of the daemon process (user + system), start-up included; "
+            "pass_: process CPU from scan_started to scan_finished (bench/_peak.py)",
+            "idle_poll_cpu_s": round(run.cpu_s, 3),  # start-up + one request
+            "full_scan_pass_per_1k": _per_1k(scan_pass, n),
+            "initial_sync_pass_per_1k": _per_1k(sync_pass, n),
+        }
+        out["details_state"] = {
+            "after_initial_sync_bytes": size_after_sync,
+            "after_3_steady_scans": rest,
+            "record_json_bytes_total": record_json,
+        }
+        out.update(touch_all(ws, sim, state, config, n))
     return out
+
+
+def _per_1k(cpu: list[float], n: int) -> float:
+    return round(statistics.median(cpu) / n * 1000, 4)
 
 
 def rss_case(bootstrap: str, ws: Workspace, records: int) -> dict[str, Any]:
@@ -223,63 +262,5 @@ def budget_case(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
             "first_to_last_s": round(span, 3),
             "served_per_window": per_window,
             "daemon_s": run.duration_s,
-        },
-    }
-
-
-def latency_case(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
-    """Mutation in the simulator → event readable on Kafka, ``run`` polling every second."""
-    interval = 1.0
-    with Simulator(sizes.latency_records, honor_modified_after=True) as sim:
-        prefix = new_topic_prefix()
-        config = write_config(
-            ws,
-            "latency",
-            sim=sim,
-            bootstrap=bootstrap,
-            state=ws.path("latency.db"),
-            topic_prefix=prefix,
-            model={
-                "poll_interval_seconds": interval,
-                "full_scan_interval_seconds": 3600,
-                "incremental_param": "modified_after",
-                "lookback_seconds": 5,
-            },
-            scheduler={"jitter_seconds": 0},
-        )
-        daemon = DaemonProcess(ws, config)
-        try:
-            daemon.wait_for_scans(1, timeout=120)  # the initial sync
-            ids = sample_ids(sim.base_url, api_headers(), sizes.latency_mutations, seed=7)
-            with TopicWatcher(bootstrap, f"{prefix}.{MODEL}") as watcher:
-                watcher.wait_for_count(sizes.latency_records, timeout=120)
-                latencies, lost = mutate_and_measure(
-                    sim.patch, watcher, ids, gap=(0.2, 1.8), seed=11
-                )
-            scans = daemon.scans()
-        finally:
-            code, rss = daemon.stop()
-    if not latencies:
-        raise RuntimeError("latency: no change was seen on Kafka")
-    latencies.sort()
-    p99_rank = max(1, math.ceil(0.99 * len(latencies)))
-    incremental = [s for s in scans if s.get("kind") == "incremental"]
-    return {
-        "latency_p50_s": round(statistics.median(latencies), 3),
-        "latency_p99_s": round(latencies[p99_rank - 1], 3),
-        "details_latency": {
-            "poll_interval_s": interval,
-            "records": sizes.latency_records,
-            "mutations": len(latencies) + lost,
-            "lost": lost,
-            "max_s": round(latencies[-1], 3),
-            "incremental_passes": len(incremental),
-            "incremental_pass_median_s": round(
-                statistics.median(s["duration_s"] for s in incremental), 4
-            )
-            if incremental
-            else None,
-            "daemon_exit_code": code,
-            "daemon_peak_rss_mb": round(rss, 1),
         },
     }

@@ -7,22 +7,23 @@ peak RSS is its VmHWM, reported at exit by the ``_peak.py`` shim that starts it.
 
 from __future__ import annotations
 
-import shutil
+import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import yaml
+from _peak import CPU_MARKER
 from _peak import MARKER as PEAK_MARKER
+from _storage import Workspace
 
 API_KEY = "bench-key"
 CONNECTOR = "bench"
@@ -141,61 +142,6 @@ def api_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}", "x-connector-token": TOKEN}
 
 
-@dataclass
-class Workspace:
-    """A temporary directory for state files, configs and logs; removed at exit.
-
-    With ``state_url`` (a PostgreSQL URL) every state "file" a case names becomes a
-    fresh schema in that database instead (dropped at exit), so the same cases measure
-    the PostgreSQL store.
-    """
-
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lms-bench-")))
-    state_url: str | None = None
-    _schemas: dict[Path, str] = field(default_factory=dict)
-
-    def path(self, name: str) -> Path:
-        return self.root / name
-
-    def state_config(self, state: Path) -> dict[str, Any]:
-        """The ``state`` section for the store called ``state``."""
-        if self.state_url is None:
-            return {"path": str(state)}
-        schema = self._schemas.get(state)
-        if schema is None:
-            schema = self._schemas[state] = f"bench_{uuid.uuid4().hex[:10]}"
-            with _admin(self.state_url) as admin:
-                admin.execute(f"CREATE SCHEMA {schema}")
-        glue = "&" if "?" in self.state_url else "?"
-        return {"url": f"{self.state_url}{glue}options=-csearch_path%3D{schema}"}
-
-    def state_size(self, state: Path) -> int:
-        """Bytes of the store: the SQLite file plus any WAL, or the schema's relations."""
-        if self.state_url is None:
-            return state_size(state)
-        with _admin(self.state_url) as admin:
-            row = admin.execute(
-                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s AND c.relkind = 'r'",
-                (self._schemas[state],),
-            ).fetchone()
-        return int(row[0]) if row else 0
-
-    def cleanup(self) -> None:
-        if self.state_url is not None and self._schemas:
-            with _admin(self.state_url) as admin:
-                for schema in self._schemas.values():
-                    admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _admin(url: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(url, autocommit=True, connect_timeout=10)
-
-
 def new_topic_prefix() -> str:
     """A topic prefix no earlier run used (tansu keeps topics for its lifetime)."""
     return f"bench{uuid.uuid4().hex[:10]}"
@@ -244,6 +190,8 @@ class DaemonRun:
     peak_rss_mb: float
     scans: list[dict[str, Any]]
     log_tail: str
+    cpu_s: float = 0.0  # the process's user + system CPU (wait4), start-up included
+    pass_cpu_s: float | None = None  # CPU from scan_started to scan_finished (the shim)
 
     @property
     def scan(self) -> dict[str, Any]:
@@ -259,16 +207,21 @@ class DaemonRun:
 
 
 def _daemon_cmd(command: str, config: Path, *args: str) -> list[str]:
-    # ``python -m daemon ...`` through a shim that reports the peak RSS at exit.
+    # ``python -m daemon ...`` through a shim that reports peak RSS and pass CPU at exit.
     return [sys.executable, str(_PEAK), command, "--config", str(config), *args]
+
+
+def _marked(log_path: Path, marker: str) -> float | None:
+    """The figure the shim reported at exit after ``marker`` (None if it did not)."""
+    for line in reversed(log_path.read_bytes().splitlines()):
+        if line.startswith(marker.encode()):
+            return float(line.split()[1])
+    return None
 
 
 def _peak_rss_mb(log_path: Path) -> float:
     """The daemon's VmHWM as the shim reported it at exit (0 if it could not)."""
-    for line in reversed(log_path.read_bytes().splitlines()):
-        if line.startswith(PEAK_MARKER.encode()):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return (_marked(log_path, PEAK_MARKER) or 0.0) / 1024
 
 
 def _reap(proc: subprocess.Popen[Any], timeout: float) -> int:
@@ -300,12 +253,26 @@ def poll(ws: Workspace, config: Path, *args: str, timeout: float = 3600) -> Daem
         proc = subprocess.Popen(
             _daemon_cmd("poll", config, *args), stdout=log, stderr=subprocess.STDOUT
         )
-        code = _reap(proc, timeout)
+        code, cpu = _reap_cpu(proc, timeout)
         wall = time.perf_counter() - started
     records = log_records(log_path)
     scans = [r for r in records if r.get("event") == "scan_finished"]
     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-    return DaemonRun(code, wall, _peak_rss_mb(log_path), scans, tail)
+    pass_cpu = _marked(log_path, CPU_MARKER)
+    return DaemonRun(code, wall, _peak_rss_mb(log_path), scans, tail, cpu, pass_cpu)
+
+
+def _reap_cpu(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, float]:
+    """Wait for the process (killed after ``timeout``): its exit code and its own CPU
+    seconds, user + system, from wait4's rusage (the child alone, not the bench)."""
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 class DaemonProcess:
@@ -341,8 +308,3 @@ class DaemonProcess:
         code = _reap(self._proc, 60)
         self._log.close()
         return code, _peak_rss_mb(self.log_path)
-
-
-def state_size(path: Path) -> int:
-    """Bytes of the SQLite store: the database plus any WAL left behind."""
-    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())

@@ -8,19 +8,32 @@ change's ``updated`` event arrives.
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
-from _harness import MODEL
+from _harness import (
+    MODEL,
+    DaemonProcess,
+    Simulator,
+    Workspace,
+    api_headers,
+    new_topic_prefix,
+    write_config,
+)
 from kafka import KafkaConsumer, TopicPartition
 
 from daemon.timestamps import normalize_time
+
+if TYPE_CHECKING:
+    from _cases import Sizes
 
 # The consumer's long-poll: short, so the measurement adds little to what it measures.
 _FETCH_WAIT_MS = 20
@@ -136,3 +149,61 @@ def mutate_and_measure(
         time.sleep(0.05)
     latencies = [watcher.arrivals[k] - t for k, t in sent if k in watcher.arrivals]
     return latencies, len(sent) - len(latencies)
+
+
+def latency_case(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]:
+    """Mutation in the simulator → event readable on Kafka, ``run`` polling every second."""
+    interval = 1.0
+    with Simulator(sizes.latency_records, honor_modified_after=True) as sim:
+        prefix = new_topic_prefix()
+        config = write_config(
+            ws,
+            "latency",
+            sim=sim,
+            bootstrap=bootstrap,
+            state=ws.path("latency.db"),
+            topic_prefix=prefix,
+            model={
+                "poll_interval_seconds": interval,
+                "full_scan_interval_seconds": 3600,
+                "incremental_param": "modified_after",
+                "lookback_seconds": 5,
+            },
+            scheduler={"jitter_seconds": 0},
+        )
+        daemon = DaemonProcess(ws, config)
+        try:
+            daemon.wait_for_scans(1, timeout=120)  # the initial sync
+            ids = sample_ids(sim.base_url, api_headers(), sizes.latency_mutations, seed=7)
+            with TopicWatcher(bootstrap, f"{prefix}.{MODEL}") as watcher:
+                watcher.wait_for_count(sizes.latency_records, timeout=120)
+                latencies, lost = mutate_and_measure(
+                    sim.patch, watcher, ids, gap=(0.2, 1.8), seed=11
+                )
+            scans = daemon.scans()
+        finally:
+            code, rss = daemon.stop()
+    if not latencies:
+        raise RuntimeError("latency: no change was seen on Kafka")
+    latencies.sort()
+    p99_rank = max(1, math.ceil(0.99 * len(latencies)))
+    incremental = [s for s in scans if s.get("kind") == "incremental"]
+    return {
+        "latency_p50_s": round(statistics.median(latencies), 3),
+        "latency_p99_s": round(latencies[p99_rank - 1], 3),
+        "details_latency": {
+            "poll_interval_s": interval,
+            "records": sizes.latency_records,
+            "mutations": len(latencies) + lost,
+            "lost": lost,
+            "max_s": round(latencies[-1], 3),
+            "incremental_passes": len(incremental),
+            "incremental_pass_median_s": round(
+                statistics.median(s["duration_s"] for s in incremental), 4
+            )
+            if incremental
+            else None,
+            "daemon_exit_code": code,
+            "daemon_peak_rss_mb": round(rss, 1),
+        },
+    }

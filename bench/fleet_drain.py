@@ -2,6 +2,7 @@
 
     python bench/fleet_drain.py [--quick] [--connectors C] [--records N] [--latency-ms MS]
         [--workers W] [--cases single,sqlite,pg1,pg3] [--pg-url URL] [--json PATH]
+        [--repeat R]
 
 Starts its own tansu broker and, per case, a simulator process serving C connectors of N
 records each (one model) with a delay fault on every data request (150 ms: the API's
@@ -32,6 +33,10 @@ once, as the ideal assumes). Per case:
   counts streams whose first scan more than one replica finished; ``passes_at_once_max``
   the most passes running at one time over all replicas (are the workers busy?).
 
+With ``--repeat R`` the cases run R times, interleaved (case by case, round after round),
+and each case reports the run with the median ``fleet_drain_ratio`` (every run's ratio
+under ``fleet_drain_ratio_runs``).
+
 Prints one JSON object. No target is enforced: the ratio is the figure to compare.
 """
 
@@ -50,7 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _harness import MODEL, PAGE_SIZE, Workspace
+from _harness import MODEL, PAGE_SIZE
+from _storage import BenchDatabase, Workspace
 from many_connectors import (
     FleetSimulator,
     RunProcess,
@@ -92,28 +98,6 @@ def ideal_walk_s(pages: int, latency_s: float, rate: tuple[int, float] = RATE) -
     return now
 
 
-class _Database:
-    """A fresh PostgreSQL database for one case (dropped at exit)."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        self.name = f"bench_fleet_{uuid.uuid4().hex[:10]}"
-
-    def _admin(self) -> Any:
-        import psycopg
-
-        return psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10)
-
-    def __enter__(self) -> str:
-        with self._admin() as admin:
-            admin.execute(f"CREATE DATABASE {self.name}")
-        return self.admin_url.rsplit("/", 1)[0] + f"/{self.name}"
-
-    def __exit__(self, *exc_info: object) -> None:
-        with self._admin() as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-
-
 def run_case(
     case: str,
     sizes: Sizes,
@@ -132,7 +116,7 @@ def run_case(
         with FleetSimulator(connectors, sizes.records, rate_limit=RATE[0]) as sim:
             sim.add_fault(delay_ms=latency_ms, count=10**9)  # every data request, all along
             if case.startswith("pg"):
-                with _Database(pg_url) as url:
+                with BenchDatabase(pg_url, f"bench_fleet_{uuid.uuid4().hex[:10]}") as url:
                     state: dict[str, Any] = {"url": url}
                     if pool_size is not None:
                         state["pool_size"] = pool_size
@@ -258,6 +242,13 @@ def _brief(line: dict[str, Any]) -> str:
     return json.dumps(text, default=str)[:300]
 
 
+def _median_run(per: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose drain ratio is the median (the lower middle of an even count; a
+    failed run counts as the slowest), so every figure of the case comes from one run."""
+    ranked = sorted(per, key=lambda r: r.get("fleet_drain_ratio") or math.inf)
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="40 connectors instead of 200")
@@ -275,6 +266,12 @@ def main() -> int:
     )
     parser.add_argument("--pg-url", default=PG_URL, help="an existing database to connect to")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the cases R times, interleaved; the figures are the medians (default 1)",
+    )
     args = parser.parse_args()
     base = QUICK if args.quick else FULL
     sizes = Sizes(args.connectors or base.connectors, args.records or base.records)
@@ -286,28 +283,30 @@ def main() -> int:
     pages = math.ceil(sizes.records / PAGE_SIZE)
     ideal = ideal_walk_s(pages, args.latency_ms / 1000)
     started = time.monotonic()
-    results: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
     with TansuBroker() as broker:
-        for case in cases:
-            print(f"# {case} ...", file=sys.stderr, flush=True)
-            case_started = time.monotonic()
-            try:
-                figures = run_case(
-                    case,
-                    sizes,
-                    bootstrap=broker.bootstrap,
-                    latency_ms=args.latency_ms,
-                    workers=args.workers,
-                    pool_size=args.pool_size,
-                    pg_url=args.pg_url,
-                )
-            except Exception as exc:  # one broken case must not hide the others' figures
-                figures = {"failed": f"{type(exc).__name__}: {exc}"[:2000]}
-            else:
-                figures["fleet_drain_ratio"] = round(figures["drain_s"] / ideal, 2)
-            results[case] = figures
-            took = time.monotonic() - case_started
-            print(f"#   {case}: {took:.1f}s {json.dumps(figures)[:400]}", file=sys.stderr)
+        for rep in range(args.repeat):
+            for case in cases:
+                print(f"# {case} ({rep + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)
+                case_started = time.monotonic()
+                try:
+                    figures = run_case(
+                        case,
+                        sizes,
+                        bootstrap=broker.bootstrap,
+                        latency_ms=args.latency_ms,
+                        workers=args.workers,
+                        pool_size=args.pool_size,
+                        pg_url=args.pg_url,
+                    )
+                except Exception as exc:  # one broken case must not hide the others' figures
+                    figures = {"failed": f"{type(exc).__name__}: {exc}"[:2000]}
+                else:
+                    figures["fleet_drain_ratio"] = round(figures["drain_s"] / ideal, 2)
+                runs[case].append(figures)
+                took = time.monotonic() - case_started
+                print(f"#   {case}: {took:.1f}s {json.dumps(figures)[:400]}", file=sys.stderr)
+    results = {case: _median_run(per) for case, per in runs.items()}
     output = {
         "fleet_drain_ratio": {c: r.get("fleet_drain_ratio") for c, r in results.items()},
         "cpu_s_per_1k_records": {c: r.get("cpu_s_per_1k_records") for c, r in results.items()},
@@ -319,6 +318,9 @@ def main() -> int:
             "latency_ms": args.latency_ms,
             "rate_limit": {"requests": RATE[0], "per_seconds": RATE[1]},
             "workers_per_replica": args.workers or "C",
+        },
+        "fleet_drain_ratio_runs": {
+            c: [r.get("fleet_drain_ratio") for r in per] for c, per in runs.items()
         },
         "cases": results,
         "run": {
