@@ -228,6 +228,24 @@ def test_a_sync_that_only_deletes_names_the_deleted_ids():
             assert sim.get("acme", MODEL, record_id) is None
 
 
+def test_a_mixed_sync_names_its_updates_creates_and_deletes():
+    # The hinted sync: 6 updates, 2 creates and 2 deletes in one sync.
+    with Receiver() as receiver, server(receiver, enrollments=500) as sim:
+        ids = sim.ids("acme", MODEL)
+        updated, deleted = ids[10:16], ids[100:102]
+        for record_id in updated:
+            sim.update("acme", MODEL, record_id, {"remote_id": "changed"})
+        for record_id in deleted:
+            sim.delete("acme", MODEL, record_id)
+        created = [sim.create("acme", MODEL, {"remote_id": f"new-{n}"})["id"] for n in range(2)]
+        done = sim.sync("acme")
+        settled(sim, 3)
+        (modified,) = events(receiver, DATA_MODIFIED)
+        assert modified["sync"]["sync_id"] == done["sync_id"]
+        assert sorted(modified["data"]) == sorted([*updated, *deleted, *created])
+        assert all(sim.get("acme", MODEL, record_id) is not None for record_id in created)
+
+
 def test_a_sync_that_changed_nothing_sends_no_ids():
     with Receiver() as receiver, server(receiver) as sim:
         sim.sync("acme")
