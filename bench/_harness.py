@@ -50,6 +50,7 @@ class Simulator:
         honor_modified_after: bool = False,
         access_log: bool = False,
         seed: int = 1,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.records = records
         self._cmd = [
@@ -62,6 +63,7 @@ class Simulator:
             "--rate-limit", str(rate_limit),
             "--rate-window-seconds", str(window_seconds),
         ]  # fmt: skip
+        self._cmd += list(extra_args)  # e.g. --sync-mode scheduled --webhook-url ...
         if honor_modified_after:
             self._cmd.append("--honor-modified-after")
         if access_log:
@@ -300,6 +302,10 @@ class DaemonProcess:
                 tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
                 raise RuntimeError("daemon run: no scan finished in time\n" + "\n".join(tail))
             time.sleep(0.1)
+
+    def exit_code(self) -> int | None:
+        """The process's exit code, None while it runs."""
+        return self._proc.poll()
 
     def stop(self) -> tuple[int, float]:
         """SIGTERM, then reap: (exit code, peak RSS MB)."""

@@ -28,7 +28,10 @@ sync modes:
 webhooks (with --webhook-url): connector_sync_started, connector_synced,
 connector_sync_error and connector_data_modified, signed in the
 X-Bindbee-Webhook-Signature header (HMAC-SHA256 of the body), retried on
-errors and non-2xx answers, then given up.
+errors and non-2xx answers, then given up. For tests: POST /_sim/webhooks/drop
+loses chosen deliveries, /_sim/webhooks/replay re-sends one byte for byte,
+/_sim/webhooks/send signs an event of your own making; GET /_sim/reads counts
+reads by id.
 """
 
 

@@ -3,7 +3,8 @@
 No authentication: the server binds to 127.0.0.1 unless told otherwise.
 ``{connector}`` is a connector's *name*, not its token. Routes of the
 simulator itself have one segment (``/_sim/syncs``) or start with
-``/_sim/connectors``, so they never collide with ``/_sim/{connector}/{model}``.
+``/_sim/connectors`` or ``/_sim/webhooks`` (registered first), so they never
+collide with ``/_sim/{connector}/{model}``.
 """
 
 # No `from __future__ import annotations`: FastAPI evaluates the route signatures,
@@ -62,6 +63,37 @@ class NewConnector(BaseModel):
     name: str
     token: str
     enrollments: int | None = Field(default=None, ge=0)
+
+
+class WebhookDrop(BaseModel):
+    """``POST /_sim/webhooks/drop``: lose the next ``count`` matching deliveries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: str | None = None
+    connector: str | None = None
+    count: int = Field(default=1, ge=1)
+
+
+class WebhookReplay(BaseModel):
+    """``POST /_sim/webhooks/replay``: send a logged delivery again, byte for byte."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int | None = None
+    delivery_id: int | None = None
+    times: int = Field(default=1, ge=1, le=1000)
+
+
+class WebhookSend(BaseModel):
+    """``POST /_sim/webhooks/send``: an event of the test's own making, signed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connector: str
+    event: str = "connector_data_modified"
+    data: Any = None
+    sync_id: str | None = None
 
 
 def _answer(action: Callable[[], _T]) -> _T:
@@ -163,8 +195,48 @@ def control_router(state: SimState) -> APIRouter:
 
     @router.get("/webhooks")
     async def webhooks() -> list[dict[str, Any]]:
-        """Webhook delivery attempts: event, attempt, status, outcome, time."""
+        """Webhook delivery attempts: delivery_id, event, connector, sync_id, replay_of,
+        attempt, status, error, outcome (delivered, retrying, given_up, dropped), time."""
         return state.webhook_log()
+
+    @router.get("/webhooks/drop")
+    async def webhook_drops() -> list[dict[str, Any]]:
+        """Drop rules still armed, with their remaining counts."""
+        return state.webhook_drops()
+
+    @router.post("/webhooks/drop", status_code=201)
+    async def drop_webhooks(body: WebhookDrop) -> list[dict[str, Any]]:
+        """Lose the next ``count`` deliveries of ``event`` for ``connector`` (omitted:
+        any): never sent, logged once as ``dropped``. Returns the armed rules."""
+        return _answer(lambda: state.drop_webhooks(body.count, body.event, body.connector))
+
+    @router.delete("/webhooks/drop", status_code=204)
+    async def clear_webhook_drops() -> Response:
+        """Disarm every drop rule."""
+        state.clear_webhook_drops()
+        return Response(status_code=204)
+
+    @router.post("/webhooks/replay", status_code=202)
+    async def replay_webhook(body: WebhookReplay) -> dict[str, Any]:
+        """Send the delivery at ``index`` of the log (or ``delivery_id``) ``times``
+        times again: the same body, the same signature. Returns the new delivery ids."""
+        ids = _answer(lambda: state.replay_webhook(body.times, body.index, body.delivery_id))
+        return {"delivery_ids": ids}
+
+    @router.post("/webhooks/send", status_code=202)
+    async def send_webhook(body: WebhookSend) -> dict[str, Any]:
+        """Sign and send an event of one's own making for a connector, e.g. a
+        ``connector_data_modified`` naming chosen ids. Returns its delivery id."""
+        delivery_id = _answer(
+            lambda: state.send_webhook(body.connector, body.event, body.data, body.sync_id)
+        )
+        return {"delivery_id": delivery_id}
+
+    @router.get("/reads")
+    async def reads() -> dict[str, dict[str, Any]]:
+        """Data requests past the rate gate per connector: ``pages``, ``by_id``, and
+        reads per ``model/id``."""
+        return state.reads()
 
     @router.post("/{connector}/{model}", status_code=201)
     async def create(

@@ -299,6 +299,44 @@ class SimServer:
         """Webhook delivery attempts so far (``GET /_sim/webhooks``)."""
         return self.state.webhook_log()
 
+    def drop_webhooks(
+        self, count: int = 1, event: str | None = None, connector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Lose the next ``count`` deliveries of ``event`` for ``connector`` (None: any):
+        never sent, logged as ``dropped`` (``POST /_sim/webhooks/drop``); the armed rules."""
+        return self.state.drop_webhooks(count, event, connector)
+
+    def webhook_drops(self) -> list[dict[str, Any]]:
+        """Drop rules still armed (``GET /_sim/webhooks/drop``)."""
+        return self.state.webhook_drops()
+
+    def clear_webhook_drops(self) -> None:
+        """Disarm every drop rule (``DELETE /_sim/webhooks/drop``)."""
+        self.state.clear_webhook_drops()
+
+    def replay_webhook(
+        self, index: int | None = None, times: int = 1, delivery_id: int | None = None
+    ) -> list[int]:
+        """Send the delivery at ``index`` of ``webhooks()`` (or ``delivery_id``) again
+        ``times`` times, byte for byte (``POST /_sim/webhooks/replay``); the new ids."""
+        return self.state.replay_webhook(times, index, delivery_id)
+
+    def send_webhook(
+        self,
+        connector: str,
+        data: Any,
+        event: str = "connector_data_modified",
+        sync_id: str | None = None,
+    ) -> int:
+        """Sign and send an event of one's own making (``POST /_sim/webhooks/send``),
+        e.g. a ``connector_data_modified`` naming chosen ids; its delivery id."""
+        return self.state.send_webhook(connector, event, data, sync_id)
+
+    def reads(self) -> dict[str, dict[str, Any]]:
+        """Data requests past the rate gate per connector: ``pages``, ``by_id`` and
+        reads per ``model/id`` (``GET /_sim/reads``)."""
+        return self.state.reads()
+
 
 def webhook_policy(
     url: str | None,

@@ -208,6 +208,7 @@ def build_app(state: SimState) -> FastAPI:
     ) -> Response:
         """One page of a model's records, ordered by id."""
         spec = _spec(model)
+        state.record_read(ds.name, model, None)
         relation_ids = {"user": user, "course": course, "content": content}
         bounds = {
             "start_date": (start_date_from, start_date_to),
@@ -251,6 +252,7 @@ def build_app(state: SimState) -> FastAPI:
     ) -> Response:
         """One record by id (404 when there is none)."""
         spec = _spec(model)
+        state.record_read(ds.name, model, record_id)
         projection = _projection(spec, include_raw_data, include_custom_fields, expand)
         fault = state.take_fault(ds.name, model, is_page=False)
         broken = await _fault_response(fault)

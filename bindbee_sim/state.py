@@ -82,6 +82,7 @@ class SimState:
         self.limiter = FixedWindowLimiter(rate_limit, rate_window_seconds)
         self.faults = FaultBook()
         self._stats: dict[str, dict[str, int]] = {}
+        self._reads: dict[str, dict[str, Any]] = {}
         self.clock = MonotonicUtc()
         self.new_ids = UuidV7Source()
         self.webhooks = None if webhook is None else WebhookSender(webhook, self.clock.now_us)
@@ -157,7 +158,27 @@ class SimState:
             key = str(status)
             per[key] = per.get(key, 0) + 1
 
+    def record_read(self, connector: str, model: str, record_id: str | None) -> None:
+        """Count one data request past the rate gate: a page (``record_id`` None) or a
+        read by id."""
+        with self.lock:
+            per = self._reads.get(connector)
+            if per is None:
+                per = self._reads[connector] = {"pages": 0, "by_id": 0, "ids": {}}
+            if record_id is None:
+                per["pages"] += 1
+                return
+            per["by_id"] += 1
+            key = f"{model}/{record_id}"
+            per["ids"][key] = per["ids"].get(key, 0) + 1
+
     # ---- control -----------------------------------------------------------------
+
+    def reads(self) -> dict[str, dict[str, Any]]:
+        """Data requests that passed the rate gate, per connector name: ``pages``,
+        ``by_id`` and, per ``model/id``, how often it was read by id (404s included)."""
+        with self.lock:
+            return {who: {**per, "ids": dict(per["ids"])} for who, per in self._reads.items()}
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Data responses so far: ``{connector name: {status code: count}}``."""
@@ -248,6 +269,7 @@ class SimState:
                 ds.reset()
             self.faults.clear()
             self._stats.clear()
+            self._reads.clear()
             self.limiter.reset()
             self.syncs.reset()
             if self.webhooks is not None:
@@ -451,6 +473,52 @@ class SimState:
     def webhook_log(self) -> list[dict[str, Any]]:
         """Every webhook delivery attempt so far (empty without a webhook URL)."""
         return [] if self.webhooks is None else self.webhooks.log()
+
+    def _sender(self) -> WebhookSender:
+        if self.webhooks is None:
+            raise Refused("no webhook URL is configured")
+        return self.webhooks
+
+    def drop_webhooks(
+        self, count: int = 1, event: str | None = None, connector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Lose the next ``count`` deliveries of ``event`` for ``connector`` (None: any);
+        returns the armed rules."""
+        sender = self._sender()
+        if connector is not None:
+            with self.lock:
+                self._dataset(connector)
+        sender.drop(count, event, connector)
+        return sender.drops()
+
+    def webhook_drops(self) -> list[dict[str, Any]]:
+        """Drop rules still armed."""
+        return [] if self.webhooks is None else self.webhooks.drops()
+
+    def clear_webhook_drops(self) -> None:
+        """Disarm every drop rule."""
+        if self.webhooks is not None:
+            self.webhooks.clear_drops()
+
+    def replay_webhook(
+        self, times: int = 1, index: int | None = None, delivery_id: int | None = None
+    ) -> list[int]:
+        """Send a logged delivery again, byte for byte, ``times`` times; the new ids."""
+        try:
+            return self._sender().replay(times, index=index, delivery_id=delivery_id)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+
+    def send_webhook(
+        self, connector: str, event: str, data: Any, sync_id: str | None = None
+    ) -> int:
+        """Send an event of one's own making for ``connector`` (e.g. a
+        ``connector_data_modified`` naming chosen ids); returns its delivery id."""
+        if not isinstance(event, str) or not event:
+            raise ValueError("event must be a non-empty string")
+        with self.lock:
+            self._dataset(connector)
+            return self.syncs.send_event(connector, event, data, sync_id)
 
 
 def _check_name(name: object) -> None:

@@ -233,6 +233,19 @@ class SyncCycle:
         if affected:
             self._emit("connector_data_modified", conn, sync, list(affected))
 
+    def send_event(self, name: str, event: str, data: Any, sync_id: str | None = None) -> int:
+        """Send one event for connector ``name`` in Bindbee's envelope, outside any sync
+        cycle (a remembered ``sync_id`` names that sync; otherwise a new AUTOMATED one).
+        Returns the delivery id; raises ``Refused`` without a webhook URL."""
+        if self.webhooks is None:
+            raise Refused("no webhook URL is configured")
+        conn = self.datasets[name].connector
+        sync = self._history.get(sync_id) if sync_id is not None else None
+        if sync is None:
+            now = format_us(self.clock.now_us())
+            sync = Sync(sync_id or self._ids.new(), name, "AUTOMATED", now, False, staged=0)
+        return self._emit(event, conn, sync, data)
+
     def history(self) -> list[dict[str, Any]]:
         """The syncs remembered, oldest first."""
         return [s.as_dict() for s in self._history.values()]
@@ -360,9 +373,9 @@ class SyncCycle:
         sync: Sync,
         data: Any,
         error: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> int:
         if self.webhooks is None:
-            return
+            return 0
         envelope: dict[str, Any] = {
             "webhook": {
                 "webhook_id": self.webhook_id,
@@ -379,4 +392,4 @@ class SyncCycle:
         }
         if error is not None:
             envelope["error"] = error
-        self.webhooks.send(envelope, conn.name)
+        return self.webhooks.send(envelope, conn.name)

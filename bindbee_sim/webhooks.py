@@ -7,16 +7,30 @@ error, a timeout or a non-2xx answer; failed attempts are retried after 1, 2,
 half the window), while the next retry would still start within
 ``retry_window_seconds`` of the first attempt. Then the event is given up:
 Bindbee has no replay. Every attempt lands in the delivery log.
+
+For tests of what a receiver does when deliveries go wrong, two controls
+Bindbee does not have:
+
+- ``drop``: the next N events matching (event name, connector) are never sent;
+  each is logged once with outcome ``dropped`` (attempt 0, no status);
+- ``replay``: a logged delivery (sent or dropped) is sent again K times, the
+  exact same body and so the same signature, each time as a new delivery
+  (logged with ``replay_of`` = the original's ``delivery_id``) under the same
+  retry policy. Replaying a dropped delivery delivers it late.
+
+The bodies of the last ``_BODIES_KEPT`` deliveries are kept for replays.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,6 +44,8 @@ SIGNATURE_HEADER = "X-Bindbee-Webhook-Signature"
 Encoding = Literal["base64url", "hex"]
 ENCODINGS: tuple[str, ...] = ("base64url", "hex")
 _LOG_LIMIT = 10_000  # attempts kept in the delivery log
+_BODIES_KEPT = 2_000  # deliveries whose body is kept for replays
+_REPLAY_LIMIT = 1_000  # copies one replay request may send
 
 
 def sign(secret: str, body: bytes, encoding: str = "base64url") -> str:
@@ -78,6 +94,30 @@ class _Delivery:
     connector: str
     body: bytes
     generation: int
+    sync_id: str | None = None
+    replay_of: int | None = None
+    dropped: bool = False
+
+
+@dataclass
+class DropRule:
+    """Lose the next ``remaining`` deliveries of ``event`` for ``connector`` (None: any)."""
+
+    event: str | None
+    connector: str | None
+    remaining: int
+
+    def matches(self, event: str, connector: str) -> bool:
+        """Whether a delivery of ``event`` for ``connector`` is one to lose."""
+        return (
+            self.remaining > 0
+            and self.event in (None, event)
+            and self.connector in (None, connector)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The rule as ``GET /_sim/webhooks/drop`` shows it."""
+        return {"event": self.event, "connector": self.connector, "count": self.remaining}
 
 
 class WebhookSender:
@@ -89,25 +129,100 @@ class WebhookSender:
         self._queue: queue.Queue[_Delivery | None] = queue.Queue()
         self._lock = threading.Lock()
         self._log: list[dict[str, Any]] = []
+        self._bodies: OrderedDict[int, _Delivery] = OrderedDict()
+        self._drops: list[DropRule] = []
         self._next_id = 1
         self._generation = 0
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def send(self, envelope: dict[str, Any], connector: str) -> None:
-        """Queue one event (the envelope's ``webhook.event`` names it); never blocks."""
+    def send(self, envelope: dict[str, Any], connector: str) -> int:
+        """Queue one event (the envelope's ``webhook.event`` names it); never blocks.
+
+        Returns its ``delivery_id``. An armed drop rule that matches loses it instead
+        (logged as ``dropped``, kept for a replay).
+        """
         body = orjson.dumps(envelope)
+        event = envelope["webhook"]["event"]
+        sync_id = (envelope.get("sync") or {}).get("sync_id")
         with self._lock:
-            delivery = _Delivery(
-                self._next_id, envelope["webhook"]["event"], connector, body, self._generation
-            )
+            delivery = _Delivery(self._next_id, event, connector, body, self._generation, sync_id)
             self._next_id += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="bindbee-sim-webhooks", daemon=True
-                )
-                self._thread.start()
+            self._keep(delivery)
+            rule = next((r for r in self._drops if r.matches(event, connector)), None)
+            if rule is not None:
+                # Chosen now, logged in its turn: the log keeps the order of events.
+                rule.remaining -= 1
+                self._drops = [r for r in self._drops if r.remaining > 0]
+                delivery = dataclasses.replace(delivery, dropped=True)
+            self._start_thread()
         self._queue.put(delivery)
+        return delivery.delivery_id
+
+    def drop(self, count: int, event: str | None = None, connector: str | None = None) -> None:
+        """Lose the next ``count`` deliveries of ``event`` for ``connector`` (None: any).
+
+        Rules are checked in the order they were armed; a delivery consumes one count
+        of the first rule it matches.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError("count must be an integer >= 1")
+        with self._lock:
+            self._drops.append(DropRule(event, connector, count))
+
+    def drops(self) -> list[dict[str, Any]]:
+        """Drop rules still armed, with their remaining counts."""
+        with self._lock:
+            return [rule.as_dict() for rule in self._drops]
+
+    def clear_drops(self) -> None:
+        """Disarm every drop rule."""
+        with self._lock:
+            self._drops.clear()
+
+    def replay(
+        self, times: int = 1, *, index: int | None = None, delivery_id: int | None = None
+    ) -> list[int]:
+        """Send a logged delivery again ``times`` times, byte for byte; the new ids.
+
+        ``index`` is a position in the delivery log (``log()``; negative counts from
+        its end), ``delivery_id`` names the delivery itself; give exactly one. Raises
+        ``LookupError`` when it is unknown or its body is no longer kept,
+        ``ValueError`` for bad arguments.
+        """
+        if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= _REPLAY_LIMIT:
+            raise ValueError(f"times must be an integer from 1 to {_REPLAY_LIMIT}")
+        if (index is None) == (delivery_id is None):
+            raise ValueError("give exactly one of index and delivery_id")
+        with self._lock:
+            if index is not None:
+                try:
+                    delivery_id = self._log[index]["delivery_id"]
+                except IndexError:
+                    raise LookupError(
+                        f"no delivery at index {index} (the log has {len(self._log)})"
+                    ) from None
+            original = self._bodies.get(delivery_id)  # type: ignore[arg-type]
+            if original is None:
+                raise LookupError(f"no kept delivery with delivery_id {delivery_id}")
+            copies = []
+            for _ in range(times):
+                copy = _Delivery(
+                    self._next_id,
+                    original.event,
+                    original.connector,
+                    original.body,
+                    self._generation,
+                    original.sync_id,
+                    original.delivery_id,
+                )
+                self._next_id += 1
+                self._keep(copy)
+                copies.append(copy)
+            self._start_thread()
+        for copy in copies:
+            self._queue.put(copy)
+        return [copy.delivery_id for copy in copies]
 
     def log(self) -> list[dict[str, Any]]:
         """Every attempt so far, oldest first."""
@@ -115,10 +230,12 @@ class WebhookSender:
             return [dict(entry) for entry in self._log]
 
     def reset(self) -> None:
-        """Drop queued and retrying deliveries and clear the log."""
+        """Drop queued and retrying deliveries; clear the log, kept bodies and drop rules."""
         with self._lock:
             self._generation += 1
             self._log.clear()
+            self._bodies.clear()
+            self._drops.clear()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop delivering (an attempt in flight may finish) and join the thread.
@@ -136,6 +253,20 @@ class WebhookSender:
         self._queue = queue.Queue()
         self._closed.clear()
 
+    def _start_thread(self) -> None:
+        # Callers hold the lock.
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="bindbee-sim-webhooks", daemon=True
+            )
+            self._thread.start()
+
+    def _keep(self, delivery: _Delivery) -> None:
+        # Callers hold the lock.
+        self._bodies[delivery.delivery_id] = delivery
+        while len(self._bodies) > _BODIES_KEPT:
+            self._bodies.popitem(last=False)
+
     # ---- the delivery thread ----------------------------------------------------
 
     def _current(self, delivery: _Delivery) -> bool:
@@ -148,7 +279,11 @@ class WebhookSender:
                 delivery = self._queue.get()
                 if delivery is None or self._closed.is_set():
                     return
-                if self._current(delivery):
+                if not self._current(delivery):
+                    continue
+                if delivery.dropped:
+                    self._record(delivery, 0, None, None, "dropped")
+                else:
                     self._deliver(client, delivery)
 
     def _deliver(self, client: httpx.Client, delivery: _Delivery) -> None:
@@ -190,18 +325,26 @@ class WebhookSender:
         with self._lock:
             if delivery.generation != self._generation:
                 return False
-            if len(self._log) >= _LOG_LIMIT:
-                del self._log[: _LOG_LIMIT // 10]
-            self._log.append(
-                {
-                    "delivery_id": delivery.delivery_id,
-                    "event": delivery.event,
-                    "connector": delivery.connector,
-                    "attempt": attempt,
-                    "status": status,
-                    "error": error,
-                    "outcome": outcome,
-                    "time": format_us(self._now_us()),
-                }
-            )
+            self._append(delivery, attempt, status, error, outcome)
             return True
+
+    def _append(
+        self, delivery: _Delivery, attempt: int, status: int | None, error: str | None, outcome: str
+    ) -> None:
+        # Callers hold the lock.
+        if len(self._log) >= _LOG_LIMIT:
+            del self._log[: _LOG_LIMIT // 10]
+        self._log.append(
+            {
+                "delivery_id": delivery.delivery_id,
+                "event": delivery.event,
+                "connector": delivery.connector,
+                "sync_id": delivery.sync_id,
+                "replay_of": delivery.replay_of,
+                "attempt": attempt,
+                "status": status,
+                "error": error,
+                "outcome": outcome,
+                "time": format_us(self._now_us()),
+            }
+        )
