@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from bindbee_sim import SimServer
-from tests.sim_support import API_KEY, Receiver, wait_for
+from tests.harness import wait_until
+from tests.sim_support import API_KEY, Receiver
 
 SECRET = "whsec-drops-5e1f"
 SIGNATURE = "X-Bindbee-Webhook-Signature"
@@ -59,7 +60,7 @@ def settled(sim: SimServer, count: int) -> list[dict]:
         done = [e for e in log if e["outcome"] != "retrying"]
         return log if len(done) >= count else None
 
-    return wait_for(final, what=f"{count} settled deliveries")
+    return wait_until(final, what=f"{count} settled deliveries")
 
 
 def change_two(sim: SimServer, connector: str = "acme") -> list[str]:
