@@ -88,7 +88,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(*row)
     # Not a terminal (a pipe, a log): wide enough that a row stays on one line.
-    console = Console(width=240 if not sys.stdout.isatty() else None)
+    console = Console(width=1000 if not sys.stdout.isatty() else None)
     console.print(table)
     if not states:
         print("no stream has state yet (the first `poll` or `run` pass records it)")
