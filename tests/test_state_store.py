@@ -154,9 +154,10 @@ def test_deletes_and_reset_clear_the_scan_marks_too(store: StateStore) -> None:
     store.commit_page(KEY, writes, list("abc"), None, None)
     store.commit_deletes(KEY, ["b"])
     assert store.state(KEY).records == 2 and store.count_missing(KEY) == (0, 2)
-    assert count(store, "changefeed_seen") == count(store, "changefeed_records") == 2
+    # One row of seen ids for the page, not one per record.
+    assert count(store, "changefeed_scan_ids") == 1 and count(store, "changefeed_records") == 2
     store.reset(KEY)
-    assert count(store, "changefeed_seen") == 0
+    assert count(store, "changefeed_scan_ids") == 0
 
 
 def test_errors_are_recorded_and_cleared(store: StateStore) -> None:
@@ -382,7 +383,6 @@ def test_multi_row_inserts_take_the_rows_values_in_order(dialect: str, tmp_path:
         store = StateStore(backend)
         for builder, columns in (
             (store._upsert_records, snapshots.RECORD_COLUMNS),
-            (store._upsert_seen, snapshots.SEEN_COLUMNS),
             (store._insert_outbox, scans.OUTBOX_COLUMNS),
         ):
             names = store._compile(builder, 3).names

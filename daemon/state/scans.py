@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy import and_, bindparam, case, delete, func, or_, select
 
 from daemon.models import Message, ScanKind, StoredRow, StreamKey, StreamState
 from daemon.state.leases import DROP_ANY_LEASE, LeaseFencing, stream_lease_name
-from daemon.state.rows import dump_headers, load_headers
-from daemon.state.schema import outbox, records, rejected, seen, streams
+from daemon.state.rows import LoadedRow, dump_headers, load_headers
+from daemon.state.schema import outbox, records, rejected, scan_ids, streams
+from daemon.state.seen import DROP_SCAN_IDS, STATEMENTS
 from daemon.state.sql import CHUNK, NOW, SID, Tx, id_params, row_params, stream_update
 
 OUTBOX_COLUMNS = ("sid", "seq", "topic", "key", "value", "headers")
@@ -88,18 +88,6 @@ _PRUNE_REJECTED = delete(rejected).where(
     rejected.c.scan != CURRENT_SCAN,
     select(streams.c.scan_kind).where(streams.c.sid == SID).scalar_subquery() == "full",
 )
-_COUNT_MISSING = select(func.count().filter(seen.c.scan != CURRENT_SCAN), func.count()).where(
-    seen.c.sid == SID
-)
-_MISSING_ROWS = (
-    select(records.c.id, records.c.modified_at, records.c.hash, records.c.record)
-    .select_from(seen.join(records, and_(records.c.sid == seen.c.sid, records.c.id == seen.c.id)))
-    .where(seen.c.sid == SID, seen.c.scan != CURRENT_SCAN)
-    .order_by(seen.c.id)
-    .limit(bindparam("p_limit", type_=sa.Integer))
-)
-
-
 def _delete_ids(table: sa.Table) -> Callable[[int], sa.Delete]:
     def build(count: int) -> sa.Delete:
         return delete(table).where(table.c.sid == SID, table.c.id.in_(id_params(count)))
@@ -107,7 +95,7 @@ def _delete_ids(table: sa.Table) -> Callable[[int], sa.Delete]:
     return build
 
 
-_DELETE_ROWS = (_delete_ids(records), _delete_ids(seen))
+_DELETE_ROWS = _delete_ids(records)
 _LIST_STREAMS = select(streams.c.connector, streams.c.model).order_by(
     streams.c.connector, streams.c.model
 )
@@ -122,7 +110,7 @@ _CLEAR_OUTBOX = delete(outbox).where(outbox.c.sid == SID)
 # about an earlier scan (a scan's progress, a late write) matches a new one; the
 # connector's state and the last sync requested describe Bindbee, not this data: kept.
 _RESET_DATA = tuple(
-    delete(table).where(table.c.sid == SID) for table in (outbox, rejected, records, seen)
+    delete(table).where(table.c.sid == SID) for table in (outbox, rejected, records, scan_ids)
 )
 _RESET_STREAM = stream_update().values(
     watermark=None,
@@ -186,6 +174,7 @@ class Scans(LeaseFencing):
         with self._tx("begin scan") as tx:
             sid = self._sid(tx, key)
             self._fence(tx, sid, key)
+            tx.run(DROP_SCAN_IDS, p_sid=sid)  # an abandoned scan's, if any
             tx.run(_BEGIN_SCAN, p_kind=kind, p_since=since, p_now=now, p_sync=sync, p_sid=sid)
             return self._state(tx, key)
 
@@ -200,17 +189,18 @@ class Scans(LeaseFencing):
     def count_missing(self, key: StreamKey) -> tuple[int, int]:
         """(rows the current scan did not see, all rows) of the stream."""
         with self._tx("count missing rows", read=True) as tx:
-            missing, total = tx.one(_COUNT_MISSING, p_sid=self._sid(tx, key))
+            count = STATEMENTS[self.dialect][0]
+            missing, total = tx.one(count, p_sid=self._sid(tx, key))
             return int(missing or 0), int(total)
 
     def missing_rows(self, key: StreamKey, limit: int) -> list[StoredRow]:
         """Up to ``limit`` rows the current scan did not see, in id order."""
         with self._tx("list missing rows", read=True) as tx:
-            found = tx.run(_MISSING_ROWS, p_sid=self._sid(tx, key), p_limit=limit).fetchall()
-            return [
-                StoredRow(rid, modified_at, digest, orjson.loads(blob))
-                for rid, modified_at, digest, blob in found
-            ]
+            statement = STATEMENTS[self.dialect][1]
+            found = tx.run(statement, p_sid=self._sid(tx, key), p_limit=limit).fetchall()
+            self._load_dictionaries(tx, [row[3] for row in found])
+        rows = [LoadedRow(*row, self.codec) for row in found]
+        return [StoredRow(r.id, r.modified_at, r.content_hash, r.record) for r in rows]
 
     def commit_deletes(
         self, key: StreamKey, ids: Sequence[str], outbox: Sequence[Message] = ()
@@ -222,8 +212,7 @@ class Scans(LeaseFencing):
             write_outbox(tx, sid, outbox)
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start : start + CHUNK]
-                for statement in _DELETE_ROWS:
-                    tx.run_ids(statement, chunk, p_sid=sid)
+                tx.run_ids(_DELETE_ROWS, chunk, p_sid=sid)
 
     def finish_scan(
         self,
@@ -240,6 +229,7 @@ class Scans(LeaseFencing):
             if outbox:
                 write_outbox(tx, sid, outbox)
             tx.run(_PRUNE_REJECTED, p_sid=sid)
+            tx.run(DROP_SCAN_IDS, p_sid=sid)
             tx.run(_FINISH_SCAN, p_now=now, p_guard=delete_guard, p_sid=sid)
             return self._state(tx, key)
 
@@ -258,6 +248,7 @@ class Scans(LeaseFencing):
         with self._tx("abandon scan") as tx:
             sid = self._sid(tx, key)
             self._fence(tx, sid, key)
+            tx.run(DROP_SCAN_IDS, p_sid=sid)
             tx.run(_ABANDON_SCAN, p_sid=sid)
 
     def reset(self, key: StreamKey) -> None:

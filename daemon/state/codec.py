@@ -1,0 +1,143 @@
+"""How rows are packed on disk: record blobs, content hashes and the ids a scan saw.
+
+- **Record blobs** are zstd frames, with a dictionary per stream once the stream wrote
+  ``SAMPLES`` records (trained on them, stored in ``changefeed_dictionaries``). Measured on
+  the simulator's enrollments (482 B of JSON): 344 B plain zstd, 115 B with a 16 KiB
+  dictionary; 5 µs to compress, 1 µs to decompress. A blob that starts with ``{`` is raw
+  JSON (written before 0005): still read as it is.
+- **Content hashes** (32 hex digits) are their 16 bytes; anything else (a test's "h1")
+  is kept as its text behind a marker byte, so no spelling is ever lost.
+- **Seen ids**: a page's ids as one row; on PostgreSQL canonical UUIDs are packed 16
+  bytes each (a page of 100 UUIDs: 1.6 kB, under the 2 kB TOAST threshold, so one heap
+  tuple and no TOAST), the other ids as a JSON array (SQLite: all of them, read back by
+  ``json_each``).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Sequence
+
+import orjson
+import zstandard
+
+SAMPLES = 1000  # records a stream writes before its dictionary is trained (~0.5 MB)
+DICT_SIZE = 16 * 1024
+_LEVEL = 3
+_RAW = ord("{")
+_ZSTD = b"\x01"  # + a zstd frame
+_ZDICT = 2  # b"\x02" + dictionary number (2 bytes, big-endian) + a zstd frame
+_MAX_RECORD = 64 << 20
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_HEX32 = re.compile(r"[0-9a-f]{32}\Z")
+_TEXT = b"\xff"  # never in UTF-8: marks a hash kept as text
+
+
+def pack_hash(digest: str) -> bytes:
+    """A content hash as stored: 16 bytes, or its text behind a marker (never 16 bytes)."""
+    if len(digest) == 32 and _HEX32.match(digest):
+        return bytes.fromhex(digest)
+    packed = _TEXT + digest.encode()
+    return packed + _TEXT if len(packed) == 16 else packed
+
+
+def unpack_hash(packed: bytes) -> str:
+    """Inverse of ``pack_hash``."""
+    if len(packed) == 16:
+        return packed.hex()
+    return packed[1:].rstrip(_TEXT).decode()
+
+
+def pack_ids(ids: Sequence[str], *, uuids: bool) -> tuple[bytes | None, str | None]:
+    """(packed canonical UUIDs or None, JSON array of the other ids or None)."""
+    if not uuids:
+        return None, orjson.dumps(list(ids)).decode() if ids else None
+    packed: list[bytes] = []
+    others: list[str] = []
+    match = _UUID.match
+    for rid in ids:
+        if len(rid) == 36 and match(rid):
+            packed.append(bytes.fromhex(rid.replace("-", "")))
+        else:
+            others.append(rid)
+    return (b"".join(packed) or None), (orjson.dumps(others).decode() if others else None)
+
+
+class BlobCodec:
+    """Compresses and restores record blobs; trains and caches each stream's dictionary.
+
+    Shared by the store's worker threads: the caches are guarded by one lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._plain = zstandard.ZstdCompressor(
+            level=_LEVEL, write_checksum=False, write_content_size=True
+        )
+        self._plain_out = zstandard.ZstdDecompressor()
+        # dictionary number -> (compressor, decompressor); stream id -> its dictionary
+        self._dicts: dict[int, tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]] = {}
+        self._current: dict[int, int] = {}
+        self._samples: dict[int, list[bytes]] = {}
+
+    def known(self, number: int) -> bool:
+        return number in self._dicts
+
+    def add(self, number: int, data: bytes, sid: int | None = None) -> None:
+        """Register dictionary ``number`` (read from or written to the store)."""
+        zdict = zstandard.ZstdCompressionDict(bytes(data))
+        compressor = zstandard.ZstdCompressor(
+            level=_LEVEL, dict_data=zdict, write_checksum=False, write_dict_id=False
+        )
+        with self._lock:
+            self._dicts[number] = (compressor, zstandard.ZstdDecompressor(dict_data=zdict))
+            if sid is not None:
+                self._current[sid] = number
+                self._samples.pop(sid, None)
+
+    def current(self, sid: int) -> int | None:
+        return self._current.get(sid)
+
+    def encode(self, sid: int, raw: bytes) -> bytes:
+        """A record's JSON as stored for stream ``sid``."""
+        number = self._current.get(sid)
+        if number is not None:
+            head = bytes((_ZDICT, number >> 8, number & 0xFF))
+            return head + self._dicts[number][0].compress(raw)
+        samples = self._samples.get(sid)
+        if samples is not None and len(samples) < SAMPLES:
+            samples.append(raw)
+        return _ZSTD + self._plain.compress(raw)
+
+    def want_samples(self, sid: int) -> None:
+        """Collect samples for stream ``sid`` (it has no dictionary yet)."""
+        with self._lock:
+            if sid not in self._current:
+                self._samples.setdefault(sid, [])
+
+    def train(self, sid: int) -> bytes | None:
+        """A dictionary trained on the stream's samples once there are enough, else None."""
+        samples = self._samples.get(sid)
+        if samples is None or len(samples) < SAMPLES:
+            return None
+        self._samples[sid] = []  # collected again if training fails
+        try:
+            return zstandard.train_dictionary(DICT_SIZE, samples).as_bytes()
+        except zstandard.ZstdError:  # too few distinct samples: stay without one
+            return None
+
+    def decode(self, blob: bytes) -> bytes:
+        """A stored blob's record JSON."""
+        head = blob[0] if blob else _RAW
+        if head == _RAW:
+            return blob
+        if head == _ZSTD[0]:
+            return self._plain_out.decompress(blob[1:])
+        number = (blob[1] << 8) | blob[2]
+        return self._dicts[number][1].decompress(blob[3:], max_output_size=_MAX_RECORD)
+
+    @staticmethod
+    def dictionaries(blobs: Iterable[bytes]) -> set[int]:
+        """The dictionary numbers these blobs need."""
+        return {(b[1] << 8) | b[2] for b in blobs if b and b[0] == _ZDICT}
