@@ -88,6 +88,8 @@ _PRUNE_REJECTED = delete(rejected).where(
     rejected.c.scan != CURRENT_SCAN,
     select(streams.c.scan_kind).where(streams.c.sid == SID).scalar_subquery() == "full",
 )
+
+
 def _delete_ids(table: sa.Table) -> Callable[[int], sa.Delete]:
     def build(count: int) -> sa.Delete:
         return delete(table).where(table.c.sid == SID, table.c.id.in_(id_params(count)))
