@@ -49,7 +49,9 @@ class SnapshotStore(Protocol):
         max_modified: str | None,
         outbox: Sequence[Message] = (),
         rejected: Sequence[RejectWrite] = (),
+        pages: int = 1,
     ) -> StreamState: ...
+    def mark_seen(self, key: StreamKey, ids: Sequence[str]) -> None: ...
     def known_rejections(
         self, key: StreamKey, fingerprints: Sequence[str]
     ) -> dict[str, str | None]: ...
