@@ -77,7 +77,8 @@ def _snapshot(url: str, prefix: str, seen_from_records: bool) -> dict[str, list[
 
 def _upgraded(url: str) -> dict[str, list[tuple]]:
     """The same, read from a store at 0005 or later (packed hashes, seen ids per page)."""
-    from daemon.state.codec import unpack_hash
+    from daemon.state import dump_headers
+    from daemon.state.codec import unpack_hash, unpack_messages
 
     ids = _rows(url, "SELECT sid, ids FROM changefeed_scan_ids WHERE ids IS NOT NULL")
     records = "SELECT sid, id, modified_at, hash, record FROM changefeed_records"
@@ -85,7 +86,11 @@ def _upgraded(url: str) -> dict[str, list[tuple]]:
         "streams": _rows(url, f"SELECT {STREAM_COLUMNS} FROM changefeed_streams"),
         "records": sorted((s, i, m, unpack_hash(h), r) for s, i, m, h, r in _rows(url, records)),
         "seen": sorted((sid, rid) for sid, blob in ids for rid in orjson.loads(blob)),
-        "outbox": _rows(url, "SELECT sid, seq, topic, key, value, headers FROM changefeed_outbox"),
+        "outbox": sorted(
+            (sid, seq, m.topic, m.key, m.value, dump_headers(m.headers))
+            for sid, blob in _rows(url, "SELECT sid, messages FROM changefeed_outbox")
+            for seq, m in enumerate(unpack_messages(blob))
+        ),
     }
 
 

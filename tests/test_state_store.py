@@ -371,7 +371,7 @@ def test_normalize_time_fast_path_matches_the_slow_one(
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_multi_row_inserts_take_the_rows_values_in_order(dialect: str, tmp_path: Path) -> None:
     """``_Tx.values`` flattens rows: the compiled SQL must take them row by row, in order."""
-    from daemon.state import scans, snapshots
+    from daemon.state import snapshots
     from daemon.state.dialects import PostgresBackend, SqliteBackend
 
     backend = (
@@ -381,10 +381,7 @@ def test_multi_row_inserts_take_the_rows_values_in_order(dialect: str, tmp_path:
     )
     try:
         store = StateStore(backend)
-        for builder, columns in (
-            (store._upsert_records, snapshots.RECORD_COLUMNS),
-            (store._insert_outbox, scans.OUTBOX_COLUMNS),
-        ):
+        for builder, columns in ((store._upsert_records, snapshots.RECORD_COLUMNS),):
             names = store._compile(builder, 3).names
             assert names == tuple(f"r{n:05d}_{c}" for n in range(3) for c in columns)
     finally:

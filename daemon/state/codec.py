@@ -7,6 +7,9 @@
   JSON (written before 0005): still read as it is.
 - **Content hashes** (32 hex digits) are their 16 bytes; anything else (a test's "h1")
   is kept as its text behind a marker byte, so no spelling is ever lost.
+- **The outbox**: a commit's messages as one zstd-compressed row, not one row each: an
+  initial sync inserts and deletes one row per page instead of one per event, so it
+  leaves 0.01 dead tuples per record for vacuum instead of 1 (about 1 kB each).
 - **Seen ids**: a page's ids as one row; on PostgreSQL canonical UUIDs are packed 16
   bytes each (a page of 100 UUIDs: 1.6 kB, under the 2 kB TOAST threshold, so one heap
   tuple and no TOAST), the other ids as a JSON array (SQLite: all of them, read back by
@@ -16,11 +19,14 @@
 from __future__ import annotations
 
 import re
+import struct
 import threading
 from collections.abc import Iterable, Sequence
 
 import orjson
 import zstandard
+
+from daemon.models import Message
 
 SAMPLES = 1000  # records a stream writes before its dictionary is trained (~0.5 MB)
 DICT_SIZE = 16 * 1024
@@ -62,6 +68,46 @@ def pack_ids(ids: Sequence[str], *, uuids: bool) -> tuple[bytes | None, str | No
         else:
             others.append(rid)
     return (b"".join(packed) or None), (orjson.dumps(others).decode() if others else None)
+
+
+_FRAME = struct.Struct(">HIiI")  # topic, key, value (-1: None), headers lengths
+_OUTBOX = zstandard.ZstdCompressor(level=1, write_checksum=False)
+_OUTBOX_OUT = zstandard.ZstdDecompressor()
+
+
+def pack_messages(messages: Sequence[Message]) -> bytes:
+    """An outbox row's ``messages``: the messages framed one after another, compressed."""
+    parts: list[bytes] = []
+    for m in messages:
+        topic = m.topic.encode()
+        headers = orjson.dumps([[name, value.hex()] for name, value in m.headers])
+        value = b"" if m.value is None else m.value
+        size = -1 if m.value is None else len(value)
+        frame = _FRAME.pack(len(topic), len(m.key), size, len(headers))
+        parts += (frame, topic, m.key, value, headers)
+    return _OUTBOX.compress(b"".join(parts))
+
+
+def unpack_messages(packed: bytes) -> list[Message]:
+    """Inverse of ``pack_messages``."""
+    data = _OUTBOX_OUT.decompress(packed, max_output_size=1 << 30)
+    messages: list[Message] = []
+    at, end = 0, len(data)
+    while at < end:
+        topic_len, key_len, value_len, headers_len = _FRAME.unpack_from(data, at)
+        at += _FRAME.size
+        topic = data[at : at + topic_len].decode()
+        at += topic_len
+        key = data[at : at + key_len]
+        at += key_len
+        value = None if value_len < 0 else data[at : at + value_len]
+        at += max(value_len, 0)
+        headers = orjson.loads(data[at : at + headers_len])
+        at += headers_len
+        messages.append(
+            Message(topic, key, value, tuple((n, bytes.fromhex(v)) for n, v in headers))
+        )
+    return messages
 
 
 class BlobCodec:

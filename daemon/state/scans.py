@@ -16,13 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy import and_, bindparam, case, delete, func, or_, select
 
 from daemon.models import Message, ScanKind, StoredRow, StreamKey, StreamState
+from daemon.state.codec import pack_messages, unpack_messages
 from daemon.state.leases import DROP_ANY_LEASE, LeaseFencing, stream_lease_name
-from daemon.state.rows import LoadedRow, dump_headers, load_headers
+from daemon.state.rows import LoadedRow
 from daemon.state.schema import outbox, records, rejected, scan_ids, streams
 from daemon.state.seen import DROP_SCAN_IDS, STATEMENTS
-from daemon.state.sql import CHUNK, NOW, SID, Tx, id_params, row_params, stream_update
+from daemon.state.sql import CHUNK, NOW, SID, Tx, id_params, stream_update
 
-OUTBOX_COLUMNS = ("sid", "seq", "topic", "key", "value", "headers")
 CURRENT_SCAN = select(streams.c.scan_number).where(streams.c.sid == SID).scalar_subquery()
 _CLEAR_SCAN: dict[str, Any] = {
     "scan_kind": None,
@@ -101,10 +101,9 @@ _DELETE_ROWS = _delete_ids(records)
 _LIST_STREAMS = select(streams.c.connector, streams.c.model).order_by(
     streams.c.connector, streams.c.model
 )
-_SELECT_OUTBOX = (
-    select(outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
-    .where(outbox.c.sid == SID)
-    .order_by(outbox.c.seq)
+_SELECT_OUTBOX = select(outbox.c.messages).where(outbox.c.sid == SID)
+_INSERT_OUTBOX = sa.insert(outbox).values(
+    sid=SID, messages=bindparam("p_messages", type_=sa.LargeBinary)
 )
 _CLEAR_OUTBOX = delete(outbox).where(outbox.c.sid == SID)
 # Reset: the stream's data goes, its row stays (with its id, which every process caches)
@@ -129,28 +128,16 @@ _RESET_STREAM = stream_update().values(
 )
 
 
-def insert_outbox(count: int) -> sa.Insert:
-    """A ``count``-row INSERT into the outbox."""
-    return sa.insert(outbox).values(row_params(outbox, OUTBOX_COLUMNS, count))
-
-
 def write_outbox(tx: Tx, sid: int, messages: Sequence[Message]) -> None:
     """Make ``messages`` the stream's outbox, replacing what it held: the pass publishes
     (and clears) the outbox before it commits more."""
     tx.run(_CLEAR_OUTBOX, p_sid=sid)
     if messages:
-        rows = [
-            (sid, seq, m.topic, m.key, m.value, dump_headers(m.headers))
-            for seq, m in enumerate(messages)
-        ]
-        for start in range(0, len(rows), CHUNK):
-            tx.values(insert_outbox, rows[start : start + CHUNK])
+        tx.run(_INSERT_OUTBOX, p_sid=sid, p_messages=pack_messages(messages))
 
 
 class Scans(LeaseFencing):
     """A stream's state, its scans' checkpoints, deletes, outbox and reset."""
-
-    _insert_outbox = staticmethod(insert_outbox)
 
     def state(self, key: StreamKey) -> StreamState:
         """The stream's state, with its record count."""
@@ -269,16 +256,8 @@ class Scans(LeaseFencing):
     def pending(self, key: StreamKey) -> list[Message]:
         """Messages committed with the last page but not yet acknowledged by Kafka."""
         with self._tx("read outbox", read=True) as tx:
-            found = tx.run(_SELECT_OUTBOX, p_sid=self._sid(tx, key)).fetchall()
-            return [
-                Message(
-                    topic,
-                    bytes(rkey),
-                    None if value is None else bytes(value),
-                    load_headers(bytes(headers)),
-                )
-                for topic, rkey, value, headers in found
-            ]
+            row = tx.one(_SELECT_OUTBOX, p_sid=self._sid(tx, key))
+        return [] if row is None else unpack_messages(bytes(row[0]))
 
     def clear_pending(self, key: StreamKey) -> None:
         """Kafka acknowledged the outbox: forget it."""

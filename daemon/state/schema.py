@@ -96,17 +96,13 @@ dictionaries = sa.Table(
 
 # The messages of the last committed page until Kafka acknowledged them: a page's rows
 # and its events are committed together, then published, then cleared, so the store never
-# describes a page Kafka may not have, nor Kafka one the store does not.
+# describes a page Kafka may not have, nor Kafka one the store does not. One row per
+# stream, the messages packed and compressed (``codec.pack_messages``).
 outbox = sa.Table(
     "changefeed_outbox",
     metadata,
     sa.Column("sid", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("topic", sa.Text, nullable=False),
-    sa.Column("key", sa.LargeBinary, nullable=False),
-    sa.Column("value", sa.LargeBinary),
-    sa.Column("headers", sa.LargeBinary, nullable=False),
-    sqlite_with_rowid=False,
+    sa.Column("messages", sa.LargeBinary, nullable=False),
 )
 
 # Poison records already dead-lettered, by a fingerprint of their content: the same bad

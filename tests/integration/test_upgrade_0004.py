@@ -9,9 +9,9 @@ the outbox once, the 50 deletes, and nothing else; steady scans after that send 
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,8 +26,12 @@ from daemon.state import head_revision, migrate, open_store
 from tests.kafka_read import read_topic
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "state-0004"
-sys.path.insert(0, str(FIXTURES))
-from make_fixtures import SIM, TOPICS, mutate  # noqa: E402
+# By path: tests/fixtures/state-0.1.0 has a make_fixtures module too.
+_spec = importlib.util.spec_from_file_location("make_fixtures_0004", FIXTURES / "make_fixtures.py")
+assert _spec is not None and _spec.loader is not None
+_story = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_story)
+SIM, TOPICS, mutate = _story.SIM, _story.TOPICS, _story.mutate
 
 ACME, GLOBEX, INITECH = (StreamKey(c, "enrollments") for c in ("acme", "globex", "initech"))
 

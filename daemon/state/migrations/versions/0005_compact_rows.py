@@ -9,6 +9,8 @@
   kept as text behind a marker), ``remote_id`` taken from the record. Blobs are copied
   as they are: raw JSON is still read, and a row is compressed when it is next written.
 - ``changefeed_dictionaries``: each stream's zstd dictionary.
+- ``changefeed_outbox``: one row per stream holding its pending messages packed
+  (``codec.pack_messages``); a pending outbox is carried over as it was, in order.
 - PostgreSQL: fillfactor 80 on records and 50 on streams (room for HOT updates).
 
 Every replica stops for this upgrade (old code would read the new tables wrongly).
@@ -21,10 +23,12 @@ Create Date: 2026-12-07
 
 from __future__ import annotations
 
+import orjson
 import sqlalchemy as sa
 from alembic import op
 
-from daemon.state.codec import pack_hash
+from daemon.models import Message
+from daemon.state.codec import pack_hash, pack_messages
 
 revision = "0005_compact_rows"
 down_revision = "0004_leases"
@@ -71,9 +75,36 @@ def _records_new() -> sa.Table:
     )
 
 
+def _pack_outbox(bind: sa.Connection) -> None:
+    rows = bind.execute(
+        sa.text("SELECT sid, topic, key, value, headers FROM changefeed_outbox ORDER BY sid, seq")
+    ).fetchall()
+    pending: dict[int, list[Message]] = {}
+    for sid, topic, key, value, headers in rows:
+        names = orjson.loads(bytes(headers))
+        message = Message(
+            topic,
+            bytes(key),
+            None if value is None else bytes(value),
+            tuple((name, bytes.fromhex(hexed)) for name, hexed in names),
+        )
+        pending.setdefault(sid, []).append(message)
+    op.drop_table("changefeed_outbox")
+    table = op.create_table(
+        "changefeed_outbox",
+        sa.Column("sid", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("messages", sa.LargeBinary, nullable=False),
+    )
+    if pending:
+        op.bulk_insert(
+            table, [{"sid": sid, "messages": pack_messages(m)} for sid, m in pending.items()]
+        )
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     dialect = bind.dialect.name
+    _pack_outbox(bind)
     op.create_table(
         "changefeed_scan_ids",
         sa.Column("sid", sa.Integer, primary_key=True, autoincrement=False),
