@@ -71,7 +71,7 @@ def pack_ids(ids: Sequence[str], *, uuids: bool) -> tuple[bytes | None, str | No
 
 
 _FRAME = struct.Struct(">HIiI")  # topic, key, value (-1: None), headers lengths
-_OUTBOX = zstandard.ZstdCompressor(level=1, write_checksum=False)
+_OUTBOX = zstandard.ZstdCompressor(level=3, write_checksum=False)
 _OUTBOX_OUT = zstandard.ZstdDecompressor()
 
 

@@ -17,7 +17,7 @@ class LoadedRow:
     their record decoded (only an ``updated`` event's changes or a time-only bump do).
     """
 
-    __slots__ = ("_blob", "_codec", "_packed", "_record", "content_hash", "id", "modified_at")
+    __slots__ = ("_blob", "_codec", "_hash", "_packed", "_record", "id", "modified_at")
 
     def __init__(
         self,
@@ -29,13 +29,19 @@ class LoadedRow:
     ) -> None:
         self.id = rid
         self.modified_at = modified_at
-        self.content_hash = (
-            content_hash if isinstance(content_hash, str) else unpack_hash(bytes(content_hash))
-        )
+        self._hash = content_hash
         self._packed = blob
         self._codec = codec
         self._blob: bytes | None = None
         self._record: Record | None = None
+
+    @property
+    def content_hash(self) -> str:
+        """The record's content hash (hex): read only when the blob differs."""
+        digest = self._hash
+        if not isinstance(digest, str):
+            digest = self._hash = unpack_hash(bytes(digest))
+        return digest
 
     @property
     def blob(self) -> bytes:

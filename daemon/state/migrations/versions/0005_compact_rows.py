@@ -11,7 +11,7 @@
 - ``changefeed_dictionaries``: each stream's zstd dictionary.
 - ``changefeed_outbox``: one row per stream holding its pending messages packed
   (``codec.pack_messages``); a pending outbox is carried over as it was, in order.
-- PostgreSQL: fillfactor 80 on records and 50 on streams (room for HOT updates).
+- PostgreSQL: fillfactor 90 on records and 50 on streams (room for HOT updates).
 
 Every replica stops for this upgrade (old code would read the new tables wrongly).
 Measured on PostgreSQL 15 (2 cores): 1,000,000 records in ~N s (docs/operations.md).
@@ -71,7 +71,7 @@ def _records_new() -> sa.Table:
         sa.Column("record", sa.LargeBinary, nullable=False),
         sa.Column("remote_id", sa.Text),
         sqlite_with_rowid=False,
-        postgresql_with={"fillfactor": 80},
+        postgresql_with={"fillfactor": 90},
     )
 
 
