@@ -30,7 +30,7 @@ from daemon.models import Message
 
 SAMPLES = 1000  # records a stream writes before its dictionary is trained (~0.5 MB)
 DICT_SIZE = 16 * 1024
-_LEVEL = 3
+_LEVEL = 1  # with a dictionary: 121 B at 1.9 µs (level 3: 120 B at 2.1 µs)
 _RAW = ord("{")
 _ZSTD = b"\x01"  # + a zstd frame
 _ZDICT = 2  # b"\x02" + dictionary number (2 bytes, big-endian) + a zstd frame
@@ -71,7 +71,7 @@ def pack_ids(ids: Sequence[str], *, uuids: bool) -> tuple[bytes | None, str | No
 
 
 _FRAME = struct.Struct(">HIiI")  # topic, key, value (-1: None), headers lengths
-_OUTBOX = zstandard.ZstdCompressor(level=3, write_checksum=False)
+_OUTBOX = zstandard.ZstdCompressor(level=1, write_checksum=False)
 _OUTBOX_OUT = zstandard.ZstdDecompressor()
 
 
