@@ -15,12 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import and_, bindparam, case, delete, func, or_, select
 
-from daemon.models import Message, ScanKind, StoredRow, StreamKey, StreamState
+from daemon.models import Message, ScanKind, StreamKey, StreamState
 from daemon.state.codec import pack_messages, unpack_messages
 from daemon.state.leases import DROP_ANY_LEASE, LeaseFencing, stream_lease_name
-from daemon.state.rows import LoadedRow
 from daemon.state.schema import outbox, records, rejected, scan_ids, streams
-from daemon.state.seen import DROP_SCAN_IDS, STATEMENTS
+from daemon.state.seen import DROP_SCAN_IDS
 from daemon.state.sql import CHUNK, NOW, SID, Tx, id_params, stream_update
 
 CURRENT_SCAN = select(streams.c.scan_number).where(streams.c.sid == SID).scalar_subquery()
@@ -175,22 +174,6 @@ class Scans(LeaseFencing):
             tx.run(_BEGIN_DELETES, p_sid=sid)
             return self._state(tx, key)
 
-    def count_missing(self, key: StreamKey) -> tuple[int, int]:
-        """(rows the current scan did not see, all rows) of the stream."""
-        with self._tx("count missing rows", read=True) as tx:
-            count = STATEMENTS[self.dialect][0]
-            missing, total = tx.one(count, p_sid=self._sid(tx, key))
-            return int(missing or 0), int(total)
-
-    def missing_rows(self, key: StreamKey, limit: int) -> list[StoredRow]:
-        """Up to ``limit`` rows the current scan did not see, in id order."""
-        with self._tx("list missing rows", read=True) as tx:
-            statement = STATEMENTS[self.dialect][1]
-            found = tx.run(statement, p_sid=self._sid(tx, key), p_limit=limit).fetchall()
-            self._load_dictionaries(tx, [row[3] for row in found])
-        rows = [LoadedRow(*row, self.codec) for row in found]
-        return [StoredRow(r.id, r.modified_at, r.content_hash, r.record) for r in rows]
-
     def commit_deletes(
         self, key: StreamKey, ids: Sequence[str], outbox: Sequence[Message] = ()
     ) -> None:
@@ -202,6 +185,7 @@ class Scans(LeaseFencing):
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start : start + CHUNK]
                 tx.run_ids(_DELETE_ROWS, chunk, p_sid=sid)
+        self._forget_missing(sid, ids)
 
     def finish_scan(
         self,

@@ -149,6 +149,8 @@ class StoreCore:
         self._compiled = functools.lru_cache(maxsize=64)(self._compile)
         self.codec = BlobCodec()  # record blobs: zstd, a dictionary per stream
         self._codec_ready: set[int] = set()  # streams whose dictionary was looked up
+        # Stream id -> ((scan, lease token), the ids its delete phase has left): ``seen``.
+        self._missing: dict[int, tuple[tuple[int, str | None], dict[str, None]]] = {}
 
     def _compile(self, statement: object, count: int | None) -> CompiledSql:
         # ``statement`` is a Core statement, or a builder of one per id or row count.
@@ -205,3 +207,10 @@ class StoreCore:
         for number in codec.dictionaries(blobs):
             if not codec.known(number):
                 codec.add(number, bytes(tx.one(_DICTIONARY, p_num=number)[0]))
+
+    def _forget_missing(self, sid: int, ids: Sequence[str]) -> None:
+        """These ids were deleted: the delete phase does not hand them out again."""
+        cached = self._missing.get(sid)
+        if cached is not None:
+            for rid in ids:
+                cached[1].pop(rid, None)
