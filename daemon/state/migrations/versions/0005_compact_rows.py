@@ -142,6 +142,8 @@ def upgrade() -> None:
             "RENAME CONSTRAINT changefeed_records_new_pkey TO changefeed_records_pkey"
         )
         op.execute("ALTER TABLE changefeed_streams SET (fillfactor = 50)")
+        # The copy has no statistics yet: the first scans' plans need them.
+        op.execute("ANALYZE changefeed_records")
 
 
 def downgrade() -> None:
