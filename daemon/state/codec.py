@@ -71,8 +71,20 @@ def pack_ids(ids: Sequence[str], *, uuids: bool) -> tuple[bytes | None, str | No
 
 
 _FRAME = struct.Struct(">HIiI")  # topic, key, value (-1: None), headers lengths
-_OUTBOX = zstandard.ZstdCompressor(level=1, write_checksum=False)
-_OUTBOX_OUT = zstandard.ZstdDecompressor()
+# zstandard's (de)compressor objects are not thread-safe (shared by the store's worker
+# threads they corrupt frames: seen as "Data corruption detected" with 4 workers): one
+# per thread. Dictionaries themselves can be shared.
+_local = threading.local()
+
+
+def _outbox_codec() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    codec = getattr(_local, "outbox", None)
+    if codec is None:
+        codec = _local.outbox = (
+            zstandard.ZstdCompressor(level=1, write_checksum=False),
+            zstandard.ZstdDecompressor(),
+        )
+    return codec
 
 
 def pack_messages(messages: Sequence[Message]) -> bytes:
@@ -85,12 +97,12 @@ def pack_messages(messages: Sequence[Message]) -> bytes:
         size = -1 if m.value is None else len(value)
         frame = _FRAME.pack(len(topic), len(m.key), size, len(headers))
         parts += (frame, topic, m.key, value, headers)
-    return _OUTBOX.compress(b"".join(parts))
+    return _outbox_codec()[0].compress(b"".join(parts))
 
 
 def unpack_messages(packed: bytes) -> list[Message]:
     """Inverse of ``pack_messages``."""
-    data = _OUTBOX_OUT.decompress(packed, max_output_size=1 << 30)
+    data = _outbox_codec()[1].decompress(packed, max_output_size=1 << 30)
     messages: list[Message] = []
     at, end = 0, len(data)
     while at < end:
@@ -113,19 +125,41 @@ def unpack_messages(packed: bytes) -> list[Message]:
 class BlobCodec:
     """Compresses and restores record blobs; trains and caches each stream's dictionary.
 
-    Shared by the store's worker threads: the caches are guarded by one lock.
+    Shared by the store's worker threads: the caches are guarded by one lock, and each
+    thread has its own (de)compressors (``_local``).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._plain = zstandard.ZstdCompressor(
-            level=_LEVEL, write_checksum=False, write_content_size=True
-        )
-        self._plain_out = zstandard.ZstdDecompressor()
-        # dictionary number -> (compressor, decompressor); stream id -> its dictionary
-        self._dicts: dict[int, tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]] = {}
-        self._current: dict[int, int] = {}
+        self._local = threading.local()
+        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}  # by number
+        self._current: dict[int, int] = {}  # stream id -> its dictionary's number
         self._samples: dict[int, list[bytes]] = {}
+
+    def _codecs(self) -> dict[int, tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]]:
+        """This thread's (compressor, decompressor) by dictionary number (0: none)."""
+        codecs = getattr(self._local, "codecs", None)
+        if codecs is None:
+            codecs = self._local.codecs = {}
+        return codecs
+
+    def _codec(self, number: int) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+        codecs = self._codecs()
+        codec = codecs.get(number)
+        if codec is None:
+            if number == 0:
+                codec = (
+                    zstandard.ZstdCompressor(level=_LEVEL, write_checksum=False),
+                    zstandard.ZstdDecompressor(),
+                )
+            else:
+                zdict = self._dicts[number]
+                compressor = zstandard.ZstdCompressor(
+                    level=_LEVEL, dict_data=zdict, write_checksum=False, write_dict_id=False
+                )
+                codec = (compressor, zstandard.ZstdDecompressor(dict_data=zdict))
+            codecs[number] = codec
+        return codec
 
     def known(self, number: int) -> bool:
         return number in self._dicts
@@ -133,11 +167,8 @@ class BlobCodec:
     def add(self, number: int, data: bytes, sid: int | None = None) -> None:
         """Register dictionary ``number`` (read from or written to the store)."""
         zdict = zstandard.ZstdCompressionDict(bytes(data))
-        compressor = zstandard.ZstdCompressor(
-            level=_LEVEL, dict_data=zdict, write_checksum=False, write_dict_id=False
-        )
         with self._lock:
-            self._dicts[number] = (compressor, zstandard.ZstdDecompressor(dict_data=zdict))
+            self._dicts.setdefault(number, zdict)
             if sid is not None:
                 self._current[sid] = number
                 self._samples.pop(sid, None)
@@ -150,11 +181,11 @@ class BlobCodec:
         number = self._current.get(sid)
         if number is not None:
             head = bytes((_ZDICT, number >> 8, number & 0xFF))
-            return head + self._dicts[number][0].compress(raw)
+            return head + self._codec(number)[0].compress(raw)
         samples = self._samples.get(sid)
         if samples is not None and len(samples) < SAMPLES:
             samples.append(raw)
-        return _ZSTD + self._plain.compress(raw)
+        return _ZSTD + self._codec(0)[0].compress(raw)
 
     def want_samples(self, sid: int) -> None:
         """Collect samples for stream ``sid`` (it has no dictionary yet)."""
@@ -179,9 +210,9 @@ class BlobCodec:
         if head == _RAW:
             return blob
         if head == _ZSTD[0]:
-            return self._plain_out.decompress(blob[1:])
+            return self._codec(0)[1].decompress(blob[1:])
         number = (blob[1] << 8) | blob[2]
-        return self._dicts[number][1].decompress(blob[3:], max_output_size=_MAX_RECORD)
+        return self._codec(number)[1].decompress(blob[3:], max_output_size=_MAX_RECORD)
 
     @staticmethod
     def dictionaries(blobs: Iterable[bytes]) -> set[int]:
