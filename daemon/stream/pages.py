@@ -83,6 +83,7 @@ class PageWalk:
         self.ceiling = watermark_ceiling(state.scan_started_at)
         self.full = state.scan_kind == "full"
         self.pending = _Pending()
+        self.logged_pages = 0  # pages counted at the last scan_progress line
 
     def run(self, on_page: Callable[[PassResult], None] | None = None) -> StreamState:
         """Walk to the last page (or a stop); returns the state after the last commit.
@@ -193,7 +194,10 @@ class PageWalk:
 
     def _log_progress(self) -> None:
         stats = self.result.stats
-        if stats.pages % self.stream.settings.log.progress_every_pages == 0:
+        every = self.stream.settings.log.progress_every_pages
+        # Pages are counted a commit at a time (up to G at once): log on crossing a multiple.
+        if stats.pages // every > self.logged_pages // every:
+            self.logged_pages = stats.pages
             self.log.info(
                 "scan_progress",
                 pages=stats.pages,
