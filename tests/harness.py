@@ -26,6 +26,7 @@ import yaml
 
 from bindbee_sim.ids import decode_cursor
 from daemon.state import schema
+from daemon.state.codec import unpack_messages
 from tests.kafka_read import scan_end
 
 POLL_SECONDS = 0.02  # between two looks at a condition, under a deadline
@@ -612,9 +613,10 @@ def outbox_ids(db: Path, connector: str, model: str = "enrollments") -> list[str
     assert state is not None, f"no readable state for {connector}/{model} in {db}"
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
         rows = conn.execute(
-            f"SELECT DISTINCT key FROM {schema.outbox.name} WHERE sid=?", (state["sid"],)
+            f"SELECT messages FROM {schema.outbox.name} WHERE sid=?", (state["sid"],)
         ).fetchall()
-    return sorted(bytes(key).decode() for (key,) in rows)
+    keys = {m.key for (blob,) in rows for m in unpack_messages(bytes(blob))}
+    return sorted(key.decode() for key in keys)
 
 
 def kill_while_publishing(

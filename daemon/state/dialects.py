@@ -165,6 +165,10 @@ class PostgresBackend(Backend):
             paramstyle="format",
             # No server-side prepared statements: a generic plan for ``id IN (...)`` made
             # on young tables' statistics scans the whole stream (13x slower per page).
+            # Measured again with 0005 (600 page loads of 100 ids, 20,000 records): off
+            # 5.4-6.0 s, prepared with forced custom plans 6.0 s, prepared with psycopg's
+            # automatic plans 7.6 s. A page is one statement to load and one to commit:
+            # parsing is not where the time goes.
             connect_args={"connect_timeout": 10, "prepare_threshold": None},
             hide_parameters=True,
         )

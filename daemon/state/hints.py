@@ -29,9 +29,10 @@ from daemon.models import (
     StreamKey,
 )
 from daemon.state.scans import write_outbox
-from daemon.state.schema import hint_reads, hints, records, seen, streams
+from daemon.state.schema import hint_reads, hints, records, streams
+from daemon.state.seen import write_seen_extra
 from daemon.state.snapshots import REJECTED_COLUMNS, Snapshots
-from daemon.state.sql import CHUNK, NOW, SID, Tx, id_params, row_params, stream_update
+from daemon.state.sql import CHUNK, NOW, SID, id_params, row_params, stream_update
 from daemon.state.walks import Walks
 
 _CONNECTOR_ID = bindparam("p_connector_id", type_=sa.Text)
@@ -49,9 +50,6 @@ _HINTED_IDS = select(hints.c.ids).where(_OF_CONNECTOR)
 _HINTS_SINCE = select(func.count()).select_from(hints).where(_OF_CONNECTOR)
 _LAST_WALK = select(streams.c.last_full_scan_started_at).where(streams.c.sid == SID)
 _SCAN = select(streams.c.scan_number).where(streams.c.sid == SID)
-_FULL_IN_PROGRESS = select(streams.c.scan_number).where(
-    streams.c.sid == SID, streams.c.scan_kind == "full"
-)
 _EARLIER = sa.or_(streams.c.due_at.is_(None), streams.c.due_at > NOW)
 # A hint makes the stream due now; the due time it pushed aside is kept, so a pass that
 # only reads the hint (an interval stream between its polls) puts it back.
@@ -95,15 +93,7 @@ def _delete_ids(table: sa.Table) -> Callable[[int], sa.Delete]:
     return build
 
 
-_DELETE_ROWS = (_delete_ids(records), _delete_ids(seen))
-
-
-def _mark_existing(count: int) -> sa.Update:
-    return (
-        sa.update(seen)
-        .where(seen.c.sid == SID, seen.c.id.in_(id_params(count)))
-        .values(scan=bindparam("p_scan", type_=sa.Integer))
-    )
+_DELETE_RECORDS = _delete_ids(records)
 
 
 class Hints(Snapshots, Walks):
@@ -223,7 +213,8 @@ class Hints(Snapshots, Walks):
     ) -> None:
         """A targeted read's batch: its rows, deletes, messages (the outbox), dead-lettered
         contents and, on its last batch, the hints it read: one fenced transaction. The
-        rows written count as seen by a full scan in progress (``mark_seen``)."""
+        rows written count as seen by a full scan in progress."""
+        trained: tuple[int, bytes] | None = None
         with self._tx("commit targeted reads") as tx:
             sid = self._sid(tx, key)
             self._fence(tx, sid, key)
@@ -234,35 +225,16 @@ class Hints(Snapshots, Walks):
                         for r in {r.fingerprint: r for r in rejected}.values()]  # fmt: skip
                 assert len(rows[0]) == len(REJECTED_COLUMNS)
                 tx.values(self._upsert_rejected, rows)
-            dumps = orjson.dumps
-            for start in range(0, len(writes), CHUNK):
-                chunk = writes[start : start + CHUNK]
-                rows = [(sid, w.id, w.modified_at, w.content_hash, dumps(w.record))
-                        for w in chunk]  # fmt: skip
-                tx.values(self._upsert_records, rows)
-                self._seen_rows(tx, sid, scan, [w.id for w in chunk])
+            if writes:
+                trained = self._write_rows(tx, sid, writes)
+                # Seen by a full scan in progress: its end must not take them for deleted.
+                write_seen_extra(tx, self.dialect, sid, [w.id for w in writes])
             for start in range(0, len(deleted), CHUNK):
-                for statement in _DELETE_ROWS:
-                    tx.run_ids(statement, deleted[start : start + CHUNK], p_sid=sid)
+                tx.run_ids(_DELETE_RECORDS, deleted[start : start + CHUNK], p_sid=sid)
             if read_hints:
                 tx.values(self._insert_read, [(hid, sid, now) for hid in read_hints])
-
-    def _seen_rows(self, tx: Tx, sid: int, scan: int, ids: Sequence[str]) -> None:
-        # Today's layout: every record row has a seen row; the stream's current scan
-        # number is "seen by the full scan in progress" (and harmless otherwise: the next
-        # full scan counts from a new number).
-        tx.values(self._upsert_seen, [(sid, rid, scan) for rid in ids])
-
-    def mark_seen(self, key: StreamKey, ids: Sequence[str]) -> None:
-        """If a full scan of this stream is in progress, count these (stored) ids as seen
-        by it, so its end does not take them for deleted."""
-        with self._tx("mark seen") as tx:
-            sid = self._sid(tx, key)
-            row = tx.one(_FULL_IN_PROGRESS, p_sid=sid)
-            if row is None:
-                return
-            for start in range(0, len(ids), CHUNK):
-                tx.run_ids(_mark_existing, ids[start : start + CHUNK], p_scan=row[0], p_sid=sid)
+        if trained is not None:  # only once committed: blobs name it from now on
+            self.codec.add(*trained, sid)
 
     def hint_status(self, key: StreamKey, connector_id: str | None = None) -> HintStatus:
         """What ``status`` shows: spacing, syncs since the last walk, ``hint_missed``

@@ -77,8 +77,8 @@ IS_STREAM_LEASE = leases.c.name == (
 # (takers are serialised by the row lock), so a holder that was slow (a long Retry-After,
 # a late heartbeat) keeps its lease; once another replica took it, the token differs and
 # the old holder's next write fails.
-_RENEW = update(leases).where(leases.c.name == NAME, leases.c.token == TOKEN).values(
-    expires_at=EXPIRES
+_RENEW = (
+    update(leases).where(leases.c.name == NAME, leases.c.token == TOKEN).values(expires_at=EXPIRES)
 )
 DROP_LEASE = delete(leases).where(leases.c.name == NAME, leases.c.token == TOKEN)
 # The operator's ``reset``: whoever holds the stream's lease is fenced out.

@@ -12,17 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy import and_, bindparam, case, delete, func, or_, select
 
-from daemon.models import Message, ScanKind, StoredRow, StreamKey, StreamState
+from daemon.models import Message, ScanKind, StreamKey, StreamState
+from daemon.state.codec import pack_messages, unpack_messages
 from daemon.state.leases import DROP_ANY_LEASE, LeaseFencing, stream_lease_name
-from daemon.state.rows import dump_headers, load_headers
-from daemon.state.schema import outbox, records, rejected, seen, streams
-from daemon.state.sql import CHUNK, NOW, SID, Tx, id_params, row_params, stream_update
+from daemon.state.schema import outbox, records, rejected, scan_ids, streams
+from daemon.state.seen import DROP_SCAN_IDS
+from daemon.state.sql import CHUNK, NOW, SID, Tx, id_params, stream_update
 
-OUTBOX_COLUMNS = ("sid", "seq", "topic", "key", "value", "headers")
 CURRENT_SCAN = select(streams.c.scan_number).where(streams.c.sid == SID).scalar_subquery()
 _CLEAR_SCAN: dict[str, Any] = {
     "scan_kind": None,
@@ -98,16 +97,6 @@ _PRUNE_REJECTED = delete(rejected).where(
     rejected.c.scan != CURRENT_SCAN,
     select(streams.c.scan_kind).where(streams.c.sid == SID).scalar_subquery() == "full",
 )
-_COUNT_MISSING = select(func.count().filter(seen.c.scan != CURRENT_SCAN), func.count()).where(
-    seen.c.sid == SID
-)
-_MISSING_ROWS = (
-    select(records.c.id, records.c.modified_at, records.c.hash, records.c.record)
-    .select_from(seen.join(records, and_(records.c.sid == seen.c.sid, records.c.id == seen.c.id)))
-    .where(seen.c.sid == SID, seen.c.scan != CURRENT_SCAN)
-    .order_by(seen.c.id)
-    .limit(bindparam("p_limit", type_=sa.Integer))
-)
 
 
 def _delete_ids(table: sa.Table) -> Callable[[int], sa.Delete]:
@@ -117,14 +106,13 @@ def _delete_ids(table: sa.Table) -> Callable[[int], sa.Delete]:
     return build
 
 
-_DELETE_ROWS = (_delete_ids(records), _delete_ids(seen))
+_DELETE_ROWS = _delete_ids(records)
 _LIST_STREAMS = select(streams.c.connector, streams.c.model).order_by(
     streams.c.connector, streams.c.model
 )
-_SELECT_OUTBOX = (
-    select(outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
-    .where(outbox.c.sid == SID)
-    .order_by(outbox.c.seq)
+_SELECT_OUTBOX = select(outbox.c.messages).where(outbox.c.sid == SID)
+_INSERT_OUTBOX = sa.insert(outbox).values(
+    sid=SID, messages=bindparam("p_messages", type_=sa.LargeBinary)
 )
 _CLEAR_OUTBOX = delete(outbox).where(outbox.c.sid == SID)
 # Reset: the stream's data goes, its row stays (with its id, which every process caches)
@@ -132,7 +120,7 @@ _CLEAR_OUTBOX = delete(outbox).where(outbox.c.sid == SID)
 # about an earlier scan (a scan's progress, a late write) matches a new one; the
 # connector's state and the last sync requested describe Bindbee, not this data: kept.
 _RESET_DATA = tuple(
-    delete(table).where(table.c.sid == SID) for table in (outbox, rejected, records, seen)
+    delete(table).where(table.c.sid == SID) for table in (outbox, rejected, records, scan_ids)
 )
 _RESET_STREAM = stream_update().values(
     watermark=None,
@@ -149,28 +137,16 @@ _RESET_STREAM = stream_update().values(
 )
 
 
-def insert_outbox(count: int) -> sa.Insert:
-    """A ``count``-row INSERT into the outbox."""
-    return sa.insert(outbox).values(row_params(outbox, OUTBOX_COLUMNS, count))
-
-
 def write_outbox(tx: Tx, sid: int, messages: Sequence[Message]) -> None:
     """Make ``messages`` the stream's outbox, replacing what it held: the pass publishes
     (and clears) the outbox before it commits more."""
     tx.run(_CLEAR_OUTBOX, p_sid=sid)
     if messages:
-        rows = [
-            (sid, seq, m.topic, m.key, m.value, dump_headers(m.headers))
-            for seq, m in enumerate(messages)
-        ]
-        for start in range(0, len(rows), CHUNK):
-            tx.values(insert_outbox, rows[start : start + CHUNK])
+        tx.run(_INSERT_OUTBOX, p_sid=sid, p_messages=pack_messages(messages))
 
 
 class Scans(LeaseFencing):
     """A stream's state, its scans' checkpoints, deletes, outbox and reset."""
-
-    _insert_outbox = staticmethod(insert_outbox)
 
     def state(self, key: StreamKey) -> StreamState:
         """The stream's state, with its record count."""
@@ -196,6 +172,7 @@ class Scans(LeaseFencing):
         with self._tx("begin scan") as tx:
             sid = self._sid(tx, key)
             self._fence(tx, sid, key)
+            tx.run(DROP_SCAN_IDS, p_sid=sid)  # an abandoned scan's, if any
             tx.run(_BEGIN_SCAN, p_kind=kind, p_since=since, p_now=now, p_sync=sync, p_sid=sid)
             return self._state(tx, key)
 
@@ -207,21 +184,6 @@ class Scans(LeaseFencing):
             tx.run(_BEGIN_DELETES, p_sid=sid)
             return self._state(tx, key)
 
-    def count_missing(self, key: StreamKey) -> tuple[int, int]:
-        """(rows the current scan did not see, all rows) of the stream."""
-        with self._tx("count missing rows", read=True) as tx:
-            missing, total = tx.one(_COUNT_MISSING, p_sid=self._sid(tx, key))
-            return int(missing or 0), int(total)
-
-    def missing_rows(self, key: StreamKey, limit: int) -> list[StoredRow]:
-        """Up to ``limit`` rows the current scan did not see, in id order."""
-        with self._tx("list missing rows", read=True) as tx:
-            found = tx.run(_MISSING_ROWS, p_sid=self._sid(tx, key), p_limit=limit).fetchall()
-            return [
-                StoredRow(rid, modified_at, digest, orjson.loads(blob))
-                for rid, modified_at, digest, blob in found
-            ]
-
     def commit_deletes(
         self, key: StreamKey, ids: Sequence[str], outbox: Sequence[Message] = ()
     ) -> None:
@@ -232,8 +194,8 @@ class Scans(LeaseFencing):
             write_outbox(tx, sid, outbox)
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start : start + CHUNK]
-                for statement in _DELETE_ROWS:
-                    tx.run_ids(statement, chunk, p_sid=sid)
+                tx.run_ids(_DELETE_ROWS, chunk, p_sid=sid)
+        self._forget_missing(sid, ids)
 
     def finish_scan(
         self,
@@ -254,6 +216,7 @@ class Scans(LeaseFencing):
             if walked is not None:
                 tx.run(_WALK_DONE, p_spacing=walked[0], p_missed=walked[1], p_sid=sid)
             tx.run(_PRUNE_REJECTED, p_sid=sid)
+            tx.run(DROP_SCAN_IDS, p_sid=sid)
             tx.run(_FINISH_SCAN, p_now=now, p_guard=delete_guard, p_sid=sid)
             return self._state(tx, key)
 
@@ -272,6 +235,7 @@ class Scans(LeaseFencing):
         with self._tx("abandon scan") as tx:
             sid = self._sid(tx, key)
             self._fence(tx, sid, key)
+            tx.run(DROP_SCAN_IDS, p_sid=sid)
             tx.run(_ABANDON_SCAN, p_sid=sid)
 
     def reset(self, key: StreamKey) -> None:
@@ -290,16 +254,8 @@ class Scans(LeaseFencing):
     def pending(self, key: StreamKey) -> list[Message]:
         """Messages committed with the last page but not yet acknowledged by Kafka."""
         with self._tx("read outbox", read=True) as tx:
-            found = tx.run(_SELECT_OUTBOX, p_sid=self._sid(tx, key)).fetchall()
-            return [
-                Message(
-                    topic,
-                    bytes(rkey),
-                    None if value is None else bytes(value),
-                    load_headers(bytes(headers)),
-                )
-                for topic, rkey, value, headers in found
-            ]
+            row = tx.one(_SELECT_OUTBOX, p_sid=self._sid(tx, key))
+        return [] if row is None else unpack_messages(bytes(row[0]))
 
     def clear_pending(self, key: StreamKey) -> None:
         """Kafka acknowledged the outbox: forget it."""

@@ -1,9 +1,10 @@
 """Snapshots: the last published version of each record, written a page at a time.
 
-``commit_page`` is the pass's one transaction per page: the page's rows, its messages
-(the outbox, see ``scans``), the contents it rejected, its ids marked seen by the
-current scan, and the cursor. The rest reads: stored rows by id, by ``remote_id``, and
-the contents already dead-lettered (``rejected``).
+``commit_page`` is the pass's one transaction per page (or per run of pages that changed
+nothing): the changed rows, its messages (the outbox, see ``scans``), the contents it
+rejected, one row of the ids it saw (``seen``) and the cursor. The rest reads: stored
+rows by id, by ``remote_id``, and the contents already dead-lettered (``rejected``).
+Rows are packed by ``codec`` (zstd blobs with a dictionary per stream, 16-byte hashes).
 """
 
 from __future__ import annotations
@@ -14,23 +15,24 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy import bindparam, case, func, or_, select, update
+from sqlalchemy import bindparam, case, func, or_, select
 
 from daemon.models import Message, RejectWrite, RowWrite, SnapshotRow, StreamKey, StreamState
+from daemon.state.codec import pack_hash
 from daemon.state.leases import LeaseFencing
 from daemon.state.rows import LoadedRow
 from daemon.state.scans import CURRENT_SCAN, write_outbox
-from daemon.state.schema import records, rejected, seen, streams
-from daemon.state.sql import CHUNK, SID, id_params, row_params, stream_update
+from daemon.state.schema import dictionaries, records, rejected, streams
+from daemon.state.seen import write_seen
+from daemon.state.sql import CHUNK, SID, Tx, id_params, row_params, stream_update
 
-RECORD_COLUMNS = ("sid", "id", "modified_at", "hash", "record")
-SEEN_COLUMNS = ("sid", "id", "scan")
+RECORD_COLUMNS = ("sid", "id", "modified_at", "hash", "record", "remote_id")
 REJECTED_COLUMNS = ("sid", "fingerprint", "first_seen", "reason", "record_id", "scan")
-_SELECT_SCAN = select(streams.c.scan_number).where(streams.c.sid == SID)
+_SELECT_SCAN = select(streams.c.scan_number, streams.c.scan_pages).where(streams.c.sid == SID)
 _MAX = bindparam("p_max", type_=sa.Text)
 _ADVANCE = stream_update().values(
     scan_cursor=bindparam("p_cursor", type_=sa.Text),
-    scan_pages=streams.c.scan_pages + 1,
+    scan_pages=streams.c.scan_pages + bindparam("p_pages", type_=sa.Integer),
     scan_max_modified=case(
         (or_(streams.c.scan_max_modified.is_(None), streams.c.scan_max_modified < _MAX), _MAX),
         else_=streams.c.scan_max_modified,
@@ -43,18 +45,30 @@ _COUNT_UNIDENTIFIED = (
     .select_from(rejected)
     .where(rejected.c.sid == SID, rejected.c.scan == CURRENT_SCAN, rejected.c.record_id.is_(None))
 )
-# A stored row whose record holds ``"remote_id":<value>``: the substring narrows the rows,
-# the caller checks each one's decoded record. SQLite's LIKE does not read BLOBs (instr
-# does); PostgreSQL's bytea has LIKE.
-_PATTERN = bindparam("p_pattern", type_=sa.LargeBinary)
-_SELECT_BY_REMOTE = {
-    "sqlite": select(records.c.id, records.c.record).where(
-        records.c.sid == SID, func.instr(records.c.record, _PATTERN) > 0
-    ),
-    "postgresql": select(records.c.id, records.c.record).where(
-        records.c.sid == SID, records.c.record.op("LIKE")(_PATTERN)
-    ),
-}
+_LATEST_DICTIONARY = (
+    select(dictionaries.c.num, dictionaries.c.data)
+    .where(dictionaries.c.sid == SID)
+    .order_by(dictionaries.c.num.desc())
+    .limit(1)
+)
+
+
+_INSERT_DICTIONARY = (
+    sa.insert(dictionaries)
+    .values(sid=SID, data=bindparam("p_data", type_=sa.LargeBinary))
+    .returning(dictionaries.c.num)
+)
+
+
+def _by_remote(count: int) -> sa.Select[Any]:
+    return select(records.c.remote_id, records.c.id).where(
+        records.c.sid == SID, records.c.remote_id.in_(id_params(count))
+    )
+
+
+def _remote_id(record: Any) -> str | None:
+    value = record.get("remote_id") if isinstance(record, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _select_rows(count: int) -> sa.Select[Any]:
@@ -63,29 +77,10 @@ def _select_rows(count: int) -> sa.Select[Any]:
     )
 
 
-def _mark_seen(count: int) -> sa.Update:
-    return (
-        update(seen)
-        .where(seen.c.sid == SID, seen.c.id.in_(id_params(count)))
-        .values(scan=bindparam("p_scan", type_=sa.Integer))
-    )
-
-
 def _select_rejected(count: int) -> sa.Select[Any]:
     return select(rejected.c.fingerprint, rejected.c.record_id).where(
         rejected.c.sid == SID, rejected.c.fingerprint.in_(id_params(count))
     )
-
-
-def _remote_pattern(dialect: str, remote_id: str) -> bytes:
-    needle = b'"remote_id":' + orjson.dumps(remote_id)  # orjson writes compact JSON
-    if dialect == "sqlite":
-        return needle
-    # LIKE, without an ESCAPE clause: what LIKE treats specially (PostgreSQL's default
-    # escape, backslash, too) matches any one character instead.
-    for special in (b"\\", b"%"):
-        needle = needle.replace(special, b"_")
-    return b"%" + needle + b"%"
 
 
 class Snapshots(LeaseFencing):
@@ -110,10 +105,6 @@ class Snapshots(LeaseFencing):
         return self._upsert(records, RECORD_COLUMNS)
 
     @functools.cached_property
-    def _upsert_seen(self) -> Callable[[int], sa.Insert]:
-        return self._upsert(seen, SEEN_COLUMNS)
-
-    @functools.cached_property
     def _upsert_rejected(self) -> Callable[[int], sa.Insert]:
         insert = self.backend.insert
 
@@ -134,14 +125,28 @@ class Snapshots(LeaseFencing):
     def load_rows(self, key: StreamKey, ids: Sequence[str]) -> dict[str, SnapshotRow]:
         """Stored rows for these ids (absent ids are simply missing from the result)."""
         rows: dict[str, SnapshotRow] = {}
+        codec = self.codec
         with self._tx("load rows", read=True) as tx:
             sid = self._sid(tx, key)
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start : start + CHUNK]
-                found = tx.run_ids(_select_rows, chunk, p_sid=sid)
-                for row in found.fetchall():
-                    rows[row[0]] = LoadedRow(*row)
+                found = tx.run_ids(_select_rows, chunk, p_sid=sid).fetchall()
+                self._load_dictionaries(tx, [row[3] for row in found])
+                for rid, modified_at, digest, blob in found:
+                    rows[rid] = LoadedRow(rid, modified_at, digest, blob, codec)
         return rows
+
+    def _prepare_codec(self, tx: Tx, sid: int) -> None:
+        """First write of stream ``sid`` in this process: take up its dictionary, or start
+        collecting samples for one."""
+        if sid in self._codec_ready:
+            return
+        row = tx.one(_LATEST_DICTIONARY, p_sid=sid)
+        if row is not None:
+            self.codec.add(int(row[0]), bytes(row[1]), sid)
+        else:
+            self.codec.want_samples(sid)
+        self._codec_ready.add(sid)
 
     def commit_page(
         self,
@@ -152,37 +157,48 @@ class Snapshots(LeaseFencing):
         max_modified: str | None,
         outbox: Sequence[Message] = (),
         rejected: Sequence[RejectWrite] = (),
+        pages: int = 1,
     ) -> StreamState:
         """Write a page's rows, its messages to publish (dead letters included), the
-        contents it rejected, mark its ids seen by this scan and move the cursor: one
-        transaction."""
+        contents it rejected, the ids it saw (a full scan) and move the cursor: one
+        transaction. ``pages``: how many pages this commit covers (a run of pages that
+        changed nothing is committed at once, ``seen_ids`` holding all their ids)."""
+        trained: tuple[int, bytes] | None = None
         with self._tx("commit page") as tx:
             sid = self._sid(tx, key)
             self._fence(tx, sid, key)
             write_outbox(tx, sid, outbox)
-            scan = tx.one(_SELECT_SCAN, p_sid=sid)[0]
+            scan, scan_pages = tx.one(_SELECT_SCAN, p_sid=sid)
             if rejected:
                 unique = {r.fingerprint: r for r in rejected}.values()
                 rows = [(sid, r.fingerprint, r.first_seen, r.reason, r.record_id, scan)
                         for r in unique]  # fmt: skip
                 for start in range(0, len(rows), CHUNK):
                     tx.values(self._upsert_rejected, rows[start : start + CHUNK])
-            rest: Sequence[str] = seen_ids
             if writes:
-                dumps = orjson.dumps
-                for start in range(0, len(writes), CHUNK):
-                    chunk = writes[start : start + CHUNK]
-                    rows = [(sid, w.id, w.modified_at, w.content_hash, dumps(w.record))
-                            for w in chunk]  # fmt: skip
-                    tx.values(self._upsert_records, rows)
-                    tx.values(self._upsert_seen, [(sid, w.id, scan) for w in chunk])
-                written = {w.id for w in writes}
-                rest = [rid for rid in seen_ids if rid not in written]
-            for start in range(0, len(rest), CHUNK):
-                chunk = rest[start : start + CHUNK]
-                tx.run_ids(_mark_seen, chunk, p_scan=scan, p_sid=sid)
-            tx.run(_ADVANCE, p_cursor=next_cursor, p_max=max_modified, p_sid=sid)
-            return self._state(tx, key)
+                trained = self._write_rows(tx, sid, writes)
+            write_seen(tx, self.dialect, sid, scan, scan_pages + pages, seen_ids)
+            tx.run(_ADVANCE, p_cursor=next_cursor, p_max=max_modified, p_pages=pages, p_sid=sid)
+            state = self._state(tx, key)
+        if trained is not None:  # only once committed: blobs name it from now on
+            self.codec.add(*trained, sid)
+        return state
+
+    def _write_rows(self, tx: Tx, sid: int, writes: Sequence[RowWrite]) -> tuple[int, bytes] | None:
+        """Upsert the rows; a newly trained dictionary (number, data) if there is one."""
+        self._prepare_codec(tx, sid)
+        dumps, encode = orjson.dumps, self.codec.encode
+        for start in range(0, len(writes), CHUNK):
+            rows = [(sid, w.id, w.modified_at, pack_hash(w.content_hash),
+                     encode(sid, dumps(w.record)), _remote_id(w.record))
+                    for w in writes[start : start + CHUNK]]  # fmt: skip
+            tx.values(self._upsert_records, rows)
+        data = self.codec.train(sid)
+        if data is None:
+            return None
+        number = int(tx.one(_INSERT_DICTIONARY, p_sid=sid, p_data=data)[0])
+        # A blob names its dictionary in 2 bytes: past that, the stream stays on plain zstd.
+        return (number, data) if number < 1 << 16 else None
 
     def known_rejections(
         self, key: StreamKey, fingerprints: Sequence[str]
@@ -200,22 +216,15 @@ class Snapshots(LeaseFencing):
         return known
 
     def find_remote_ids(self, key: StreamKey, remote_ids: Sequence[str]) -> dict[str, str]:
-        """remote_id -> id of the stored rows whose record has that ``remote_id``.
-
-        Reads every row of the stream (no index on it): for rejected items only, whose
-        answer is remembered with them.
-        """
+        """remote_id -> id of the stored rows whose record has that ``remote_id``."""
         found: dict[str, str] = {}
+        unique = list(dict.fromkeys(remote_ids))
         with self._tx("find rows by remote_id", read=True) as tx:
             sid = self._sid(tx, key)
-            statement = _SELECT_BY_REMOTE[self.dialect]
-            for remote_id in dict.fromkeys(remote_ids):
-                pattern = _remote_pattern(self.dialect, remote_id)
-                for rid, blob in tx.run(statement, p_pattern=pattern, p_sid=sid).fetchall():
-                    record = orjson.loads(bytes(blob))
-                    if isinstance(record, dict) and record.get("remote_id") == remote_id:
-                        found[remote_id] = rid
-                        break
+            for start in range(0, len(unique), CHUNK):
+                chunk = unique[start : start + CHUNK]
+                for remote_id, rid in tx.run_ids(_by_remote, chunk, p_sid=sid).fetchall():
+                    found.setdefault(remote_id, rid)
         return found
 
     def count_unidentified(self, key: StreamKey) -> int:

@@ -23,8 +23,9 @@ from sqlalchemy import bindparam, func, select, update
 
 from daemon.errors import StateStoreError
 from daemon.models import StreamKey, StreamState
+from daemon.state.codec import BlobCodec
 from daemon.state.dialects import Backend, reason
-from daemon.state.schema import STATE_COLUMNS, seen, streams
+from daemon.state.schema import STATE_COLUMNS, dictionaries, records, streams
 
 # SQLite's default limit on host parameters is 32766; pages are ≤ 100 ids anyway.
 CHUNK = 500
@@ -58,7 +59,10 @@ _SELECT_SID = select(streams.c.sid).where(
     streams.c.connector == bindparam("p_connector"), streams.c.model == bindparam("p_model")
 )
 _SELECT_STATE = select(*STATE_COLUMNS).where(streams.c.sid == SID)
-_COUNT_RECORDS = select(func.count()).select_from(seen).where(seen.c.sid == SID)
+_DICTIONARY = select(dictionaries.c.data).where(
+    dictionaries.c.num == bindparam("p_num", type_=sa.Integer)
+)
+_COUNT_RECORDS = select(func.count()).select_from(records).where(records.c.sid == SID)
 
 
 class CompiledSql:
@@ -143,6 +147,10 @@ class StoreCore:
             .on_conflict_do_nothing(index_elements=[streams.c.connector, streams.c.model])
         )
         self._compiled = functools.lru_cache(maxsize=64)(self._compile)
+        self.codec = BlobCodec()  # record blobs: zstd, a dictionary per stream
+        self._codec_ready: set[int] = set()  # streams whose dictionary was looked up
+        # Stream id -> ((scan, lease token), the ids its delete phase has left): ``seen``.
+        self._missing: dict[int, tuple[tuple[int, str | None], dict[str, None]]] = {}
 
     def _compile(self, statement: object, count: int | None) -> CompiledSql:
         # ``statement`` is a Core statement, or a builder of one per id or row count.
@@ -192,3 +200,17 @@ class StoreCore:
         row = tx.one(_SELECT_STATE, p_sid=sid)
         records_ = tx.one(_COUNT_RECORDS, p_sid=sid)[0] if count else 0
         return StreamState(key, *row, records=int(records_))
+
+    def _load_dictionaries(self, tx: Tx, blobs: Sequence[bytes]) -> None:
+        """Read the dictionaries ``blobs`` were written with that this process lacks."""
+        codec = self.codec
+        for number in codec.dictionaries(blobs):
+            if not codec.known(number):
+                codec.add(number, bytes(tx.one(_DICTIONARY, p_num=number)[0]))
+
+    def _forget_missing(self, sid: int, ids: Sequence[str]) -> None:
+        """These ids were deleted: the delete phase does not hand them out again."""
+        cached = self._missing.get(sid)
+        if cached is not None:
+            for rid in ids:
+                cached[1].pop(rid, None)

@@ -6,6 +6,7 @@ lease fencing (``leases.LeaseFencing``):
 
 - ``snapshots``: stored rows, a page's commit, dead-lettered contents;
 - ``scans``: a stream's state, scan checkpoints, deletes, the outbox, reset;
+- ``seen``: the ids a full scan saw (per page), ``mark_seen`` for other writers;
 - ``leases``: claiming, fencing and releasing a stream's or a named lease;
 - ``replicas``: the heartbeat, freeing dead processes' leases, leaving the fleet;
 - ``due``: the shared schedule (due times, requests, the fleet view);
@@ -25,6 +26,7 @@ from daemon.state.leases import DROP_LEASE
 from daemon.state.replicas import Replicas
 from daemon.state.scans import Scans
 from daemon.state.schema import streams
+from daemon.state.seen import SeenIds
 from daemon.state.snapshots import Snapshots
 
 __all__ = ["StateStore"]
@@ -33,7 +35,7 @@ __all__ = ["StateStore"]
 _PING = select(streams.c.sid).limit(1)
 
 
-class StateStore(Hints, Snapshots, Scans, Replicas, DueTimes):
+class StateStore(Hints, Snapshots, Scans, SeenIds, Replicas, DueTimes):
     """The snapshot store over one backend (``dialects.SqliteBackend`` or ``PostgresBackend``).
 
     ``StateStore(backend, owner=..., lease_seconds=...)``: ``owner`` names this process

@@ -108,9 +108,7 @@ def test_reset_between_passes_gives_the_stream_an_initial_sync(sim, broker, tmp_
 
 
 @pytest.mark.sim(enrollments=ENROLLMENTS)
-def test_reset_mid_pass_fences_the_pass_and_an_initial_sync_follows(
-    sim, broker, tmp_path
-) -> None:
+def test_reset_mid_pass_fences_the_pass_and_an_initial_sync_follows(sim, broker, tmp_path) -> None:
     config, path, daemon = _start(sim, broker, tmp_path)
     try:
         # A resync's pass, held by the simulator at its first page request (12 s: room for a

@@ -155,9 +155,10 @@ def test_deletes_and_reset_clear_the_scan_marks_too(store: StateStore) -> None:
     store.commit_page(KEY, writes, list("abc"), None, None)
     store.commit_deletes(KEY, ["b"])
     assert store.state(KEY).records == 2 and store.count_missing(KEY) == (0, 2)
-    assert count(store, "changefeed_seen") == count(store, "changefeed_records") == 2
+    # One row of seen ids for the page, not one per record.
+    assert count(store, "changefeed_scan_ids") == 1 and count(store, "changefeed_records") == 2
     store.reset(KEY)
-    assert count(store, "changefeed_seen") == 0
+    assert count(store, "changefeed_scan_ids") == 0
 
 
 def test_errors_are_recorded_and_cleared(store: StateStore) -> None:
@@ -374,7 +375,7 @@ def test_normalize_time_fast_path_matches_the_slow_one(
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_multi_row_inserts_take_the_rows_values_in_order(dialect: str, tmp_path: Path) -> None:
     """``_Tx.values`` flattens rows: the compiled SQL must take them row by row, in order."""
-    from daemon.state import scans, snapshots
+    from daemon.state import snapshots
     from daemon.state.dialects import PostgresBackend, SqliteBackend
 
     backend = (
@@ -384,11 +385,7 @@ def test_multi_row_inserts_take_the_rows_values_in_order(dialect: str, tmp_path:
     )
     try:
         store = StateStore(backend)
-        for builder, columns in (
-            (store._upsert_records, snapshots.RECORD_COLUMNS),
-            (store._upsert_seen, snapshots.SEEN_COLUMNS),
-            (store._insert_outbox, scans.OUTBOX_COLUMNS),
-        ):
+        for builder, columns in ((store._upsert_records, snapshots.RECORD_COLUMNS),):
             names = store._compile(builder, 3).names
             assert names == tuple(f"r{n:05d}_{c}" for n in range(3) for c in columns)
     finally:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_sync_hints"
-down_revision = "0004_leases"
+down_revision = "0005_compact_rows"
 branch_labels = None
 depends_on = None
 
