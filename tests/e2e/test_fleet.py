@@ -93,11 +93,13 @@ def _at(line: dict[str, Any]) -> float:
 
 
 def scans(daemons: dict[str, Daemon]) -> dict[str, list[tuple[float, float | None, str]]]:
-    """Per stream: (started, finished or None, replica) of every scan, by start time."""
+    """Per stream: (started, ended or None, replica) of every scan, by start time. A scan
+    ends when it finishes or fails (a failed pass gives its lease back; on a loaded machine
+    a broker may not answer a replica's bootstrap in time, and another replica retries)."""
     out: dict[str, list[tuple[float, float | None, str]]] = defaultdict(list)
     for name, daemon in daemons.items():
         open_: dict[str, float] = {}
-        for line in daemon.matching("scan_started|scan_finished"):
+        for line in daemon.matching("scan_started|scan_finished|scan_failed"):
             stream = line["connector"]
             assert line.get("replica") == name, line
             if line["event"] == "scan_started":
