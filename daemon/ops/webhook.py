@@ -17,7 +17,8 @@ makes every connector walk its next sync, which a forger can only make as costly
 Order of checks, cheapest and safest first: path (404) and method (405); size
 from Content-Length before reading (413; any body is counted as it arrives); the
 read deadline (408); the HMAC-SHA256 signature of the raw body (401) before
-anything is parsed; then the envelope (400). Accepted and ignored events answer 200.
+anything is parsed; then the envelope (400). Accepted and ignored events answer 200;
+a hint event that arrives once ``stop()`` has begun answers 503 (Bindbee retries it).
 HTTP itself is uvicorn's (h11) on a thread of its own (``_server``, ``_webhook_app``):
 an idle connection holds no thread, so hundreds of them do not delay a delivery.
 
@@ -264,9 +265,15 @@ class WebhookReceiver:
             if held is not None:
                 log.warning("webhook_bad_request", remote=remote, reason=str(exc), suppressed=held)
             return HTTPStatus.BAD_REQUEST, "bad_request", str(exc)
-        if event not in HINT_EVENTS or self._stopped.is_set():
+        if event not in HINT_EVENTS:
             log.info("webhook_ignored", webhook_event=event, connector_id=connector_id)
             return HTTPStatus.OK, "ignored", f"event {event} needs no action"
+        if self._stopped.is_set():
+            # Bindbee never redelivers a 200: a hint that arrives while this replica
+            # shuts down is refused so Bindbee retries it (on another replica, or here
+            # once restarted) instead of it being dropped.
+            log.info("webhook_refused_stopping", webhook_event=event, connector_id=connector_id)
+            return HTTPStatus.SERVICE_UNAVAILABLE, "stopping", "shutting down; retry later"
         if event == IDS_EVENT and self._on_ids is not None:
             failed = self._take_ids(body, connector_id)
             if failed is not None:
