@@ -4,6 +4,8 @@
     a new sync Done (trigger: sync)          -> counted once; walked when the spacing
                                                 (full_scan_every_syncs) says so, else
                                                 covered by its hinted reads alone
+    a new sync, hints on, the connector's
+    Bindbee id not yet learned               -> walked (its hints cannot be found)
     a walk for a sync, hints on              -> first wait up to bindbee.hint_grace_seconds
                                                 for the sync's ids, read them, then walk
     reads dearer than the walks, or a hint
@@ -63,6 +65,10 @@ class StreamTurn:
         hints = store.unread_hints(key, cid) if cid is not None else []
         new_sync = self._new_sync()
         walk_reason = self._count(new_sync) if new_sync is not None else None
+        if new_sync is not None and self.hints_on and cid is None:
+            # Its hints cannot be found without the connector's Bindbee id (no list read
+            # succeeded here yet): the sync is walked, never covered by reads not made.
+            walk_reason = walk_reason or "the connector's Bindbee id is not known yet"
         if up_to_date is not None and not hints and new_sync is None:
             metrics.PASSES_SKIPPED.labels(*self.stream.labels, "up_to_date").inc()
             return up_to_date
