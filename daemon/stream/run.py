@@ -196,7 +196,7 @@ class StreamPass:
         if full:
             state = run_deletes(stream, state, result, progress, log, measure)
         if measure is not None:
-            result.hint_missed = progress.hint_missed
+            result.hint_missed = measure.result(progress.hint_missed, partial=progress.partial)
         now = stream.clock()
         marker = self._marker(state, result, progress, initial, now)
         walked = None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from daemon.models import StreamKey
 from daemon.ops.webhook import parse_ids_hint, safe_id
 from daemon.settings import AUTO_MAX_SPACING, ModelSettings
+from daemon.stream.hint_measure import HintMeasure
 from daemon.stream.hint_rules import (
     next_spacing,
     passes_filters,
@@ -154,3 +156,40 @@ def test_over_the_cap_or_unsafe_the_sync_is_walked_not_truncated() -> None:
     assert unsafe.ids == () and unsafe.walk_reason is not None
     with pytest.raises(ValueError):
         parse_ids_hint(_body({"not": "a list"}), "c1")  # type: ignore[arg-type]
+
+
+class _Hinted:
+    """A store of hinted ids for HintMeasure: ``unreadable`` says a hint of the window
+    could not be read by id (walk instead, or a 413)."""
+
+    def __init__(self, ids: set[str], unreadable: bool) -> None:
+        self.ids = ids
+        self.unreadable = unreadable
+        self.reads = 0
+
+    def hinted_ids(self, connector_id: str, since: float) -> set[str]:
+        self.reads += 1
+        return set(self.ids)
+
+    def hints_unreadable(self, key: StreamKey, connector_id: str, since: float) -> bool:
+        return self.unreadable
+
+
+@pytest.mark.parametrize(
+    ("unreadable", "partial", "changed", "result"),
+    [
+        (False, False, ["a", "x"], 1),  # x: no hint named it
+        (False, False, ["a"], 0),  # a clean walk
+        (True, False, ["a", "x"], None),  # x's hint was received, not readable: unmeasured
+        (True, False, ["a"], None),
+        (False, True, ["a"], None),  # resumed: misses before the restart are unknown
+        (False, True, ["x"], 1),  # resumed, but a miss is a miss: back to every sync
+    ],
+)
+def test_hint_measure_result(
+    unreadable: bool, partial: bool, changed: list[str], result: int | None
+) -> None:
+    measure = HintMeasure(_Hinted({"a"}, unreadable), StreamKey("c", "m"), "c1", 0.0)
+    missed = measure.missed(changed)
+    assert measure.result(missed, partial=partial) == result
+    assert next_spacing("auto", 4, result) == {None: 4, 0: 7, 1: 1}[result]

@@ -25,7 +25,7 @@ _COLUMNS = (
     ("walk_syncs", sa.Integer, "0"),
     ("walk_counted_sync", sa.Text, None),
     ("walk_spacing", sa.Integer, "1"),
-    ("walk_forced", sa.Integer, "0"),
+    ("walk_forced_at", sa.Double, None),
     ("hint_missed", sa.Integer, None),
     ("hint_missed_total", sa.Integer, "0"),
     ("due_before_hint", sa.Double, None),
