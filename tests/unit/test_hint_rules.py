@@ -16,6 +16,7 @@ from daemon.stream.hint_rules import (
     read_cost,
     read_instead,
     spacing_now,
+    unknown_filters,
     walk_cost,
     walk_due,
 )
@@ -193,3 +194,21 @@ def test_hint_measure_result(
     missed = measure.missed(changed)
     assert measure.result(missed, partial=partial) == result
     assert next_spacing("auto", 4, result) == {None: 4, 0: 7, 1: 1}[result]
+
+
+@pytest.mark.parametrize(
+    ("params", "unknown"),
+    [
+        ({}, False),
+        ({"user": "u1", "start_date_from": "2030-01-01T00:00:00Z", "page_size": 100}, False),
+        ({"include_raw_data": True, "expand": "user,course"}, False),
+        ({"expand": "user[id,name],course"}, False),
+        ({"status": "ACTIVE"}, True),  # a filter the read by id cannot check
+        ({"modified_after": "2030-01-01T00:00:00Z"}, True),
+        ({"expand": "user[name]"}, True),  # the relation's id is not returned
+        ({"expand": "course,user[first_name,last_name]"}, True),
+        ({"start_date_to": "next tuesday"}, True),
+    ],
+)
+def test_params_the_read_by_id_cannot_check_make_it_walk(params: dict, unknown: bool) -> None:
+    assert (unknown_filters(params) is not None) is unknown
