@@ -12,6 +12,8 @@
     reads dearer than the walks, or a hint
     that cannot be read by id                -> walk instead
     an interval stream between its polls     -> only the hint; its due time is put back
+    only the outbox holds rows (a failed
+    hints_read send, a read killed mid-way)  -> the outbox is sent; no walk
     hints (or a 413) newer than the start of
     the walk that just completed             -> due again now
 
@@ -64,6 +66,11 @@ class StreamTurn:
         up_to_date = skip_until(self.trigger, state, self.interval, now, lambda: store.pending(key))
         if self._between_polls(hint_due, now):
             up_to_date = hint_due
+        # Due only because the outbox holds rows (a hints_read batch or marker whose send
+        # failed, a read killed mid-way): send them, no walk; the safety net stays.
+        outbox_only = None
+        if up_to_date is None and self.trigger == "sync":
+            outbox_only = skip_until(self.trigger, state, self.interval, now, lambda: False)
         cid = self.connector_id
         hints = store.unread_hints(key, cid) if cid is not None else []
         new_sync = self._new_sync()
@@ -95,6 +102,10 @@ class StreamTurn:
             return state.last_full_scan_at + self.interval
         if up_to_date is not None and walk_reason is None:
             return up_to_date
+        if outbox_only is not None and walk_reason is None:
+            stream_pass.publish_outbox()
+            self.log.info("outbox_only", action="published, no walk")
+            return outbox_only
         self._walk(stream_pass, walk_reason)
         return self._after_walk()
 
