@@ -168,11 +168,11 @@ class HintReads:
             scan = stream.store.state(key).scan_number
             rejections = page_rejections(stream, page, scan, self.log)
             messages.extend(rejections.letters)
+        # Fenced, in one transaction; the rows written count as seen by a full walk of
+        # the stream still unfinished (commit_reads marks them).
         stream.store.commit_reads(
             key, diff.writes, doomed, messages, rejections.writes if rejections else ()
         )
-        # A full walk of the stream may be unfinished: what was written here is seen by it.
-        stream.store.mark_seen(key, [w.id for w in diff.writes])
         stream.publish(messages, self.progress)
         outcomes = {
             "unchanged": diff.unchanged + diff.stale,
