@@ -176,11 +176,13 @@ class StreamTurn:
         except ValueError:
             since = time.time()
         deadline = time.monotonic() + grace
-        with runtime.hint_bell:
-            while store.hints_since(connector_id, since) == 0 and not runtime.stop.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
+        # The store is asked outside the bell's lock (intake notifies under it, from the
+        # webhook's threads); a ring between the check and the wait costs one short wait.
+        while store.hints_since(connector_id, since) == 0 and not runtime.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            with runtime.hint_bell:
                 runtime.hint_bell.wait(min(left, _BELL_SECONDS))
         return store.unread_hints(self.stream.key, connector_id)
 

@@ -132,6 +132,7 @@ hints = sa.Table(
     sa.Column("walk", sa.Integer, nullable=False, server_default="0"),
     sa.Column("received_at", sa.Double, nullable=False),
     sa.Index("changefeed_hints_connector", "connector_id", "received_at"),
+    sa.Index("changefeed_hints_received", "received_at"),  # pruning by age
 )
 
 # Which stream has read which hint (committed with the read's last rows, under the

@@ -20,7 +20,9 @@ from daemon.models import StreamKey
 
 
 class HintedIds(Protocol):
-    def hinted_ids(self, connector_id: str, since: float) -> set[str]: ...
+    def hinted_ids_after(
+        self, connector_id: str, since: float, after: int
+    ) -> tuple[set[str], int]: ...
     def hints_unreadable(self, key: StreamKey, connector_id: str, since: float) -> bool: ...
 
 
@@ -33,21 +35,29 @@ class HintMeasure:
         self.key = key
         self.connector_id = connector_id
         self.since = since
-        self._ids: set[str] | None = None
+        self._ids: set[str] = set()
+        self._last = -1  # the highest hint id read: later reads fetch only newer hints
+        self._read = False
 
     def missed(self, changed: Iterable[str]) -> int:
         """How many of the ``changed`` ids no hint named."""
         changed = list(changed)
         if not changed:
             return 0
-        if self._ids is None:
-            self._ids = self._store.hinted_ids(self.connector_id, self.since)
+        if not self._read:
+            self._fetch()
+            self._read = True
         unnamed = [rid for rid in changed if rid not in self._ids]
         if unnamed:
-            # A hint may have arrived since the set was read: read it again before blaming.
-            self._ids = self._store.hinted_ids(self.connector_id, self.since)
+            # A hint may have arrived since the set was read: fetch the newer ones before
+            # blaming (only hints above the last id read, not every one again).
+            self._fetch()
             unnamed = [rid for rid in unnamed if rid not in self._ids]
         return len(unnamed)
+
+    def _fetch(self) -> None:
+        ids, self._last = self._store.hinted_ids_after(self.connector_id, self.since, self._last)
+        self._ids |= ids
 
     def result(self, missed: int, *, partial: bool = False) -> int | None:
         """The walk's ``hint_missed`` from the ``missed`` it counted: None (not measured)

@@ -144,3 +144,23 @@ def test_a_window_with_an_unreadable_hint_cannot_be_measured(store: StateStore) 
     store.force_walk([KEY], 6.0)  # a 413
     assert store.hints_unreadable(KEY, "c1", 5.0)
     assert not store.hints_unreadable(KEY, "c1", 7.0)
+
+
+def test_hinted_ids_after_a_hint_id_fetch_only_newer_hints(store: StateStore) -> None:
+    hint(store, "d1", ["a"], now=2.0)
+    ids, last = store.hinted_ids_after("c1", 0.0, -1)
+    assert ids == {"a"}
+    assert store.hinted_ids_after("c1", 0.0, last) == (set(), last)
+    hint(store, "d2", ["b"], now=3.0)
+    ids, newer = store.hinted_ids_after("c1", 0.0, last)
+    assert ids == {"b"} and newer > last
+
+
+def test_old_hints_are_pruned_at_most_once_a_minute(store: StateStore) -> None:
+    walked(store, KEY, "a", started=1.0)
+    store.add_hint("c1", None, "h1", ["a"], walk=False, now=200.0, retention_seconds=100)
+    store.add_hint("c1", None, "h2", ["b"], walk=False, now=230.0, retention_seconds=10)
+    # Pruned at 200 s: the next prune comes a minute later, so h1 (older than 10 s) stays.
+    assert [h.ids for h in store.unread_hints(KEY, "c1")] == [("a",), ("b",)]
+    store.add_hint("c1", None, "h3", ["c"], walk=False, now=261.0, retention_seconds=10)
+    assert [h.ids for h in store.unread_hints(KEY, "c1")] == [("c",)]

@@ -168,9 +168,9 @@ class _Hinted:
         self.unreadable = unreadable
         self.reads = 0
 
-    def hinted_ids(self, connector_id: str, since: float) -> set[str]:
+    def hinted_ids_after(self, connector_id: str, since: float, after: int) -> tuple[set[str], int]:
         self.reads += 1
-        return set(self.ids)
+        return (set(self.ids), 1) if after < 1 else (set(), after)
 
     def hints_unreadable(self, key: StreamKey, connector_id: str, since: float) -> bool:
         return self.unreadable

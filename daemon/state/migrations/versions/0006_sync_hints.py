@@ -54,6 +54,7 @@ def upgrade() -> None:
     op.create_index(
         "changefeed_hints_connector", "changefeed_hints", ["connector_id", "received_at"]
     )
+    op.create_index("changefeed_hints_received", "changefeed_hints", ["received_at"])
     op.create_table(
         "changefeed_hint_reads",
         sa.Column("hid", sa.Integer, primary_key=True, autoincrement=False),
@@ -65,6 +66,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("changefeed_hint_reads")
+    op.drop_index("changefeed_hints_received", "changefeed_hints")
     op.drop_index("changefeed_hints_connector", "changefeed_hints")
     op.drop_table("changefeed_hints")
     with op.batch_alter_table("changefeed_streams") as batch:
