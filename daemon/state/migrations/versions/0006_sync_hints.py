@@ -4,8 +4,8 @@
 digest), ``changefeed_hint_reads`` which stream has read which hint; new columns on
 ``changefeed_streams`` count the syncs since the last completed walk
 (``full_scan_every_syncs``), keep when a 413 last forced a walk (``walk_forced_at``) and
-the last walk's ``hint_missed``. New tables and
-columns with defaults: existing stores keep every row and walk every sync, as before.
+the last walk's ``hint_missed``. New tables and columns with defaults: existing stores
+keep every row and walk every sync, as before.
 
 Revision ID: 0006_sync_hints
 Revises: 0004_leases (down_revision 0004_leases; the lead re-points it when issue 20's
