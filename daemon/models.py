@@ -264,17 +264,22 @@ class WalkState:
 
     ``syncs``: syncs completed since the last completed walk (each counted once, by its
     ``last_sync_start_time``: ``counted_sync`` is the last one); ``spacing``: syncs between
-    walks now (auto moves it); ``forced``: a hint that could not be read by id asks for a
-    walk; ``hint_missed``: changes the last walk found that no hint named (None: not
-    measured); ``hint_missed_total``: over every walk.
+    walks now (auto moves it); ``forced_at``: when a hint that could not be read (413) last
+    asked for a walk (None: none asked for); ``hint_missed``: changes the last walk found
+    that no hint named (None: not measured); ``hint_missed_total``: over every walk.
     """
 
     syncs: int = 0
     counted_sync: str | None = None
     spacing: int = 1
-    forced: bool = False
+    forced_at: float | None = None
     hint_missed: int | None = None
     hint_missed_total: int = 0
+
+    @property
+    def forced(self) -> bool:
+        """A walk is asked for by a hint that could not be read (413)."""
+        return self.forced_at is not None
 
 
 @dataclass(frozen=True, slots=True)

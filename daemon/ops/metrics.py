@@ -126,7 +126,7 @@ SYNC_CHECK_MALFORMED_ITEMS = Counter(
 WEBHOOK_DELIVERIES = Counter(
     "changefeed_webhook_deliveries",
     "Webhook deliveries by outcome (accepted, ignored, coalesced, bad_signature, "
-    "too_large, bad_request, timeout, error)",
+    "too_large, bad_request, timeout, error, stopping)",
     ["outcome"],
 )
 SYNC_DECISIONS = Counter(
@@ -193,6 +193,7 @@ for _outcome in (
     "bad_request",
     "timeout",
     "error",
+    "stopping",
 ):
     WEBHOOK_DELIVERIES.labels(_outcome)
 for _outcome in ("ok", "timeout", "error", "malformed"):

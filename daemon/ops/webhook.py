@@ -12,12 +12,15 @@ An id that is not a safe URL path segment, or a list longer than ``max_hint_ids`
 not read id by id: the hint asks for a walk of the sync instead (nothing is truncated).
 A body over the limit (413) cannot be verified and so names no connector: ``on_too_large``
 makes every connector walk its next sync, which a forger can only make as costly as
-``full_scan_every_syncs: 1``.
+``full_scan_every_syncs: 1``. As that path is unauthenticated, ``on_too_large`` runs at
+most once per ``hint_interval_seconds`` (its effect is idempotent: a later 413 in the same
+interval would only ask again for the walk already asked for).
 
 Order of checks, cheapest and safest first: path (404) and method (405); size
 from Content-Length before reading (413; any body is counted as it arrives); the
 read deadline (408); the HMAC-SHA256 signature of the raw body (401) before
-anything is parsed; then the envelope (400). Accepted and ignored events answer 200.
+anything is parsed; then the envelope (400). Accepted and ignored events answer 200;
+a hint event that arrives once ``stop()`` has begun answers 503 (Bindbee retries it).
 HTTP itself is uvicorn's (h11) on a thread of its own (``_server``, ``_webhook_app``):
 an idle connection holds no thread, so hundreds of them do not delay a delivery.
 
@@ -159,8 +162,9 @@ class WebhookReceiver:
 
     ``on_ids(hint)`` takes a ``connector_data_modified`` (never coalesced) and must have
     made it durable when it returns; if it raises, the delivery answers 500 so Bindbee
-    retries. ``on_too_large()`` is told of a body refused for its size (413). Both run
-    on a worker thread, not on the listener's loop.
+    retries. ``on_too_large()`` is told of a body refused for its size (413), at most once
+    per ``hint_interval_seconds`` (it writes to the store, and a 413 is unauthenticated).
+    Both run on a worker thread, not on the listener's loop.
     """
 
     def __init__(
@@ -204,13 +208,18 @@ class WebhookReceiver:
         self._bad_signature_log = _LogThrottle(bad_signature_log_interval_seconds, clock)
         self._bad_request_log = _LogThrottle(bad_signature_log_interval_seconds, clock)
         self._stopped = threading.Event()
+        self._clock = clock
+        self._on_too_large = on_too_large
+        self._too_large_interval = hint_interval_seconds
+        self._too_large_lock = threading.Lock()
+        self._too_large_at: float | None = None
         app = WebhookApp(
             path,
             self.handle,
             signature_header=SIGNATURE_HEADER,
             max_body_bytes=max_body_bytes,
             read_timeout_seconds=read_timeout_seconds,
-            on_too_large=on_too_large,
+            on_too_large=None if on_too_large is None else self._too_large,
         )
         self._server = ServerThread(
             app,
@@ -264,9 +273,15 @@ class WebhookReceiver:
             if held is not None:
                 log.warning("webhook_bad_request", remote=remote, reason=str(exc), suppressed=held)
             return HTTPStatus.BAD_REQUEST, "bad_request", str(exc)
-        if event not in HINT_EVENTS or self._stopped.is_set():
+        if event not in HINT_EVENTS:
             log.info("webhook_ignored", webhook_event=event, connector_id=connector_id)
             return HTTPStatus.OK, "ignored", f"event {event} needs no action"
+        if self._stopped.is_set():
+            # Bindbee never redelivers a 200: a hint that arrives while this replica
+            # shuts down is refused so Bindbee retries it (on another replica, or here
+            # once restarted) instead of it being dropped.
+            log.info("webhook_refused_stopping", webhook_event=event, connector_id=connector_id)
+            return HTTPStatus.SERVICE_UNAVAILABLE, "stopping", "shutting down; retry later"
         if event == IDS_EVENT and self._on_ids is not None:
             failed = self._take_ids(body, connector_id)
             if failed is not None:
@@ -304,6 +319,23 @@ class WebhookReceiver:
         log.info("webhook_ids", connector_id=connector_id, sync_id=hint.sync_id,
                  ids=len(hint.ids), walk_reason=hint.walk_reason)  # fmt: skip
         return None
+
+    def _too_large(self) -> None:
+        """A 413: tell ``on_too_large``, at most once per hint interval (in memory)."""
+        assert self._on_too_large is not None
+        now = self._clock()
+        with self._too_large_lock:
+            last = self._too_large_at
+            if last is not None and now - last < self._too_large_interval:
+                return
+            self._too_large_at = now
+        try:
+            self._on_too_large()
+        except Exception:
+            with self._too_large_lock:  # not taken: the next 413 tries again
+                if self._too_large_at == now:
+                    self._too_large_at = last
+            raise
 
     def _malformed(self) -> None:
         """A request h11 refused (400) before the app saw it: counted, logged throttled."""

@@ -4,11 +4,18 @@
     a new sync Done (trigger: sync)          -> counted once; walked when the spacing
                                                 (full_scan_every_syncs) says so, else
                                                 covered by its hinted reads alone
+    a new sync, hints on, the connector's
+    Bindbee id not yet learned               -> walked (its hints cannot be found)
+    a 413 asked for a walk (walk_forced_at)  -> walked now
     a walk for a sync, hints on              -> first wait up to bindbee.hint_grace_seconds
                                                 for the sync's ids, read them, then walk
     reads dearer than the walks, or a hint
     that cannot be read by id                -> walk instead
     an interval stream between its polls     -> only the hint; its due time is put back
+    only the outbox holds rows (a failed
+    hints_read send, a read killed mid-way)  -> the outbox is sent; no walk
+    hints (or a 413) newer than the start of
+    the walk that just completed             -> due again now
 
 Everything else is the pass as before (``rules.skip_until`` decides when a sync stream is
 up to date). The turn runs on the stream's lease; the counts it writes are fenced.
@@ -59,11 +66,22 @@ class StreamTurn:
         up_to_date = skip_until(self.trigger, state, self.interval, now, lambda: store.pending(key))
         if self._between_polls(hint_due, now):
             up_to_date = hint_due
+        # Due only because the outbox holds rows (a hints_read batch or marker whose send
+        # failed, a read killed mid-way): send them, no walk; the safety net stays.
+        outbox_only = None
+        if up_to_date is None and self.trigger == "sync":
+            outbox_only = skip_until(self.trigger, state, self.interval, now, lambda: False)
         cid = self.connector_id
         hints = store.unread_hints(key, cid) if cid is not None else []
         new_sync = self._new_sync()
         walk_reason = self._count(new_sync) if new_sync is not None else None
-        if up_to_date is not None and not hints and new_sync is None:
+        if new_sync is not None and self.hints_on and cid is None:
+            # Its hints cannot be found without the connector's Bindbee id (no list read
+            # succeeded here yet): the sync is walked, never covered by reads not made.
+            walk_reason = walk_reason or "the connector's Bindbee id is not known yet"
+        if self.hints_on and not state.in_progress and store.walk_state(key).forced:
+            walk_reason = walk_reason or "a hint could not be read (413)"
+        if up_to_date is not None and not hints and new_sync is None and walk_reason is None:
             metrics.PASSES_SKIPPED.labels(*self.stream.labels, "up_to_date").inc()
             return up_to_date
         stream_pass = self.runtime.stream_pass(self.stream.connector, self.stream.model)
@@ -84,7 +102,32 @@ class StreamTurn:
             return state.last_full_scan_at + self.interval
         if up_to_date is not None and walk_reason is None:
             return up_to_date
+        if outbox_only is not None and walk_reason is None:
+            stream_pass.publish_outbox()
+            self.log.info("outbox_only", action="published, no walk")
+            return outbox_only
         self._walk(stream_pass, walk_reason)
+        return self._after_walk()
+
+    def _after_walk(self) -> float | None:
+        """Due now when a hint arrived after the scan just completed had started (its ids
+        unread, or a 413 forcing a walk): it must not wait for the next interval. None: the
+        caller's rule for a success."""
+        if not self.hints_on:
+            return None
+        store, key = self.runtime.store, self.stream.key
+        state = store.state(key)
+        started = state.last_full_scan_started_at
+        if state.in_progress or started is None:
+            return None
+        forced_at = store.walk_state(key).forced_at
+        late = forced_at is not None and forced_at > started
+        cid = self.connector_id
+        if not late and cid is not None:
+            late = bool(store.unread_hints(key, cid))  # only hints since ``started``
+        if late:
+            self.log.info("hints_after_walk_start", action="due now")
+            return time.time()
         return None
 
     def _between_polls(self, hint_due: float | None, now: float) -> bool:
@@ -133,11 +176,13 @@ class StreamTurn:
         except ValueError:
             since = time.time()
         deadline = time.monotonic() + grace
-        with runtime.hint_bell:
-            while store.hints_since(connector_id, since) == 0 and not runtime.stop.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
+        # The store is asked outside the bell's lock (intake notifies under it, from the
+        # webhook's threads); a ring between the check and the wait costs one short wait.
+        while store.hints_since(connector_id, since) == 0 and not runtime.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            with runtime.hint_bell:
                 runtime.hint_bell.wait(min(left, _BELL_SECONDS))
         return store.unread_hints(self.stream.key, connector_id)
 
@@ -149,7 +194,7 @@ class StreamTurn:
             self.log.info("resync_started", requested_at=state.resync_requested_at)
         measure = None
         if cid is not None and state.last_full_scan_started_at is not None:
-            measure = HintMeasure(store, cid, state.last_full_scan_started_at)
+            measure = HintMeasure(store, self.stream.key, cid, state.last_full_scan_started_at)
         stream_pass.run(
             force_full=self.trigger == "sync" or resync or walk_reason is not None,
             sync=state.requested_sync if self.trigger == "sync" else None,

@@ -98,7 +98,9 @@ class HintIntake:
 
     def too_large(self) -> None:
         """A delivery over the body limit (413) cannot be verified nor say its connector:
-        every stream walks its next sync (what full_scan_every_syncs: 1 does anyway)."""
+        every stream walks now, and again after a walk in progress that started before it."""
         keys = list(self._streams())
-        self.runtime.store.force_walk(keys)
-        log.warning("hint_too_large", action="every stream walks its next sync", streams=len(keys))
+        now = time.time()
+        self.runtime.store.force_walk(keys, now)
+        self._wake(now)
+        log.warning("hint_too_large", action="every stream walks", streams=len(keys))

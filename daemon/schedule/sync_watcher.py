@@ -195,6 +195,8 @@ class SyncWatcher:
         # Replicas sharing a store read the list once per fleet: a timed check runs only
         # on the replica holding the watcher's lease (``leader()`` takes or renews it).
         # A webhook hint is read by whichever replica got it (at most one read per gap).
+        # Each replica still reads it once at start (until a read succeeds), so that it
+        # learns its connectors' Bindbee ids; that read follows no syncs unless it leads.
         self._leader = leader
         # Discovery needs the list on every replica: then each reads it on the interval,
         # and only the leader's (or a hinted) read follows syncs (``on_listing``'s flag).
@@ -284,7 +286,10 @@ class SyncWatcher:
             hinted = self._wake.is_set()
             self._wake.clear()
             follow = hinted or self._leader is None or self._leader()
-            if not follow and not self._read_always:
+            # Every replica reads the list until one read succeeded, whoever leads: it
+            # learns the Bindbee ids of its connectors there (a hint names a connector by
+            # that id), so any replica can read the hints of a stream it claims.
+            if not follow and not self._read_always and self.last_ok is not None:
                 self.first_check.set()  # another replica reads the list
                 next_check = self._clock() + (self._interval if self._interval > 0 else 0)
                 continue

@@ -38,6 +38,7 @@ from daemon.state.walks import Walks
 _CONNECTOR_ID = bindparam("p_connector_id", type_=sa.Text)
 _SINCE = bindparam("p_since", type_=sa.Double)
 _HINT_COLUMNS = ("connector_id", "sync_id", "dedupe", "ids", "walk", "received_at")
+_PRUNE_EVERY = 60.0  # seconds between two prunings of old hints (per process)
 _READ = exists().where(hint_reads.c.hid == hints.c.hid, hint_reads.c.sid == SID)
 _OF_CONNECTOR = and_(hints.c.connector_id == _CONNECTOR_ID, hints.c.received_at >= _SINCE)
 _UNREAD = (
@@ -47,6 +48,9 @@ _UNREAD = (
 )
 _COUNT_UNREAD = select(func.count()).select_from(hints).where(_OF_CONNECTOR, ~_READ)
 _HINTED_IDS = select(hints.c.ids).where(_OF_CONNECTOR)
+_HINTED_IDS_AFTER = select(hints.c.hid, hints.c.ids).where(
+    _OF_CONNECTOR, hints.c.hid > bindparam("p_after", type_=sa.Integer)
+)
 _HINTS_SINCE = select(func.count()).select_from(hints).where(_OF_CONNECTOR)
 _LAST_WALK = select(streams.c.last_full_scan_started_at).where(streams.c.sid == SID)
 _SCAN = select(streams.c.scan_number).where(streams.c.sid == SID)
@@ -132,7 +136,8 @@ class Hints(Snapshots, Walks):
         retention_seconds: float,
     ) -> bool:
         """Keep a verified delivery's ids; False when its dedupe key is known (a replay).
-        Hints older than ``retention_seconds`` go in the same transaction."""
+        Hints older than ``retention_seconds`` go in the same transaction, at most once a
+        minute per process (not on every delivery)."""
         with self._tx("store hint") as tx:
             cursor = tx.run(
                 self._insert_hint,
@@ -144,8 +149,13 @@ class Hints(Snapshots, Walks):
                 h_received_at=now,
             )
             added = cursor.rowcount == 1
-            tx.run(_PRUNE_HINTS, p_before=now - retention_seconds)
-            tx.run(_PRUNE_READS)
+            pruned = getattr(self, "_hints_pruned_at", None)
+            prune = pruned is None or not 0 <= now - pruned < _PRUNE_EVERY
+            if prune:
+                tx.run(_PRUNE_HINTS, p_before=now - retention_seconds)
+                tx.run(_PRUNE_READS)
+        if prune:
+            self._hints_pruned_at = now
         return added
 
     def request_hint(self, keys: Sequence[StreamKey], now: float) -> None:
@@ -186,6 +196,16 @@ class Hints(Snapshots, Walks):
         with self._tx("read hinted ids", read=True) as tx:
             rows = tx.run(_HINTED_IDS, p_connector_id=connector_id, p_since=since).fetchall()
         return {rid for (blob,) in rows for rid in orjson.loads(bytes(blob))}
+
+    def hinted_ids_after(self, connector_id: str, since: float, after: int) -> tuple[set[str], int]:
+        """The ids named by the connector's hints received at or after ``since`` whose
+        ``hid`` is above ``after``, and the highest ``hid`` met (``after`` if none)."""
+        with self._tx("read hinted ids", read=True) as tx:
+            rows = tx.run(
+                _HINTED_IDS_AFTER, p_connector_id=connector_id, p_since=since, p_after=after
+            ).fetchall()
+        ids = {rid for _hid, blob in rows for rid in orjson.loads(bytes(blob))}
+        return ids, max((int(hid) for hid, _blob in rows), default=after)
 
     def hints_since(self, connector_id: str, since: float) -> int:
         """How many hints of the connector were received at or after ``since``."""

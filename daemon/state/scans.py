@@ -80,7 +80,11 @@ _FINISH_SCAN = stream_update().values(
 _MISSED = bindparam("p_missed", type_=sa.Integer)
 _WALK_DONE = stream_update().values(
     walk_syncs=0,
-    walk_forced=0,
+    # A forced walk is done once a walk that started at or after the force completes.
+    walk_forced_at=case(
+        (streams.c.walk_forced_at <= streams.c.scan_started_at, None),
+        else_=streams.c.walk_forced_at,
+    ),
     walk_spacing=bindparam("p_spacing", type_=sa.Integer),
     hint_missed=_MISSED,
     hint_missed_total=streams.c.hint_missed_total + func.coalesce(_MISSED, 0),

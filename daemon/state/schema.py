@@ -47,12 +47,13 @@ streams = sa.Table(
     # Walk spacing (models.<m>.full_scan_every_syncs), shared by the replicas: syncs
     # completed since the last completed walk, the last sync counted (its
     # last_sync_start_time: counting is idempotent per sync), the current spacing (auto),
-    # a walk forced by a hint that could not be read by id, the last walk's hint_missed
+    # when a walk was last forced by a hint that could not be read (413; cleared by a walk
+    # started at or after it completes), the last walk's hint_missed
     # and its running total; the due time a hint-only pass puts back.
     sa.Column("walk_syncs", sa.Integer, nullable=False, server_default="0"),
     sa.Column("walk_counted_sync", sa.Text),
     sa.Column("walk_spacing", sa.Integer, nullable=False, server_default="1"),
-    sa.Column("walk_forced", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("walk_forced_at", sa.Double),
     sa.Column("hint_missed", sa.Integer),
     sa.Column("hint_missed_total", sa.Integer, nullable=False, server_default="0"),
     sa.Column("due_before_hint", sa.Double),
@@ -150,6 +151,7 @@ hints = sa.Table(
     sa.Column("walk", sa.Integer, nullable=False, server_default="0"),
     sa.Column("received_at", sa.Double, nullable=False),
     sa.Index("changefeed_hints_connector", "connector_id", "received_at"),
+    sa.Index("changefeed_hints_received", "received_at"),  # pruning by age
 )
 
 # Which stream has read which hint (committed with the read's last rows, under the

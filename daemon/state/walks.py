@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, select
 
 from daemon.models import StreamKey, WalkState
 from daemon.state.leases import LeaseFencing
-from daemon.state.schema import streams
+from daemon.state.schema import hints, streams
 from daemon.state.sql import SID, Tx, stream_update
 
 _SYNC = bindparam("p_sync", type_=sa.Text)
@@ -24,7 +24,7 @@ _WALK_STATE = select(
     streams.c.walk_syncs,
     streams.c.walk_counted_sync,
     streams.c.walk_spacing,
-    streams.c.walk_forced,
+    streams.c.walk_forced_at,
     streams.c.hint_missed,
     streams.c.hint_missed_total,
 ).where(streams.c.sid == SID)
@@ -35,7 +35,25 @@ _COUNT_SYNC = (
     .values(walk_syncs=streams.c.walk_syncs + 1, walk_counted_sync=_SYNC)
 )
 _COVER_SYNC = stream_update().values(sync_bookmark=_SYNC)
-_FORCE_WALK = stream_update().values(walk_forced=1)
+_NOW = bindparam("p_now", type_=sa.Double)
+# The latest force is kept (an older walk's end must not clear a newer one), and the
+# stream is made due now: the refused sync is walked, not the next one.
+_FORCE_WALK = stream_update().values(
+    walk_forced_at=_NOW,
+    due_at=sa.case(
+        (sa.or_(streams.c.due_at.is_(None), streams.c.due_at > _NOW), _NOW),
+        else_=streams.c.due_at,
+    ),
+)
+_WALK_HINTS = (
+    select(sa.func.count())
+    .select_from(hints)
+    .where(
+        hints.c.connector_id == bindparam("p_connector_id", type_=sa.Text),
+        hints.c.received_at >= bindparam("p_since", type_=sa.Double),
+        hints.c.walk == 1,
+    )
+)
 
 
 class Walks(LeaseFencing):
@@ -47,8 +65,8 @@ class Walks(LeaseFencing):
             return self._walk_state(tx, self._sid(tx, key))
 
     def _walk_state(self, tx: Tx, sid: int) -> WalkState:
-        syncs, counted, spacing, forced, missed, total = tx.one(_WALK_STATE, p_sid=sid)
-        return WalkState(int(syncs), counted, int(spacing), bool(forced), missed, int(total))
+        syncs, counted, spacing, forced_at, missed, total = tx.one(_WALK_STATE, p_sid=sid)
+        return WalkState(int(syncs), counted, int(spacing), forced_at, missed, int(total))
 
     def count_sync(self, key: StreamKey, sync: str) -> WalkState:
         """Count the completed sync ``sync`` (its start time) once; the walk state after."""
@@ -66,8 +84,21 @@ class Walks(LeaseFencing):
             self._fence(tx, sid, key)
             tx.run(_COVER_SYNC, p_sync=sync, p_sid=sid)
 
-    def force_walk(self, keys: Sequence[StreamKey]) -> None:
-        """A hint could not be read by id: the streams walk their next (or current) sync."""
+    def force_walk(self, keys: Sequence[StreamKey], now: float) -> None:
+        """A hint could not be read (413): the streams walk now, and again after a walk
+        in progress that started before ``now`` (they are made due now)."""
         with self._tx("force walk") as tx:
             for key in keys:
-                tx.run(_FORCE_WALK, p_sid=self._sid(tx, key))
+                tx.run(_FORCE_WALK, p_sid=self._sid(tx, key), p_now=now)
+
+    def hints_unreadable(self, key: StreamKey, connector_id: str, since: float) -> bool:
+        """Whether a hint received at or after ``since`` could not be read by id: one of the
+        connector's stored as "walk instead" (over max_hint_ids, an unsafe id), or a 413
+        that forced the stream's walk. A walk over such a window cannot measure the hints."""
+        with self._tx("read unreadable hints", read=True) as tx:
+            sid = self._sid(tx, key)
+            forced_at = self._walk_state(tx, sid).forced_at
+            if forced_at is not None and forced_at >= since:
+                return True
+            found = tx.one(_WALK_HINTS, p_connector_id=connector_id, p_since=since)
+            return int(found[0]) > 0

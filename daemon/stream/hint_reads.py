@@ -14,7 +14,8 @@ stored rows and committed with their events (the outbox), then published, like a
 The hints are marked read with the ``hints_read`` marker, in the last commit. The
 watermark never moves. Nothing is read before the stream's first full scan completed,
 and the caller walks instead when the reads would cost more than the connector's walks
-(``hint_rules.read_instead``) or a hint could not be read by id.
+(``hint_rules.read_instead``), a hint could not be read by id, or the model's ``params``
+hold a filter the read cannot check (``hint_rules.unknown_filters``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from daemon.stream.hint_rules import (
     projection,
     read_cost,
     read_instead,
+    unknown_filters,
     walk_cost,
 )
 from daemon.stream.progress import ScanProgress
@@ -100,6 +102,12 @@ class HintReads:
         if walk is not None:
             result.walk_reason = "a hint could not be read by id (over the id cap, or unsafe)"
             return result
+        unknown = unknown_filters(self.stream.model.params)
+        if unknown is not None:
+            # Which records the walk lists cannot be judged here: reading by id could
+            # invent a created (or a deleted); the walk decides instead.
+            result.walk_reason = unknown
+            return result
         stream, key = self.stream, self.stream.key
         ids = list(dict.fromkeys(rid for hint in hints for rid in hint.ids))
         located = stream.store.locate(key.connector, ids)
@@ -160,11 +168,11 @@ class HintReads:
             scan = stream.store.state(key).scan_number
             rejections = page_rejections(stream, page, scan, self.log)
             messages.extend(rejections.letters)
+        # Fenced, in one transaction; the rows written count as seen by a full walk of
+        # the stream still unfinished (commit_reads marks them).
         stream.store.commit_reads(
             key, diff.writes, doomed, messages, rejections.writes if rejections else ()
         )
-        # A full walk of the stream may be unfinished: what was written here is seen by it.
-        stream.store.mark_seen(key, [w.id for w in diff.writes])
         stream.publish(messages, self.progress)
         outcomes = {
             "unchanged": diff.unchanged + diff.stale,

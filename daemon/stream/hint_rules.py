@@ -4,6 +4,7 @@
     syncs since the last walk, spacing, forced  --walk_due-->  walk this sync or not
     a completed walk's hint_missed  --next_spacing-->  the spacing after it (auto)
     hinted ids, the connector's streams  --read_cost / walk_cost-->  read or walk
+    a model's params  --unknown_filters-->  read by id, or walk ("unknown")
 
 A sync's changes are read by id when its ``connector_data_modified`` hint names them
 (one request per id, per model tried for an id no stream stores); a walk costs
@@ -27,6 +28,17 @@ PROJECTION_PARAMS = ("include_raw_data", "include_custom_fields", "expand")
 walk's, so a record read by id is byte-identical to the walked one."""
 _RELATION_FILTERS = ("user", "course", "content")
 _DATE_FILTERS = ("start_date", "end_date")
+# Parameters that select no records (how a page is fetched): harmless to a read by id.
+_PAGING_PARAMS = ("page_size", "cursor")
+_KNOWN_PARAMS = frozenset(
+    (
+        "remote_id",
+        *_RELATION_FILTERS,
+        *(f"{name}_{end}" for name in _DATE_FILTERS for end in ("from", "to")),
+        *PROJECTION_PARAMS,
+        *_PAGING_PARAMS,
+    )
+)
 
 
 def spacing_now(every: Every, stored: int) -> int:
@@ -93,11 +105,54 @@ def _time(value: Any) -> datetime | None:
         return None
 
 
+def unknown_filters(params: Mapping[str, Any]) -> str | None:
+    """Why ``passes_filters`` cannot judge a record against the walk's ``params`` (the
+    "unknown" verdict: the stream walks instead of reading by id), or None when it can.
+    ``models.<m>.params`` is free-form: a parameter it does not know (``status: ACTIVE``)
+    may filter the list, an ``expand`` whose field selection leaves out ``id`` hides the
+    relation's id, and a date bound that does not parse cannot be compared."""
+    unknown = sorted(name for name in params if name not in _KNOWN_PARAMS)
+    if unknown:
+        return f"params the read by id cannot check: {', '.join(unknown)}"
+    expand = params.get("expand")
+    if expand is not None:
+        if not isinstance(expand, str):
+            return "expand is not a string"
+        for rel, fields in _expanded(expand):
+            if fields is not None and "id" not in fields:
+                return f"expand {rel}[...] leaves out the relation's id"
+    for name in _DATE_FILTERS:
+        for end in ("from", "to"):
+            bound = params.get(f"{name}_{end}")
+            if bound is not None and _time(str(bound)) is None:
+                return f"{name}_{end} is not a datetime"
+    return None
+
+
+def _expanded(expand: str) -> list[tuple[str, set[str] | None]]:
+    """``user,course[title,id]`` -> [(user, None), (course, {title, id})]."""
+    found: list[tuple[str, set[str] | None]] = []
+    depth, part = 0, ""
+    for char in expand + ",":
+        if char == "," and depth == 0:
+            part = part.strip()
+            if part:
+                rel, _, rest = part.partition("[")
+                fields = {f.strip() for f in rest.rstrip("]").split(",")} if rest else None
+                found.append((rel.strip(), fields))
+            part = ""
+            continue
+        depth += (char == "[") - (char == "]")
+        part += char
+    return found
+
+
 def passes_filters(record: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
     """Whether the walk (the list with the model's ``params``) would list ``record``:
     ``remote_id``, ``user``/``course``/``content`` (the id, expanded or not) and the
     inclusive ``start_date``/``end_date`` ranges. A record outside them is not the
-    stream's: a read by id must not make it ``created``."""
+    stream's: a read by id must not make it ``created``. Only meaningful when
+    ``unknown_filters(params)`` is None."""
     if "remote_id" in params and record.get("remote_id") != params["remote_id"]:
         return False
     for name in _RELATION_FILTERS:

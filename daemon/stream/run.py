@@ -132,6 +132,18 @@ class StreamPass:
                 stream.publish_pending(log, None, event="scan_marker_published")
         return result
 
+    def publish_outbox(self) -> None:
+        """Send what the outbox holds (a targeted read's batch or marker a failed send or
+        a crash left), under the stream's lease, and nothing else: no scan."""
+        stream = self.stream
+        if not stream.store.claim(self.key):
+            raise StreamHeldElsewhere(f"{self.name} is being polled by another replica")
+        with structlog.contextvars.bound_contextvars(
+            connector=stream.connector.name, model=self.key.model
+        ):
+            stream.sink.ensure_topics(stream.topics)
+            stream.publish_pending(structlog.get_logger("daemon.stream").bind(kind="outbox"), None)
+
     def read_hints(self, connector_id: str, models: list[str], hints: list[Hint]) -> HintResult:
         """A targeted read of ``hints`` (this stream's unread ones, of Bindbee connector
         ``connector_id``; ``models``: the connector's configured models), under the
@@ -196,7 +208,7 @@ class StreamPass:
         if full:
             state = run_deletes(stream, state, result, progress, log, measure)
         if measure is not None:
-            result.hint_missed = progress.hint_missed
+            result.hint_missed = measure.result(progress.hint_missed, partial=progress.partial)
         now = stream.clock()
         marker = self._marker(state, result, progress, initial, now)
         walked = None

@@ -3,6 +3,7 @@ spacing, and the grace a walk gives its sync's ids (``full_scan_every_syncs: 1``
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -194,3 +195,51 @@ def test_a_malformed_record_read_by_id_is_dead_lettered_and_the_row_kept(broker,
                 assert rid in store.load_rows(KEY, [rid])  # kept as it was
         letters = control_events(broker.bootstrap, config["kafka"]["dead_letter_topic"], "rejected")
         assert len(letters) == 1 and letters[0]["data"]["reason"] == "no_id"
+
+
+def _too_large(port: int) -> None:
+    big = b"{" + b" " * (1 << 20) + b"}"
+    assert post_webhook(port, big, None).status_code == 413
+
+
+def test_a_413_walks_the_sync_it_refused_and_is_not_measured(broker, tmp_path) -> None:
+    port = free_port()
+    with hinted_sim(port, 1000) as sim:
+        config = hinted_config(sim, broker, tmp_path, port, every=3)
+        topic = topic_of(config, "acme")
+        with running(config, tmp_path) as daemon:
+            daemon.wait_for("scan_finished", connector="acme", timeout=120)
+            stage_changes(sim, updates=4, creates=0, deletes=0)
+            with deliveries_lost(sim):  # its ids never arrive: as if they were the 413
+                sim.sync("acme")
+            handled(sim, tmp_path)  # counted and covered (no hint) before the 413 came
+            refused = time.monotonic()
+            _too_large(port)
+            # Walked now, not at the next sync; its changes were received (as the 413),
+            # so the walk does not count them as missed by the hints.
+            walk = daemon.wait_for("scan_finished", since=refused, timeout=60)
+            assert walk["updated"] == 4
+            assert walk.get("hint_missed") is None
+            check(broker.bootstrap, topic, sim, "acme", expected=1000).assert_holds()
+            with open_store(tmp_path / "state.db") as store:
+                wait_until(lambda: not store.walk_state(KEY).forced, 30, "the force done")
+
+
+def test_a_413_that_arrives_mid_walk_is_walked_right_after(broker, tmp_path) -> None:
+    port = free_port()
+    with hinted_sim(port, 3000) as sim:
+        config = hinted_config(sim, broker, tmp_path, port, every=3)
+        with running(config, tmp_path) as daemon:
+            daemon.wait_for("scan_finished", connector="acme", timeout=120)
+            sim.add_fault(delay_ms=100, count=100_000)  # a slow walk: 30 pages
+            refused = time.monotonic()
+            _too_large(port)  # starts a walk
+            daemon.wait_for("scan_started", since=refused, timeout=30)
+            # During it, another 413: the walk under way started before it, so its end
+            # must neither clear the force nor leave the stream due an interval later.
+            _too_large(port)
+            sim.clear_faults()
+            walk = daemon.wait_for("scan_finished", since=refused, timeout=60)
+            daemon.wait_for("scan_finished", since=walk["_t"] + 1e-6, timeout=60)
+            with open_store(tmp_path / "state.db") as store:
+                wait_until(lambda: not store.walk_state(KEY).forced, 30, "the force done")

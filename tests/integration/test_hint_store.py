@@ -88,7 +88,7 @@ def test_the_sync_count_is_once_per_sync_and_starts_again_at_a_walk(store: State
     assert store.count_sync(KEY, "2026-01-02T00:00:00.000000Z").syncs == 2
     store.cover_sync(KEY, "2026-01-02T00:00:00.000000Z")
     assert store.state(KEY).sync_bookmark == "2026-01-02T00:00:00.000000Z"
-    store.force_walk([KEY])
+    store.force_walk([KEY], 2.0)
     assert store.walk_state(KEY).forced
     store.begin_scan(KEY, "full", None, 3.0)
     store.finish_scan(KEY, 4.0, None, walked=(4, 0))
@@ -118,3 +118,49 @@ def test_reads_are_fenced_like_a_page(target: str) -> None:
         with pytest.raises(LeaseLost):
             one.commit_reads(KEY, [write("b")], [], [message])
         assert two.pending(KEY) == []
+
+
+def test_a_forced_walk_is_cleared_only_by_a_walk_started_at_or_after_it(
+    store: StateStore,
+) -> None:
+    walked(store, KEY, "a", started=1.0)
+    store.begin_scan(KEY, "full", None, 10.0)  # a walk under way
+    store.force_walk([KEY], 11.0)  # a 413 during it
+    assert store.state(KEY).due_at == 11.0  # due now: the refused sync is walked
+    store.finish_scan(KEY, 12.0, None, walked=(1, 0))
+    assert store.walk_state(KEY).forced_at == 11.0  # the older walk does not clear it
+    store.begin_scan(KEY, "full", None, 13.0)
+    store.finish_scan(KEY, 14.0, None, walked=(1, 0))
+    assert not store.walk_state(KEY).forced
+
+
+def test_a_window_with_an_unreadable_hint_cannot_be_measured(store: StateStore) -> None:
+    walked(store, KEY, "a", started=1.0)
+    hint(store, "ok", ["a"], now=3.0)
+    assert not store.hints_unreadable(KEY, "c1", 1.0)
+    hint(store, "big", [], now=4.0, walk=True)  # over max_hint_ids: walk instead
+    assert store.hints_unreadable(KEY, "c1", 1.0)
+    assert not store.hints_unreadable(KEY, "c1", 5.0)  # before the window
+    store.force_walk([KEY], 6.0)  # a 413
+    assert store.hints_unreadable(KEY, "c1", 5.0)
+    assert not store.hints_unreadable(KEY, "c1", 7.0)
+
+
+def test_hinted_ids_after_a_hint_id_fetch_only_newer_hints(store: StateStore) -> None:
+    hint(store, "d1", ["a"], now=2.0)
+    ids, last = store.hinted_ids_after("c1", 0.0, -1)
+    assert ids == {"a"}
+    assert store.hinted_ids_after("c1", 0.0, last) == (set(), last)
+    hint(store, "d2", ["b"], now=3.0)
+    ids, newer = store.hinted_ids_after("c1", 0.0, last)
+    assert ids == {"b"} and newer > last
+
+
+def test_old_hints_are_pruned_at_most_once_a_minute(store: StateStore) -> None:
+    walked(store, KEY, "a", started=1.0)
+    store.add_hint("c1", None, "h1", ["a"], walk=False, now=200.0, retention_seconds=100)
+    store.add_hint("c1", None, "h2", ["b"], walk=False, now=230.0, retention_seconds=10)
+    # Pruned at 200 s: the next prune comes a minute later, so h1 (older than 10 s) stays.
+    assert [h.ids for h in store.unread_hints(KEY, "c1")] == [("a",), ("b",)]
+    store.add_hint("c1", None, "h3", ["c"], walk=False, now=261.0, retention_seconds=10)
+    assert [h.ids for h in store.unread_hints(KEY, "c1")] == [("c",)]

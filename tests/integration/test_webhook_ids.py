@@ -84,3 +84,51 @@ def test_a_body_over_the_limit_is_reported() -> None:
         )
         assert answer.status_code == 413
     assert too_large == [True]
+
+
+def test_a_hint_after_stop_answers_503_so_bindbee_retries_it() -> None:
+    """Once the receiver stops, a hint is refused (503), never answered 200 and dropped."""
+    taken: list[IdsHint] = []
+    pokes: list[str] = []
+    rx = WebhookReceiver(
+        "127.0.0.1",
+        0,
+        secret=SecretStr(SECRET),
+        on_hint=lambda cid, _event: pokes.append(cid),
+        on_ids=taken.append,
+    )
+    rx.start()
+    rx.stop()
+    body, signature = delivery(["a"], "s1")
+    status, outcome, _ = rx.handle(body, signature, "")
+    assert (status, outcome) == (503, "stopping")
+    synced = orjson.dumps(webhook_envelope("conn-1", "connector_synced", "s1"))
+    status, outcome, _ = rx.handle(synced, sign(SecretStr(SECRET), synced), "")
+    assert (status, outcome) == (503, "stopping")
+    other = orjson.dumps(webhook_envelope("conn-1", "connector_created", "s1"))
+    status, outcome, _ = rx.handle(other, sign(SecretStr(SECRET), other), "")
+    assert (status, outcome) == (200, "ignored")
+    assert taken == [] and pokes == []
+
+
+def test_413s_reach_the_store_at_most_once_per_hint_interval() -> None:
+    """The 413 path is unauthenticated: a flood of them writes once per hint interval."""
+    now = [1000.0]
+    too_large: list[float] = []
+    with WebhookReceiver(
+        "127.0.0.1",
+        0,
+        secret=SecretStr(SECRET),
+        on_hint=lambda *_: None,
+        on_ids=lambda _hint: None,
+        on_too_large=lambda: too_large.append(now[0]),
+        max_body_bytes=1024,
+        hint_interval_seconds=5.0,
+        clock=lambda: now[0],
+    ) as rx:
+        big = b"{" + b" " * 2048 + b"}"
+        for _ in range(3):
+            assert post_webhook(rx.port, big, None).status_code == 413
+        now[0] += 5.0
+        assert post_webhook(rx.port, big, None).status_code == 413
+    assert too_large == [1000.0, 1005.0]

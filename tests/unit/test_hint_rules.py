@@ -5,8 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from daemon.models import StreamKey
 from daemon.ops.webhook import parse_ids_hint, safe_id
 from daemon.settings import AUTO_MAX_SPACING, ModelSettings
+from daemon.stream.hint_measure import HintMeasure
 from daemon.stream.hint_rules import (
     next_spacing,
     passes_filters,
@@ -14,6 +16,7 @@ from daemon.stream.hint_rules import (
     read_cost,
     read_instead,
     spacing_now,
+    unknown_filters,
     walk_cost,
     walk_due,
 )
@@ -154,3 +157,58 @@ def test_over_the_cap_or_unsafe_the_sync_is_walked_not_truncated() -> None:
     assert unsafe.ids == () and unsafe.walk_reason is not None
     with pytest.raises(ValueError):
         parse_ids_hint(_body({"not": "a list"}), "c1")  # type: ignore[arg-type]
+
+
+class _Hinted:
+    """A store of hinted ids for HintMeasure: ``unreadable`` says a hint of the window
+    could not be read by id (walk instead, or a 413)."""
+
+    def __init__(self, ids: set[str], unreadable: bool) -> None:
+        self.ids = ids
+        self.unreadable = unreadable
+        self.reads = 0
+
+    def hinted_ids_after(self, connector_id: str, since: float, after: int) -> tuple[set[str], int]:
+        self.reads += 1
+        return (set(self.ids), 1) if after < 1 else (set(), after)
+
+    def hints_unreadable(self, key: StreamKey, connector_id: str, since: float) -> bool:
+        return self.unreadable
+
+
+@pytest.mark.parametrize(
+    ("unreadable", "partial", "changed", "result"),
+    [
+        (False, False, ["a", "x"], 1),  # x: no hint named it
+        (False, False, ["a"], 0),  # a clean walk
+        (True, False, ["a", "x"], None),  # x's hint was received, not readable: unmeasured
+        (True, False, ["a"], None),
+        (False, True, ["a"], None),  # resumed: misses before the restart are unknown
+        (False, True, ["x"], 1),  # resumed, but a miss is a miss: back to every sync
+    ],
+)
+def test_hint_measure_result(
+    unreadable: bool, partial: bool, changed: list[str], result: int | None
+) -> None:
+    measure = HintMeasure(_Hinted({"a"}, unreadable), StreamKey("c", "m"), "c1", 0.0)
+    missed = measure.missed(changed)
+    assert measure.result(missed, partial=partial) == result
+    assert next_spacing("auto", 4, result) == {None: 4, 0: 7, 1: 1}[result]
+
+
+@pytest.mark.parametrize(
+    ("params", "unknown"),
+    [
+        ({}, False),
+        ({"user": "u1", "start_date_from": "2030-01-01T00:00:00Z", "page_size": 100}, False),
+        ({"include_raw_data": True, "expand": "user,course"}, False),
+        ({"expand": "user[id,name],course"}, False),
+        ({"status": "ACTIVE"}, True),  # a filter the read by id cannot check
+        ({"modified_after": "2030-01-01T00:00:00Z"}, True),
+        ({"expand": "user[name]"}, True),  # the relation's id is not returned
+        ({"expand": "course,user[first_name,last_name]"}, True),
+        ({"start_date_to": "next tuesday"}, True),
+    ],
+)
+def test_params_the_read_by_id_cannot_check_make_it_walk(params: dict, unknown: bool) -> None:
+    assert (unknown_filters(params) is not None) is unknown

@@ -3,11 +3,13 @@
 ``changefeed_hints`` holds each verified delivery's ids (deduplicated by sync id + body
 digest), ``changefeed_hint_reads`` which stream has read which hint; new columns on
 ``changefeed_streams`` count the syncs since the last completed walk
-(``full_scan_every_syncs``) and keep the last walk's ``hint_missed``. New tables and
-columns with defaults: existing stores keep every row and walk every sync, as before.
+(``full_scan_every_syncs``), keep when a 413 last forced a walk (``walk_forced_at``) and
+the last walk's ``hint_missed``. New tables and columns with defaults: existing stores
+keep every row and walk every sync, as before.
 
 Revision ID: 0006_sync_hints
-Revises: 0004_leases (re-pointed to 0005_compact_rows at merge)
+Revises: 0004_leases (down_revision 0004_leases; the lead re-points it when issue 20's
+0005 lands)
 Create Date: 2026-12-07
 """
 
@@ -25,7 +27,7 @@ _COLUMNS = (
     ("walk_syncs", sa.Integer, "0"),
     ("walk_counted_sync", sa.Text, None),
     ("walk_spacing", sa.Integer, "1"),
-    ("walk_forced", sa.Integer, "0"),
+    ("walk_forced_at", sa.Double, None),
     ("hint_missed", sa.Integer, None),
     ("hint_missed_total", sa.Integer, "0"),
     ("due_before_hint", sa.Double, None),
@@ -54,6 +56,7 @@ def upgrade() -> None:
     op.create_index(
         "changefeed_hints_connector", "changefeed_hints", ["connector_id", "received_at"]
     )
+    op.create_index("changefeed_hints_received", "changefeed_hints", ["received_at"])
     op.create_table(
         "changefeed_hint_reads",
         sa.Column("hid", sa.Integer, primary_key=True, autoincrement=False),
@@ -65,6 +68,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("changefeed_hint_reads")
+    op.drop_index("changefeed_hints_received", "changefeed_hints")
     op.drop_index("changefeed_hints_connector", "changefeed_hints")
     op.drop_table("changefeed_hints")
     with op.batch_alter_table("changefeed_streams") as batch:
