@@ -8,8 +8,7 @@ the last walk's ``hint_missed``. New tables and columns with defaults: existing 
 keep every row and walk every sync, as before.
 
 Revision ID: 0006_sync_hints
-Revises: 0004_leases (down_revision 0004_leases; the lead re-points it when issue 20's
-0005 lands)
+Revises: 0005_compact_rows
 Create Date: 2026-12-07
 """
 
