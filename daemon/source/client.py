@@ -157,17 +157,6 @@ class BindbeeClient:
 
         return self._get(connector, f"{API_PREFIX}/{model}", query, where, parse)
 
-    def get_record(self, connector: ConnectorSettings, model: str, record_id: str) -> Record:
-        """Fetch one record by id."""
-        where = f"{connector.name}/{model} record {record_id}"
-
-        def parse(body: Any, _sent: int) -> Record:
-            if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-                raise TryAgain(f"{where}: response is not a record", "malformed")
-            return body
-
-        return self._get(connector, f"{API_PREFIX}/{model}/{record_id}", {}, where, parse)
-
     def read_record(
         self,
         connector: ConnectorSettings,

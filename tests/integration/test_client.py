@@ -17,7 +17,6 @@ from daemon.errors import (
     ChangefeedError,
     InvalidRequestError,
     MalformedResponseError,
-    NotFoundError,
     ScanInterrupted,
 )
 from daemon.settings import BindbeeSettings, ConnectorSettings
@@ -135,12 +134,14 @@ def test_wrong_api_key_and_unknown_token_are_auth_errors(sim, acme) -> None:
     assert "not-a-token" not in str(info.value)
 
 
-def test_not_found(sim, acme) -> None:
+def test_a_record_read_by_id_and_a_404_as_an_outcome(sim, acme) -> None:
     with make_client(sim) as client:
         rid = sim.ids("acme", "enrollments")[0]
-        assert client.get_record(acme, "enrollments", rid)["id"] == rid
-        with pytest.raises(NotFoundError):
-            client.get_record(acme, "enrollments", "00000000-0000-0000-0000-000000000000")
+        found = client.read_record(acme, "enrollments", rid)
+        assert found.record is not None and found.record["id"] == rid
+        assert found.rejected is None
+        gone = client.read_record(acme, "enrollments", "00000000-0000-0000-0000-000000000000")
+        assert gone.record is None and gone.rejected is None
 
 
 def test_429_waits_retry_after_and_retries_the_same_request(sim, acme) -> None:
