@@ -30,8 +30,8 @@ from daemon.models import StoredRow, StreamKey
 from daemon.state.codec import pack_ids
 from daemon.state.leases import LeaseFencing, stream_lease_name
 from daemon.state.rows import LoadedRow
-from daemon.state.schema import records, scan_ids, streams
-from daemon.state.sql import SID, Tx, id_params
+from daemon.state.schema import scan_ids, streams
+from daemon.state.sql import SID, Tx, select_rows
 
 _SCAN = bindparam("p_scan", type_=sa.Integer)
 _INSERT = insert(scan_ids).values(
@@ -90,12 +90,6 @@ def _statements(dialect: str) -> tuple[sa.TextClause, sa.TextClause]:
 STATEMENTS = {dialect: _statements(dialect) for dialect in _UNSEEN}
 
 
-def _select_rows(count: int) -> sa.Select[Any]:
-    return select(records.c.id, records.c.modified_at, records.c.hash, records.c.record).where(
-        records.c.sid == SID, records.c.id.in_(id_params(count))
-    )
-
-
 def write_seen(tx: Tx, dialect: str, sid: int, scan: int, part: int, ids: Sequence[str]) -> None:
     """Record ``ids`` as seen by scan ``scan`` of stream ``sid``, as row ``part``."""
     if not ids:
@@ -137,7 +131,7 @@ class SeenIds(LeaseFencing):
                 batch = list(itertools.islice(ids, limit - len(found)))
                 if not batch:
                     break
-                rows = {row[0]: row for row in tx.run_ids(_select_rows, batch, p_sid=sid)}
+                rows = {row[0]: row for row in select_rows(tx, self.dialect, sid, batch)}
                 for rid in batch:
                     if rid in rows:
                         found.append(rows[rid])

@@ -22,21 +22,34 @@ from daemon.state.codec import pack_hash
 from daemon.state.leases import LeaseFencing
 from daemon.state.rows import LoadedRow
 from daemon.state.scans import CURRENT_SCAN, write_outbox
-from daemon.state.schema import dictionaries, records, rejected, streams
+from daemon.state.schema import STATE_COLUMNS, dictionaries, records, rejected, streams
 from daemon.state.seen import write_seen
-from daemon.state.sql import CHUNK, SID, Tx, id_params, row_params, stream_update
+from daemon.state.sql import (
+    CHUNK,
+    SID,
+    Tx,
+    id_params,
+    row_params,
+    select_rows,
+    stream_update,
+)
 
 RECORD_COLUMNS = ("sid", "id", "modified_at", "hash", "record", "remote_id")
 REJECTED_COLUMNS = ("sid", "fingerprint", "first_seen", "reason", "record_id", "scan")
-_SELECT_SCAN = select(streams.c.scan_number, streams.c.scan_pages).where(streams.c.sid == SID)
 _MAX = bindparam("p_max", type_=sa.Text)
-_ADVANCE = stream_update().values(
-    scan_cursor=bindparam("p_cursor", type_=sa.Text),
-    scan_pages=streams.c.scan_pages + bindparam("p_pages", type_=sa.Integer),
-    scan_max_modified=case(
-        (or_(streams.c.scan_max_modified.is_(None), streams.c.scan_max_modified < _MAX), _MAX),
-        else_=streams.c.scan_max_modified,
-    ),
+# The stream's state after the move comes back with it: its scan number and page count
+# name the page's rows, and the pass gets its new state, with no SELECT before or after.
+_ADVANCE = (
+    stream_update()
+    .values(
+        scan_cursor=bindparam("p_cursor", type_=sa.Text),
+        scan_pages=streams.c.scan_pages + bindparam("p_pages", type_=sa.Integer),
+        scan_max_modified=case(
+            (or_(streams.c.scan_max_modified.is_(None), streams.c.scan_max_modified < _MAX), _MAX),
+            else_=streams.c.scan_max_modified,
+        ),
+    )
+    .returning(*STATE_COLUMNS)
 )
 _COUNT_REJECTED = select(func.count()).select_from(rejected).where(rejected.c.sid == SID)
 # Rejected items of the current scan that nothing identifies: its deletes are withheld.
@@ -69,12 +82,6 @@ def _by_remote(count: int) -> sa.Select[Any]:
 def _remote_id(record: Any) -> str | None:
     value = record.get("remote_id") if isinstance(record, dict) else None
     return value if isinstance(value, str) else None
-
-
-def _select_rows(count: int) -> sa.Select[Any]:
-    return select(records.c.id, records.c.modified_at, records.c.hash, records.c.record).where(
-        records.c.sid == SID, records.c.id.in_(id_params(count))
-    )
 
 
 def _select_rejected(count: int) -> sa.Select[Any]:
@@ -130,7 +137,7 @@ class Snapshots(LeaseFencing):
             sid = self._sid(tx, key)
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start : start + CHUNK]
-                found = tx.run_ids(_select_rows, chunk, p_sid=sid).fetchall()
+                found = select_rows(tx, self.dialect, sid, chunk)
                 self._load_dictionaries(tx, [row[3] for row in found])
                 for rid, modified_at, digest, blob in found:
                     rows[rid] = LoadedRow(rid, modified_at, digest, blob, codec)
@@ -168,7 +175,11 @@ class Snapshots(LeaseFencing):
             sid = self._sid(tx, key)
             self._fence(tx, sid, key)
             write_outbox(tx, sid, outbox)
-            scan, scan_pages = tx.one(_SELECT_SCAN, p_sid=sid)
+            advanced = tx.run(
+                _ADVANCE, p_cursor=next_cursor, p_max=max_modified, p_pages=pages, p_sid=sid
+            )
+            state = StreamState(key, *advanced.fetchall()[0], records=0)
+            scan = state.scan_number
             if rejected:
                 unique = {r.fingerprint: r for r in rejected}.values()
                 rows = [(sid, r.fingerprint, r.first_seen, r.reason, r.record_id, scan)
@@ -177,9 +188,7 @@ class Snapshots(LeaseFencing):
                     tx.values(self._upsert_rejected, rows[start : start + CHUNK])
             if writes:
                 trained = self._write_rows(tx, sid, writes)
-            write_seen(tx, self.dialect, sid, scan, scan_pages + pages, seen_ids)
-            tx.run(_ADVANCE, p_cursor=next_cursor, p_max=max_modified, p_pages=pages, p_sid=sid)
-            state = self._state(tx, key)
+            write_seen(tx, self.dialect, sid, scan, state.scan_pages, seen_ids)
         if trained is not None:  # only once committed: blobs name it from now on
             self.codec.add(*trained, sid)
         return state
