@@ -73,6 +73,20 @@ _INSERT_DICTIONARY = (
 )
 
 
+# PostgreSQL: the rows as one array per column. A 100-row VALUES is 600 parameters and
+# a statement too long for psycopg's query cache: converting it cost 2.6 ms of CPU per
+# page, more than the server took to run it.
+_UPSERT_RECORDS_PG = sa.text(
+    "INSERT INTO changefeed_records (sid, id, modified_at, hash, record, remote_id)"
+    " SELECT :p_sid, k.id, k.modified_at, k.hash, k.record, k.remote_id FROM unnest("
+    "CAST(:p_rids AS text[]), CAST(:p_modified AS text[]), CAST(:p_hashes AS bytea[]),"
+    " CAST(:p_blobs AS bytea[]), CAST(:p_remote AS text[]))"
+    " AS k(id, modified_at, hash, record, remote_id)"
+    " ON CONFLICT (sid, id) DO UPDATE SET modified_at = excluded.modified_at,"
+    " hash = excluded.hash, record = excluded.record, remote_id = excluded.remote_id"
+)
+
+
 def _by_remote(count: int) -> sa.Select[Any]:
     return select(records.c.remote_id, records.c.id).where(
         records.c.sid == SID, records.c.remote_id.in_(id_params(count))
@@ -197,11 +211,22 @@ class Snapshots(LeaseFencing):
         """Upsert the rows; a newly trained dictionary (number, data) if there is one."""
         self._prepare_codec(tx, sid)
         dumps, encode = orjson.dumps, self.codec.encode
-        for start in range(0, len(writes), CHUNK):
-            rows = [(sid, w.id, w.modified_at, pack_hash(w.content_hash),
-                     encode(sid, dumps(w.record)), _remote_id(w.record))
-                    for w in writes[start : start + CHUNK]]  # fmt: skip
-            tx.values(self._upsert_records, rows)
+        if self.dialect == "postgresql":
+            tx.run(
+                _UPSERT_RECORDS_PG,
+                p_sid=sid,
+                p_rids=[w.id for w in writes],
+                p_modified=[w.modified_at for w in writes],
+                p_hashes=[pack_hash(w.content_hash) for w in writes],
+                p_blobs=[encode(sid, dumps(w.record)) for w in writes],
+                p_remote=[_remote_id(w.record) for w in writes],
+            )
+        else:
+            for start in range(0, len(writes), CHUNK):
+                rows = [(sid, w.id, w.modified_at, pack_hash(w.content_hash),
+                         encode(sid, dumps(w.record)), _remote_id(w.record))
+                        for w in writes[start : start + CHUNK]]  # fmt: skip
+                tx.values(self._upsert_records, rows)
         data = self.codec.train(sid)
         if data is None:
             return None
