@@ -41,6 +41,18 @@ _INSERT = insert(scan_ids).values(
     uuids=bindparam("p_uuids", type_=sa.LargeBinary),
     ids=bindparam("p_others", type_=sa.Text),
 )
+# A page's row, numbered from the stream's row as it is before the cursor moves (the
+# same transaction moves it by ``p_pages``): no round trip to read them first.
+_INSERT_PAGE = insert(scan_ids).from_select(
+    ["sid", "scan", "part", "uuids", "ids"],
+    select(
+        streams.c.sid,
+        streams.c.scan_number,
+        streams.c.scan_pages + bindparam("p_pages", type_=sa.Integer),
+        bindparam("p_uuids", type_=sa.LargeBinary),
+        bindparam("p_others", type_=sa.Text),
+    ).where(streams.c.sid == SID),
+)
 _FIRST_EXTRA = select(func.coalesce(func.min(scan_ids.c.part), 0)).where(
     scan_ids.c.sid == SID, scan_ids.c.scan == _SCAN, scan_ids.c.part < 0
 )
@@ -96,6 +108,15 @@ def write_seen(tx: Tx, dialect: str, sid: int, scan: int, part: int, ids: Sequen
         return
     uuids, others = pack_ids(ids, uuids=dialect == "postgresql")
     tx.run(_INSERT, p_sid=sid, p_scan=scan, p_part=part, p_uuids=uuids, p_others=others)
+
+
+def write_seen_page(tx: Tx, dialect: str, sid: int, pages: int, ids: Sequence[str]) -> None:
+    """Record ``ids`` as seen by the current scan of stream ``sid``, as the row of its
+    ``pages`` pages committed next (before ``_ADVANCE`` counts them)."""
+    if not ids:
+        return
+    uuids, others = pack_ids(ids, uuids=dialect == "postgresql")
+    tx.run(_INSERT_PAGE, p_sid=sid, p_pages=pages, p_uuids=uuids, p_others=others)
 
 
 def write_seen_extra(tx: Tx, dialect: str, sid: int, ids: Sequence[str]) -> None:

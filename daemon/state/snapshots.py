@@ -23,7 +23,7 @@ from daemon.state.leases import LeaseFencing
 from daemon.state.rows import LoadedRow
 from daemon.state.scans import CURRENT_SCAN, write_outbox
 from daemon.state.schema import STATE_COLUMNS, dictionaries, records, rejected, streams
-from daemon.state.seen import write_seen
+from daemon.state.seen import write_seen_page
 from daemon.state.sql import (
     CHUNK,
     SID,
@@ -187,22 +187,23 @@ class Snapshots(LeaseFencing):
         trained: tuple[int, bytes] | None = None
         with self._tx("commit page") as tx:
             sid = self._sid(tx, key)
-            self._fence(tx, sid, key)
-            write_outbox(tx, sid, outbox)
-            advanced = tx.run(
-                _ADVANCE, p_cursor=next_cursor, p_max=max_modified, p_pages=pages, p_sid=sid
-            )
-            state = StreamState(key, *advanced.fetchall()[0], records=0)
-            scan = state.scan_number
+            # PostgreSQL: one round trip for the lot (the renewal's answer is checked
+            # before anything commits), not one per statement.
+            with tx.pipeline(self.dialect):
+                fenced = self._fence_sent(tx, sid, key)
+                write_outbox(tx, sid, outbox)
+                if writes:
+                    trained = self._write_rows(tx, sid, writes)
+                write_seen_page(tx, self.dialect, sid, pages, seen_ids)
+                tx.run(_ADVANCE, p_cursor=next_cursor, p_max=max_modified, p_pages=pages, p_sid=sid)
+            fenced()
+            state = StreamState(key, *tx.cursor.fetchall()[0], records=0)
             if rejected:
                 unique = {r.fingerprint: r for r in rejected}.values()
-                rows = [(sid, r.fingerprint, r.first_seen, r.reason, r.record_id, scan)
-                        for r in unique]  # fmt: skip
+                rows = [(sid, r.fingerprint, r.first_seen, r.reason, r.record_id,
+                         state.scan_number) for r in unique]  # fmt: skip
                 for start in range(0, len(rows), CHUNK):
                     tx.values(self._upsert_rejected, rows[start : start + CHUNK])
-            if writes:
-                trained = self._write_rows(tx, sid, writes)
-            write_seen(tx, self.dialect, sid, scan, state.scan_pages, seen_ids)
         if trained is not None:  # only once committed: blobs name it from now on
             self.codec.add(*trained, sid)
         return state

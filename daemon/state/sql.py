@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import sqlalchemy as sa
@@ -154,6 +154,18 @@ class Tx:
 
     def one(self, statement: object, /, **params: Any) -> Any:
         return self.run(statement, **params).fetchone()
+
+    def fresh(self) -> Tx:
+        """Another cursor in the same transaction (its results kept apart from this one's)."""
+        return Tx(self.cursor.connection.cursor(), self.sql)
+
+    def pipeline(self, dialect: str) -> AbstractContextManager[object]:
+        """PostgreSQL: the statements run in it are sent without waiting for each answer
+        (psycopg's pipeline mode), all answered at its end; a fetch inside waits for what
+        was sent before it. A cursor's rowcount and rows are known only after it ends."""
+        if dialect == "postgresql":
+            return self.cursor.connection.pipeline()  # type: ignore[no-any-return]
+        return nullcontext()
 
 
 class StoreCore:
