@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import bindparam, func, select, update
 
@@ -79,7 +80,7 @@ def _select_rows(count: int) -> sa.Select[Any]:
 # is never flattened into a hash join, so it stays 100 index probes (0.5 ms).
 _SELECT_ROWS_PG = sa.text(
     "SELECT r.id, r.modified_at, r.hash, r.record"
-    " FROM unnest(CAST(:p_keys AS text[])) WITH ORDINALITY AS k(id, n)"
+    " FROM json_array_elements_text(CAST(:p_keys AS json)) WITH ORDINALITY AS k(id, n)"
     " CROSS JOIN LATERAL (SELECT id, modified_at, hash, record FROM changefeed_records"
     " WHERE sid = :p_sid AND id = k.id LIMIT 1) AS r ORDER BY k.n"
 )
@@ -89,7 +90,10 @@ def select_rows(tx: Tx, dialect: str, sid: int, ids: Sequence[str]) -> list[Any]
     """The stored rows (id, modified_at, hash, blob) of these ids of stream ``sid``, in
     the order of ``ids`` on PostgreSQL; absent ids are missing."""
     if dialect == "postgresql":
-        return tx.run(_SELECT_ROWS_PG, p_sid=sid, p_keys=list(ids)).fetchall()
+        # The ids as one JSON text: psycopg dumps a text[] element by element in Python
+        # (a fifth of the call's CPU), orjson the whole list at once.
+        keys = orjson.dumps(list(ids)).decode()
+        return tx.run(_SELECT_ROWS_PG, p_sid=sid, p_keys=keys).fetchall()
     return tx.run_ids(_select_rows, ids, p_sid=sid).fetchall()
 
 
