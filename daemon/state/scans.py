@@ -149,10 +149,11 @@ def write_outbox(tx: Tx, sid: int, messages: Sequence[Message]) -> None:
 class Scans(LeaseFencing):
     """A stream's state, its scans' checkpoints, deletes, outbox and reset."""
 
-    def state(self, key: StreamKey) -> StreamState:
-        """The stream's state, with its record count."""
+    def state(self, key: StreamKey, *, count: bool = True) -> StreamState:
+        """The stream's state, with its record count (``count=False``: 0, without counting
+        the stream's rows: what a pass or the scheduler reads, many times a day)."""
         with self._tx("read stream state") as tx:
-            return self._state(tx, key, count=True)
+            return self._state(tx, key, count=count)
 
     def states(self) -> list[StreamState]:
         """Every stream the store knows."""
