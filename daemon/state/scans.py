@@ -115,7 +115,6 @@ _INSERT_OUTBOX = sa.insert(outbox).values(
     sid=SID, messages=bindparam("p_messages", type_=sa.LargeBinary)
 )
 _CLEAR_OUTBOX = delete(outbox).where(outbox.c.sid == SID)
-_ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
 # Reset: the stream's data goes, its row stays (with its id, which every process caches)
 # as a fresh row would be, due now. scan_number keeps counting, so nothing remembered
 # about an earlier scan (a scan's progress, a late write) matches a new one; the
@@ -173,9 +172,11 @@ class Scans(LeaseFencing):
         sync (its start time) the scan covers: the bookmark moves to it when it completes."""
         with self._tx("begin scan") as tx:
             sid = self._sid(tx, key)
-            self._fence(tx, sid, key)
-            tx.run(DROP_SCAN_IDS, p_sid=sid)  # an abandoned scan's, if any
-            tx.run(_BEGIN_SCAN, p_kind=kind, p_since=since, p_now=now, p_sync=sync, p_sid=sid)
+            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+                fenced = self._fence_sent(tx, sid, key)
+                tx.run(DROP_SCAN_IDS, p_sid=sid)  # an abandoned scan's, if any
+                tx.run(_BEGIN_SCAN, p_kind=kind, p_since=since, p_now=now, p_sync=sync, p_sid=sid)
+            fenced()
             return self._state(tx, key)
 
     def begin_deletes(self, key: StreamKey) -> StreamState:
@@ -192,11 +193,13 @@ class Scans(LeaseFencing):
         """Forget deleted rows and keep their ``deleted`` messages to publish: one transaction."""
         with self._tx("commit deletes") as tx:
             sid = self._sid(tx, key)
-            self._fence(tx, sid, key)
-            write_outbox(tx, sid, outbox)
-            for start in range(0, len(ids), CHUNK):
-                chunk = ids[start : start + CHUNK]
-                tx.run_ids(_DELETE_ROWS, chunk, p_sid=sid)
+            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+                fenced = self._fence_sent(tx, sid, key)
+                write_outbox(tx, sid, outbox)
+                for start in range(0, len(ids), CHUNK):
+                    chunk = ids[start : start + CHUNK]
+                    tx.run_ids(_DELETE_ROWS, chunk, p_sid=sid)
+            fenced()
         self._forget_missing(sid, ids)
 
     def finish_scan(
@@ -212,14 +215,16 @@ class Scans(LeaseFencing):
         ``walked``: a full scan's (walk spacing from now, hint_missed or None)."""
         with self._tx("finish scan") as tx:
             sid = self._sid(tx, key)
-            self._fence(tx, sid, key)
-            if outbox:
-                write_outbox(tx, sid, outbox)
-            if walked is not None:
-                tx.run(_WALK_DONE, p_spacing=walked[0], p_missed=walked[1], p_sid=sid)
-            tx.run(_PRUNE_REJECTED, p_sid=sid)
-            tx.run(DROP_SCAN_IDS, p_sid=sid)
-            tx.run(_FINISH_SCAN, p_now=now, p_guard=delete_guard, p_sid=sid)
+            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+                fenced = self._fence_sent(tx, sid, key)
+                if outbox:
+                    write_outbox(tx, sid, outbox)
+                if walked is not None:
+                    tx.run(_WALK_DONE, p_spacing=walked[0], p_missed=walked[1], p_sid=sid)
+                tx.run(_PRUNE_REJECTED, p_sid=sid)
+                tx.run(DROP_SCAN_IDS, p_sid=sid)
+                tx.run(_FINISH_SCAN, p_now=now, p_guard=delete_guard, p_sid=sid)
+            fenced()
             return self._state(tx, key)
 
     def record_error(self, key: StreamKey, message: str, now: float) -> None:
@@ -262,13 +267,9 @@ class Scans(LeaseFencing):
     def clear_pending(self, key: StreamKey) -> None:
         """Kafka acknowledged the outbox: forget it."""
         with self._tx("clear outbox") as tx:
-            if self.dialect == "postgresql":
-                # No flush of the WAL to wait for: should the server lose this commit in a
-                # crash, the outbox is sent again, identically, as after a crash of ours
-                # between the send and this commit. (A process killed after it loses
-                # nothing: the server has it.) One fsync less per page with events.
-                tx.cursor.execute(_ASYNC_COMMIT)
             sid = self._sid(tx, key)
-            # Another replica that took the stream over may have an outbox of its own.
-            self._fence(tx, sid, key)
-            tx.run(_CLEAR_OUTBOX, p_sid=sid)
+            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+                # Another replica that took the stream over may have an outbox of its own.
+                fenced = self._fence_sent(tx, sid, key)
+                tx.run(_CLEAR_OUTBOX, p_sid=sid)
+            fenced()
