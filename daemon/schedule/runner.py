@@ -106,7 +106,7 @@ class PassRunner:
         due: float | None = None
         seen: float | None = None
         try:
-            state = self.runtime.store.state(stream.key)
+            state = self.runtime.store.state(stream.key, count=False)
             seen = state.requested_at
             due = self._skip_or_pass(stream, state, bound)
         except Exception as exc:  # a bug in one stream must not stop the rest
@@ -142,7 +142,7 @@ class PassRunner:
         # The scan that finished was one resumed from before an operator's resync: the
         # full scan asked for comes next, not an interval later.
         try:
-            return self.runtime.store.state(key).resync_requested_at is not None
+            return self.runtime.store.state(key, count=False).resync_requested_at is not None
         except ChangefeedError:
             return False  # the regular due time; the request stays in the store
 

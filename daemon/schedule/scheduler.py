@@ -224,7 +224,7 @@ class Scheduler:
         if stream is None:
             return False
         trigger = self.runtime.settings.models[stream.model].trigger
-        if blocked(trigger, self.runtime.store.state(key).connector_state):
+        if blocked(trigger, self.runtime.store.state(key, count=False).connector_state):
             metrics.PASSES_SKIPPED.labels(*stream.labels, "blocked").inc()
             return False
         self.request(key)

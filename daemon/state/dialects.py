@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -160,7 +161,7 @@ class PostgresBackend(Backend):
             pool_size=pool_size,
             max_overflow=0,
             pool_timeout=30,
-            pool_pre_ping=True,
+            # Pinged on checkout only after a second idle (``_checkout``), not each time.
             # Positional, as on SQLite: the store runs its compiled SQL on the DBAPI cursor.
             paramstyle="format",
             # No server-side prepared statements: a generic plan for ``id IN (...)`` made
@@ -177,6 +178,40 @@ class PostgresBackend(Backend):
         # commits go on; and no statement waits longer than that for a lock.
         self._session_timeout_ms = max(1000, int(lease_seconds * 1000))
         event.listen(self.engine, "connect", self._session_settings)
+        event.listen(self.engine, "checkin", _checked_in)
+        event.listen(self.engine, "checkout", self._checkout)
+
+    @contextlib.contextmanager
+    def transaction(self, *, read: bool = False) -> Iterator[Connection]:
+        if not read:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        # A read is one statement (or a few, each its own snapshot under READ COMMITTED
+        # anyway): autocommit, without the BEGIN and COMMIT round trips around it.
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            raw.autocommit = True
+            try:
+                yield conn
+            finally:
+                if not raw.closed:
+                    raw.autocommit = False
+
+    def _checkout(self, dbapi_connection: Any, record: Any, _proxy: object) -> None:
+        """Ping a connection that sat idle in the pool (the server may have closed it
+        meanwhile): SQLAlchemy's ``pool_pre_ping`` pinged on every checkout, one more
+        round trip per store method. One used moments ago is handed out as it is; should
+        the server have gone since, that method fails as it would mid-transaction."""
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            self.engine.dialect.do_ping(dbapi_connection)
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            # The pool reconnects this slot and checks it out again.
+            raise sa.exc.DisconnectionError(str(exc)) from exc
 
     def _session_settings(self, dbapi_connection: Any, _record: object) -> None:
         ms = self._session_timeout_ms
@@ -190,6 +225,15 @@ class PostgresBackend(Backend):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+_IDLE_SINCE = "changefeed_idle_since"
+PING_AFTER_IDLE_S = 1.0
+
+
+def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        record.info[_IDLE_SINCE] = time.monotonic()
 
 
 def engine_url(raw: str) -> URL:

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy import bindparam, case, delete, func, select, update
@@ -122,6 +123,10 @@ class Lease:
         self.confirmed = time.monotonic()
 
 
+def _no_check() -> None:
+    pass
+
+
 class _NotDue(Exception):
     """Raised inside a claim's transaction to roll the lease back."""
 
@@ -167,25 +172,38 @@ class LeaseFencing(StoreCore):
 
     def _fence(self, tx: Tx, sid: int, key: StreamKey) -> None:
         """Renew the stream's lease in ``tx``; raise LeaseLost if it is no longer ours."""
+        self._fence_sent(tx, sid, key)()
+
+    def _fence_sent(self, tx: Tx, sid: int, key: StreamKey) -> Callable[[], None]:
+        """Send the renewal of the stream's lease in ``tx`` (on a cursor of its own);
+        returns the check, which raises LeaseLost if it is no longer ours. In a pipeline
+        (``Tx.pipeline``) the check runs once it ended, before the transaction commits:
+        the writes sent after the renewal are then rolled back with it."""
         lease = self._leases.get(stream_lease_name(sid))
         if lease is None:
-            return  # not claimed here: an operator command, or a single-process test
+            return _no_check  # not claimed here: an operator command, or a single-process test
         if lease.lost:
             # Stays lost until the pass releases it: no later write of it gets through.
             raise self._lost(key)
         now = time.time()
         confirmed = time.monotonic()
-        cursor = tx.run(
+        cursor = tx.fresh().run(
             _RENEW,
             p_name=lease.name,
             p_token=lease.token,
             p_now=now,
             p_expires=now + self.lease_seconds,
         )
-        if cursor.rowcount != 1:
-            lease.lost = True
-            raise self._lost(key)
-        lease.confirmed = confirmed
+
+        def check() -> None:
+            renewed = cursor.rowcount
+            cursor.close()
+            if renewed != 1:
+                lease.lost = True
+                raise self._lost(key)
+            lease.confirmed = confirmed
+
+        return check
 
     def _held(self, key: StreamKey) -> Lease | None:
         return next((held for held in list(self._leases.values()) if held.key == key), None)

@@ -32,7 +32,7 @@ class SnapshotStore(Protocol):
     raises LeaseLost and changes nothing.
     """
 
-    def state(self, key: StreamKey) -> StreamState: ...
+    def state(self, key: StreamKey, *, count: bool = True) -> StreamState: ...
     def begin_scan(
         self,
         key: StreamKey,

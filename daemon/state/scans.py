@@ -152,10 +152,11 @@ def write_outbox(tx: Tx, sid: int, messages: Sequence[Message]) -> None:
 class Scans(LeaseFencing):
     """A stream's state, its scans' checkpoints, deletes, outbox and reset."""
 
-    def state(self, key: StreamKey) -> StreamState:
-        """The stream's state, with its record count."""
+    def state(self, key: StreamKey, *, count: bool = True) -> StreamState:
+        """The stream's state, with its record count (``count=False``: 0, without counting
+        the stream's rows: what a pass or the scheduler reads, many times a day)."""
         with self._tx("read stream state") as tx:
-            return self._state(tx, key, count=True)
+            return self._state(tx, key, count=count)
 
     def states(self) -> list[StreamState]:
         """Every stream the store knows."""
@@ -175,9 +176,11 @@ class Scans(LeaseFencing):
         sync (its start time) the scan covers: the bookmark moves to it when it completes."""
         with self._tx("begin scan") as tx:
             sid = self._sid(tx, key)
-            self._fence(tx, sid, key)
-            tx.run(DROP_SCAN_IDS, p_sid=sid)  # an abandoned scan's, if any
-            tx.run(_BEGIN_SCAN, p_kind=kind, p_since=since, p_now=now, p_sync=sync, p_sid=sid)
+            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+                fenced = self._fence_sent(tx, sid, key)
+                tx.run(DROP_SCAN_IDS, p_sid=sid)  # an abandoned scan's, if any
+                tx.run(_BEGIN_SCAN, p_kind=kind, p_since=since, p_now=now, p_sync=sync, p_sid=sid)
+            fenced()
             return self._state(tx, key)
 
     def begin_deletes(self, key: StreamKey) -> StreamState:
@@ -194,11 +197,13 @@ class Scans(LeaseFencing):
         """Forget deleted rows and keep their ``deleted`` messages to publish: one transaction."""
         with self._tx("commit deletes") as tx:
             sid = self._sid(tx, key)
-            self._fence(tx, sid, key)
-            write_outbox(tx, sid, outbox)
-            for start in range(0, len(ids), CHUNK):
-                chunk = ids[start : start + CHUNK]
-                tx.run_ids(_DELETE_ROWS, chunk, p_sid=sid)
+            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+                fenced = self._fence_sent(tx, sid, key)
+                write_outbox(tx, sid, outbox)
+                for start in range(0, len(ids), CHUNK):
+                    chunk = ids[start : start + CHUNK]
+                    tx.run_ids(_DELETE_ROWS, chunk, p_sid=sid)
+            fenced()
         self._forget_missing(sid, ids)
 
     def finish_scan(
@@ -214,14 +219,16 @@ class Scans(LeaseFencing):
         ``walked``: a full scan's (walk spacing from now, hint_missed or None)."""
         with self._tx("finish scan") as tx:
             sid = self._sid(tx, key)
-            self._fence(tx, sid, key)
-            if outbox:
-                write_outbox(tx, sid, outbox)
-            if walked is not None:
-                tx.run(_WALK_DONE, p_spacing=walked[0], p_missed=walked[1], p_sid=sid)
-            tx.run(_PRUNE_REJECTED, p_sid=sid)
-            tx.run(DROP_SCAN_IDS, p_sid=sid)
-            tx.run(_FINISH_SCAN, p_now=now, p_guard=delete_guard, p_sid=sid)
+            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+                fenced = self._fence_sent(tx, sid, key)
+                if outbox:
+                    write_outbox(tx, sid, outbox)
+                if walked is not None:
+                    tx.run(_WALK_DONE, p_spacing=walked[0], p_missed=walked[1], p_sid=sid)
+                tx.run(_PRUNE_REJECTED, p_sid=sid)
+                tx.run(DROP_SCAN_IDS, p_sid=sid)
+                tx.run(_FINISH_SCAN, p_now=now, p_guard=delete_guard, p_sid=sid)
+            fenced()
             return self._state(tx, key)
 
     def record_error(self, key: StreamKey, message: str, now: float) -> None:
@@ -265,6 +272,8 @@ class Scans(LeaseFencing):
         """Kafka acknowledged the outbox: forget it."""
         with self._tx("clear outbox") as tx:
             sid = self._sid(tx, key)
-            # Another replica that took the stream over may have an outbox of its own.
-            self._fence(tx, sid, key)
-            tx.run(_CLEAR_OUTBOX, p_sid=sid)
+            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+                # Another replica that took the stream over may have an outbox of its own.
+                fenced = self._fence_sent(tx, sid, key)
+                tx.run(_CLEAR_OUTBOX, p_sid=sid)
+            fenced()

@@ -30,8 +30,8 @@ from daemon.models import StoredRow, StreamKey
 from daemon.state.codec import pack_ids
 from daemon.state.leases import LeaseFencing, stream_lease_name
 from daemon.state.rows import LoadedRow
-from daemon.state.schema import records, scan_ids, streams
-from daemon.state.sql import SID, Tx, id_params
+from daemon.state.schema import scan_ids, streams
+from daemon.state.sql import SID, Tx, select_rows
 
 _SCAN = bindparam("p_scan", type_=sa.Integer)
 _INSERT = insert(scan_ids).values(
@@ -40,6 +40,18 @@ _INSERT = insert(scan_ids).values(
     part=bindparam("p_part", type_=sa.Integer),
     uuids=bindparam("p_uuids", type_=sa.LargeBinary),
     ids=bindparam("p_others", type_=sa.Text),
+)
+# A page's row, numbered from the stream's row as it is before the cursor moves (the
+# same transaction moves it by ``p_pages``): no round trip to read them first.
+_INSERT_PAGE = insert(scan_ids).from_select(
+    ["sid", "scan", "part", "uuids", "ids"],
+    select(
+        streams.c.sid,
+        streams.c.scan_number,
+        streams.c.scan_pages + bindparam("p_pages", type_=sa.Integer),
+        bindparam("p_uuids", type_=sa.LargeBinary),
+        bindparam("p_others", type_=sa.Text),
+    ).where(streams.c.sid == SID),
 )
 _FIRST_EXTRA = select(func.coalesce(func.min(scan_ids.c.part), 0)).where(
     scan_ids.c.sid == SID, scan_ids.c.scan == _SCAN, scan_ids.c.part < 0
@@ -90,18 +102,21 @@ def _statements(dialect: str) -> tuple[sa.TextClause, sa.TextClause]:
 STATEMENTS = {dialect: _statements(dialect) for dialect in _UNSEEN}
 
 
-def _select_rows(count: int) -> sa.Select[Any]:
-    return select(records.c.id, records.c.modified_at, records.c.hash, records.c.record).where(
-        records.c.sid == SID, records.c.id.in_(id_params(count))
-    )
-
-
 def write_seen(tx: Tx, dialect: str, sid: int, scan: int, part: int, ids: Sequence[str]) -> None:
     """Record ``ids`` as seen by scan ``scan`` of stream ``sid``, as row ``part``."""
     if not ids:
         return
     uuids, others = pack_ids(ids, uuids=dialect == "postgresql")
     tx.run(_INSERT, p_sid=sid, p_scan=scan, p_part=part, p_uuids=uuids, p_others=others)
+
+
+def write_seen_page(tx: Tx, dialect: str, sid: int, pages: int, ids: Sequence[str]) -> None:
+    """Record ``ids`` as seen by the current scan of stream ``sid``, as the row of its
+    ``pages`` pages committed next (before ``_ADVANCE`` counts them)."""
+    if not ids:
+        return
+    uuids, others = pack_ids(ids, uuids=dialect == "postgresql")
+    tx.run(_INSERT_PAGE, p_sid=sid, p_pages=pages, p_uuids=uuids, p_others=others)
 
 
 def write_seen_extra(tx: Tx, dialect: str, sid: int, ids: Sequence[str]) -> None:
@@ -137,7 +152,7 @@ class SeenIds(LeaseFencing):
                 batch = list(itertools.islice(ids, limit - len(found)))
                 if not batch:
                     break
-                rows = {row[0]: row for row in tx.run_ids(_select_rows, batch, p_sid=sid)}
+                rows = {row[0]: row for row in select_rows(tx, self.dialect, sid, batch)}
                 for rid in batch:
                     if rid in rows:
                         found.append(rows[rid])

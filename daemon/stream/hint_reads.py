@@ -165,7 +165,7 @@ class HintReads:
         rejections = None
         if rejected:
             page = Page(0, [], None, None, 0, tuple(rejected))
-            scan = stream.store.state(key).scan_number
+            scan = stream.store.state(key, count=False).scan_number
             rejections = page_rejections(stream, page, scan, self.log)
             messages.extend(rejections.letters)
         # Fenced, in one transaction; the rows written count as seen by a full walk of

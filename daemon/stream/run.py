@@ -162,12 +162,12 @@ class StreamPass:
 
     def _start_or_resume(self, force_full: bool, sync: str | None) -> StreamState:
         store, model = self.stream.store, self.stream.model
-        state = store.state(self.key)
+        state = store.state(self.key, count=False)
         if state.in_progress:
             if not (force_full and state.scan_kind == "incremental"):
                 return state
             store.abandon_scan(self.key)
-            state = store.state(self.key)
+            state = store.state(self.key, count=False)
         now = self.stream.clock()
         full = full_scan_due(model, state, now, force_full=force_full)
         since = None
