@@ -14,7 +14,6 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -39,36 +38,81 @@ if TYPE_CHECKING:
 _FETCH_WAIT_MS = 20
 
 
-@dataclass
-class TopicWatcher:
-    """Reads a topic from the beginning in a thread; remembers when each (id, time) arrived."""
+EventKey = Callable[[dict[str, Any]], "tuple[str, str] | None"]
 
-    bootstrap: str
-    topic: str
-    arrivals: dict[tuple[str, str], float] = field(default_factory=dict)
-    count: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _error: BaseException | None = None
+
+def updated_at_time(event: dict[str, Any]) -> tuple[str, str] | None:
+    """An ``updated`` event's (subject, time): this module's key."""
+    return (event["subject"], event["time"]) if event["type"].endswith(".updated") else None
+
+
+class TopicWatcher:
+    """Reads a topic from the beginning in a thread (assign + seek_to_beginning: tansu
+    misreports end offsets); remembers when each event's ``key`` (None: not noted) was
+    first read, by ``clock``. The one event reader of the benchmarks."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        key: EventKey = updated_at_time,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        client_id: str = "bench-latency",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.key = key
+        self.clock = clock
+        self.client_id = client_id
+        self.arrivals: dict[tuple[str, str], float] = {}
+        self.count = 0
+        self.ready = threading.Event()  # assigned: what is sent from now on is read
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=client_id, daemon=True)
 
     def __enter__(self) -> TopicWatcher:
-        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._thread.join(10)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"consumer failed: {self.error!r}")
 
     def wait_for_count(self, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self.count < count:
-            if self._error is not None:
-                raise RuntimeError(f"consumer failed: {self._error!r}")
+            self._check()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"consumer read {self.count} of {count} events in time")
             time.sleep(0.05)
+
+    def wait_all(
+        self,
+        keys: list[tuple[str, str]],
+        timeout: float,
+        alive: Callable[[], None] | None = None,
+    ) -> float:
+        """The arrival time of the last of ``keys``; ``alive`` raises when waiting is
+        pointless (e.g. the daemon exited)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check()
+            if all(k in self.arrivals for k in keys):
+                return max(self.arrivals[k] for k in keys)
+            if alive is not None:
+                alive()
+            if time.monotonic() > deadline:
+                missing = [k for k in keys if k not in self.arrivals]
+                raise RuntimeError(
+                    f"{len(missing)} of {len(keys)} events not read in {timeout} s: {missing[:3]}"
+                )
+            time.sleep(0.005)
 
     def _run(self) -> None:
         try:
@@ -78,32 +122,33 @@ class TopicWatcher:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=_FETCH_WAIT_MS,
-                client_id="bench-latency",
+                client_id=self.client_id,
             )
         except BaseException as exc:
-            self._error = exc
+            self.error = exc
             return
         try:
             partitions: set[int] | None = None
             while not partitions and not self._stop.is_set():
                 partitions = consumer.partitions_for_topic(self.topic)
                 if not partitions:
-                    time.sleep(0.1)
+                    time.sleep(0.1)  # metadata retry back-off
             assigned = [TopicPartition(self.topic, p) for p in sorted(partitions or ())]
             consumer.assign(assigned)
             consumer.seek_to_beginning(*assigned)
+            self.ready.set()
             while not self._stop.is_set():
                 for records in consumer.poll(timeout_ms=50).values():
-                    now = time.monotonic()
+                    now = self.clock()
                     for record in records:
                         if record.value is None:
                             continue
-                        event = orjson.loads(record.value)
                         self.count += 1
-                        if event["type"].endswith(".updated"):
-                            self.arrivals.setdefault((event["subject"], event["time"]), now)
+                        key = self.key(orjson.loads(record.value))
+                        if key is not None:
+                            self.arrivals.setdefault(key, now)
         except BaseException as exc:
-            self._error = exc
+            self.error = exc
         finally:
             consumer.close()
 

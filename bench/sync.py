@@ -33,17 +33,15 @@ import random
 import socket
 import statistics
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import yaml
 from _harness import DaemonProcess, Workspace
-from kafka import KafkaConsumer, TopicPartition
+from _latency import TopicWatcher
 
 from bindbee_sim import SimServer
 from daemon import log as logsetup
@@ -233,76 +231,11 @@ def requests_case(bootstrap: str, ws: Workspace, sizes: Sizes) -> dict[str, Any]
 # -- sync → event latency ------------------------------------------------------------------
 
 
-class Arrivals:
-    """A consumer assigned to a topic in a thread: when each (id, start_date) arrived."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.seen: dict[tuple[str, str], float] = {}
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="arrivals", daemon=True)
-
-    def __enter__(self) -> Arrivals:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=20,  # short: the measurement adds little to what it measures
-                client_id="bench-sync",
-            )
-        except BaseException as exc:
-            self.error = exc
-            return
-        try:
-            partitions: set[int] | None = None
-            while not partitions and not self._stop.is_set():
-                partitions = consumer.partitions_for_topic(self.topic)
-                if not partitions:
-                    time.sleep(0.1)  # metadata retry back-off
-            assigned = [TopicPartition(self.topic, p) for p in sorted(partitions or ())]
-            consumer.assign(assigned)
-            consumer.seek_to_beginning(*assigned)  # tansu misreports end offsets
-            self.ready.set()
-            while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=50).values():
-                    now = time.monotonic()
-                    for record in records:
-                        if record.value is None:
-                            continue
-                        event = orjson.loads(record.value)
-                        if event["type"].endswith(".updated"):
-                            start = normalize_time(event["data"]["record"]["start_date"])
-                            self.seen.setdefault((event["subject"], start), now)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            consumer.close()
-
-    def wait_all(self, keys: list[tuple[str, str]], timeout: float) -> float:
-        """The arrival time of the last of ``keys``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.error is not None:
-                raise RuntimeError(f"consumer failed: {self.error!r}")
-            if all(k in self.seen for k in keys):
-                return max(self.seen[k] for k in keys)
-            if time.monotonic() > deadline:
-                missing = sum(k not in self.seen for k in keys)
-                raise RuntimeError(f"{missing} of {len(keys)} events not read in {timeout} s")
-            time.sleep(0.005)
+def updated_start_date(event: dict[str, Any]) -> tuple[str, str] | None:
+    """An ``updated`` event's (subject, start_date): the change this bench makes."""
+    if not event["type"].endswith(".updated"):
+        return None
+    return event["subject"], normalize_time(event["data"]["record"]["start_date"])
 
 
 def latency_case(bootstrap: str, ws: Workspace, sizes: Sizes, via: str) -> dict[str, Any]:
@@ -353,7 +286,9 @@ def latency_case(bootstrap: str, ws: Workspace, sizes: Sizes, via: str) -> dict[
             requests_before = _data_requests(sim, name)
             rng = random.Random(7)
             ids = sim.ids(name, MODEL)
-            with Arrivals(bootstrap, topic) as arrivals:
+            with TopicWatcher(
+                bootstrap, topic, updated_start_date, client_id="bench-sync"
+            ) as arrivals:
                 if not arrivals.ready.wait(60):
                     raise RuntimeError("the consumer was not assigned in time")
                 for r in range(sizes.syncs):

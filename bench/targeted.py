@@ -45,15 +45,14 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import yaml
 from _harness import (
     API_KEY,
@@ -68,7 +67,7 @@ from _harness import (
     log_records,
     new_topic_prefix,
 )
-from kafka import KafkaConsumer, TopicPartition
+from _latency import TopicWatcher
 
 from daemon import log as logsetup
 from devtools.tansu import TansuBroker
@@ -200,78 +199,17 @@ class Control:
         return list(self._json("GET", "/_sim/webhooks"))
 
 
-class Events:
-    """A consumer assigned to the topic from the beginning, in a thread: the wall-clock
-    time each (record id, kind) was read, kind being created, updated or deleted."""
+def subject_and_kind(event: dict[str, Any]) -> tuple[str, str]:
+    """(record id, created | updated | deleted) of an event."""
+    return str(event.get("subject")), str(event.get("type", "")).rsplit(".", 1)[-1]
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.seen: dict[tuple[str, str], float] = {}
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="targeted-events", daemon=True)
 
-    def __enter__(self) -> Events:
-        self._thread.start()
-        return self
+def _running(daemon: DaemonProcess) -> Callable[[], None]:
+    def check() -> None:
+        if daemon.exit_code() is not None:
+            raise RuntimeError(f"the daemon exited ({daemon.exit_code()}); log: {daemon.log_path}")
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=20,
-                client_id="bench-targeted",
-            )
-        except BaseException as exc:
-            self.error = exc
-            return
-        try:
-            partitions: set[int] | None = None
-            while not partitions and not self._stop.is_set():
-                partitions = consumer.partitions_for_topic(self.topic)
-                if not partitions:
-                    time.sleep(0.1)  # metadata retry back-off
-            assigned = [TopicPartition(self.topic, p) for p in sorted(partitions or ())]
-            consumer.assign(assigned)
-            consumer.seek_to_beginning(*assigned)  # tansu misreports end offsets
-            while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=50).values():
-                    now = time.time()
-                    for record in records:
-                        if record.value is None:
-                            continue
-                        event = orjson.loads(record.value)
-                        kind = str(event.get("type", "")).rsplit(".", 1)[-1]
-                        self.seen.setdefault((str(event.get("subject")), kind), now)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            consumer.close()
-
-    def wait_all(self, keys: list[tuple[str, str]], timeout: float, daemon: DaemonProcess) -> float:
-        """The wall-clock time the last of ``keys`` was read."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.error is not None:
-                raise RuntimeError(f"consumer failed: {self.error!r}")
-            if all(k in self.seen for k in keys):
-                return max(self.seen[k] for k in keys)
-            if daemon.exit_code() is not None:
-                raise RuntimeError(
-                    f"the daemon exited ({daemon.exit_code()}); log: {daemon.log_path}"
-                )
-            if time.monotonic() > deadline:
-                missing = [k for k in keys if k not in self.seen]
-                raise RuntimeError(f"{len(missing)} of {len(keys)} events not read: {missing[:3]}")
-            time.sleep(0.005)
+    return check
 
 
 def _passes(daemon: DaemonProcess) -> tuple[int, int]:
@@ -448,7 +386,9 @@ def _measure(
     wait_idle(daemon, sim, quiet, timeout)
     initial_s = time.monotonic() - started
     per_sync: list[dict[str, Any]] = []
-    with Events(bootstrap, topic) as events:
+    with TopicWatcher(
+        bootstrap, topic, subject_and_kind, clock=time.time, client_id="bench-targeted"
+    ) as events:
         for n in range(SYNCS):
             requests_before = sim.requests()
             pages_before, by_id_before = sim.reads()
@@ -468,7 +408,7 @@ def _measure(
                 expected.append((new_id, "created"))
             sync_id = sim.sync()
             done = sim.wait_done(sync_id, 60)
-            last = events.wait_all(expected, timeout, daemon)
+            last = events.wait_all(expected, timeout, _running(daemon))
             wait_idle(daemon, sim, quiet, timeout)
             pages_after, by_id_after = sim.reads()
             per_sync.append(
