@@ -10,6 +10,7 @@ Rows are packed by ``codec`` (zstd blobs with a dictionary per stream, 16-byte h
 from __future__ import annotations
 
 import functools
+from binascii import b2a_base64
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -76,12 +77,13 @@ _INSERT_DICTIONARY = (
 # PostgreSQL: the rows as one array per column. A 100-row VALUES is 600 parameters and
 # a statement too long for psycopg's query cache: converting it cost 2.6 ms of CPU per
 # page, more than the server took to run it.
+# The page's rows as one JSON array of [id, modified_at, hash (hex), blob (base64),
+# remote_id]: psycopg dumps a bytea[] or text[] parameter element by element in Python
+# (0.8 ms of CPU for 100 rows, measured), orjson the whole page at once (0.2 ms).
 _UPSERT_RECORDS_PG = sa.text(
     "INSERT INTO changefeed_records (sid, id, modified_at, hash, record, remote_id)"
-    " SELECT :p_sid, k.id, k.modified_at, k.hash, k.record, k.remote_id FROM unnest("
-    "CAST(:p_rids AS text[]), CAST(:p_modified AS text[]), CAST(:p_hashes AS bytea[]),"
-    " CAST(:p_blobs AS bytea[]), CAST(:p_remote AS text[]))"
-    " AS k(id, modified_at, hash, record, remote_id)"
+    " SELECT :p_sid, k->>0, k->>1, decode(k->>2, 'hex'), decode(k->>3, 'base64'), k->>4"
+    " FROM json_array_elements(CAST(:p_rows AS json)) AS k"
     " ON CONFLICT (sid, id) DO UPDATE SET modified_at = excluded.modified_at,"
     " hash = excluded.hash, record = excluded.record, remote_id = excluded.remote_id"
 )
@@ -213,15 +215,13 @@ class Snapshots(LeaseFencing):
         self._prepare_codec(tx, sid)
         dumps, encode = orjson.dumps, self.codec.encode
         if self.dialect == "postgresql":
-            tx.run(
-                _UPSERT_RECORDS_PG,
-                p_sid=sid,
-                p_rids=[w.id for w in writes],
-                p_modified=[w.modified_at for w in writes],
-                p_hashes=[pack_hash(w.content_hash) for w in writes],
-                p_blobs=[encode(sid, dumps(w.record)) for w in writes],
-                p_remote=[_remote_id(w.record) for w in writes],
-            )
+            rows_json = dumps([
+                [w.id, w.modified_at, pack_hash(w.content_hash).hex(),
+                 b2a_base64(encode(sid, dumps(w.record)), newline=False).decode(),
+                 _remote_id(w.record)]
+                for w in writes
+            ]).decode()  # fmt: skip
+            tx.run(_UPSERT_RECORDS_PG, p_sid=sid, p_rows=rows_json)
         else:
             for start in range(0, len(writes), CHUNK):
                 rows = [(sid, w.id, w.modified_at, pack_hash(w.content_hash),

@@ -108,8 +108,11 @@ class StreamContext:
             )
         return messages
 
-    def publish(self, messages: list[Message], progress: ScanProgress) -> None:
-        """Send what was just committed to the outbox, then forget it there."""
+    def publish(
+        self, messages: list[Message], progress: ScanProgress, *, clear: bool = True
+    ) -> None:
+        """Send what was just committed to the outbox, then forget it there. ``clear=False``:
+        the caller's next commit replaces the outbox (and so forgets it) instead."""
         # A failure here leaves them in the outbox for the next pass to send first.
         if not messages:
             return
@@ -117,7 +120,8 @@ class StreamContext:
         # the new holder's newer one.
         self.store.check_lease(self.key)
         acked = self.sink.publish(messages)
-        self.store.clear_pending(self.key)
+        if clear:
+            self.store.clear_pending(self.key)
         progress.acked(self.topic, acked)
 
     def publish_pending(

@@ -1,7 +1,9 @@
 """The page walk: for each page, fetch → diff → commit (outbox) → publish.
 
 One transaction holds a page's snapshot rows, the scan cursor, its events and its dead
-letters (the outbox); only then are they sent, flushed, and cleared from the outbox.
+letters (the outbox); only then are they sent and flushed. Once Kafka acknowledged them
+the next page's commit replaces the outbox (no transaction of its own to clear it); the
+walk's last page, a stop or a failure clears it.
 The walk stops only at a page boundary, when everything before it is committed and
 published, so a stopped scan resumes at the next page.
 
@@ -87,6 +89,9 @@ class PageWalk:
         self.ceiling = watermark_ceiling(state.scan_started_at)
         self.full = state.scan_kind == "full"
         self.pending = _Pending()
+        # The outbox holds a page Kafka acknowledged: the next commit replaces it (one
+        # transaction less per page with events), or ``_clear`` forgets it.
+        self.sent_uncleared = False
         self.logged_pages = 0  # pages counted at the last scan_progress line
 
     def run(self, on_page: Callable[[PassResult], None] | None = None) -> StreamState:
@@ -114,6 +119,7 @@ class PageWalk:
                 # Stop only at a page boundary: everything so far is committed and published.
                 if page.next_cursor is not None and stream.stop.is_set():
                     self._flush()
+                    self._clear()
                     raise ScanInterrupted(
                         f"{stream.name}: stop requested; resumes at page {page.number + 1}"
                     )
@@ -123,10 +129,15 @@ class PageWalk:
             if self.pending.pages:
                 with contextlib.suppress(Exception):
                     self._flush()
+            try:
+                self._clear()
+            except Exception as exc:  # the next pass sends that page again (same ids)
+                self.log.warning("outbox_clear_failed", error=str(exc))
             raise
         finally:
             pages.close()
         self._flush()
+        self._clear()
         return self.state
 
     def _page(self, page: Page) -> None:
@@ -150,10 +161,20 @@ class PageWalk:
         )
         pending.tallies.append(tally)
         quiet = not (diff.writes or messages or rejections.writes)
-        if quiet and pending.pages < COMMIT_EVERY_PAGES and page.next_cursor is not None:
+        if (
+            quiet
+            and not self.sent_uncleared  # a sent page's outbox waits for no quiet pages
+            and pending.pages < COMMIT_EVERY_PAGES
+            and page.next_cursor is not None
+        ):
             return  # committed with a later page
         self._flush(diff.writes, messages, rejections.writes)
-        stream.publish(messages, self.progress)
+        # Not cleared on its own: the next page's commit replaces the outbox. A crash in
+        # between sends this page again on resume, as a crash between the send and a
+        # clear did: the same messages, byte for byte.
+        last = page.next_cursor is None
+        stream.publish(messages, self.progress, clear=last)
+        self.sent_uncleared = bool(messages) and not last
         if self.measure is not None and diff.events:
             missed = self.measure.missed(event.record_id for event in diff.events)
             count_missed(stream, self.progress, missed)
@@ -180,11 +201,18 @@ class PageWalk:
             pages=pending.pages,
         )
         self.pending = _Pending()
+        self.sent_uncleared = False  # the commit replaced the outbox
         for tally in pending.tallies:
             # Counted for the marker once committed: if the send fails, the next pass
             # sends these messages from the outbox as part of the same scan.
             self.progress.add(tally)
             self.result.add(tally)
+
+    def _clear(self) -> None:
+        """Forget a sent page's outbox that no commit replaced (the walk stops here)."""
+        if self.sent_uncleared:
+            self.stream.store.clear_pending(self.stream.key)
+            self.sent_uncleared = False
 
     def _diff(self, page: Page) -> PageDiff:
         stream = self.stream
