@@ -19,7 +19,9 @@
     │   ├── SinkError               Kafka did not acknowledge a page
     │   ├── StateStoreError         the snapshot store could not be read or written
     │   └── ScanInterrupted         shutdown asked the pass to stop at a page boundary
-    └── StreamHeldElsewhere         another replica runs this stream now (shared state)
+    ├── StreamHeldElsewhere         another replica runs this stream now (shared state)
+    └── StoredRowsFound             never leaves the walk: a page committed as new rows met
+                                    stored ones (nothing committed; loaded, diffed again)
 
 The scheduler decides from the class alone: fatal errors back off long, retriable
 ones back off short. Messages never contain API keys or connector tokens.
@@ -120,6 +122,12 @@ class StreamHeldElsewhere(ChangefeedError):
 class LeaseLost(StreamHeldElsewhere):
     """The pass's lease expired and may be another replica's now: it stopped before
     writing (the page in flight is re-read by the new holder)."""
+
+
+class StoredRowsFound(ChangefeedError):
+    """A page committed as new rows only (diffed without loading, as an initial sync's
+    pages are) met rows already stored: nothing was committed. Not an error: the walk
+    loads the page's rows and diffs it again."""
 
 
 class ScanInterrupted(RetriableError):

@@ -246,7 +246,7 @@ class Hints(Snapshots, Walks):
                 assert len(rows[0]) == len(REJECTED_COLUMNS)
                 tx.values(self._upsert_rejected, rows)
             if writes:
-                trained = self._write_rows(tx, sid, writes)
+                trained, _ = self._write_rows(tx, sid, writes)
                 # Seen by a full scan in progress: its end must not take them for deleted.
                 write_seen_extra(tx, self.dialect, sid, [w.id for w in writes])
             for start in range(0, len(deleted), CHUNK):
@@ -255,6 +255,8 @@ class Hints(Snapshots, Walks):
                 tx.values(self._insert_read, [(hid, sid, now) for hid in read_hints])
         if trained is not None:  # only once committed: blobs name it from now on
             self.codec.add(*trained, sid)
+        if writes:
+            self._missing.pop(sid, None)  # seen now: not the delete phase's any more
 
     def hint_status(self, key: StreamKey, connector_id: str | None = None) -> HintStatus:
         """What ``status`` shows: spacing, syncs since the last walk, ``hint_missed``

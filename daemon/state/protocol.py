@@ -52,6 +52,8 @@ class SnapshotStore(Protocol):
         outbox: Sequence[Message] = (),
         rejected: Sequence[RejectWrite] = (),
         pages: int = 1,
+        *,
+        new_rows: bool = False,
     ) -> StreamState: ...
     def mark_seen(self, key: StreamKey, ids: Sequence[str]) -> None: ...
     def known_rejections(

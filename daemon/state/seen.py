@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import bindparam, delete, func, insert, select
@@ -83,23 +83,33 @@ _UNSEEN = {
 }
 
 
-def _statements(dialect: str) -> tuple[sa.TextClause, sa.TextClause]:
+class _Statements(NamedTuple):
+    count: sa.TextClause  # (unseen rows, all rows)
+    ids: sa.TextClause  # the unseen rows' ids, in byte order
+    first_ids: sa.TextClause  # the first :p_limit of them
+    total: sa.TextClause  # all rows
+
+
+def _statements(dialect: str) -> _Statements:
     unseen = _UNSEEN[dialect]
+    total = "SELECT count(*) FROM changefeed_records WHERE sid = :p_sid"
     count = sa.text(
         f"SELECT (SELECT count(*) FROM changefeed_records r WHERE r.sid = :p_sid AND {unseen}),"
-        " (SELECT count(*) FROM changefeed_records WHERE sid = :p_sid)"
+        f" ({total})"
     )
     # PostgreSQL: sorted in byte order (COLLATE "C"), the anti-join is a hash join: 2.3 s
     # at 1,000,000 records with 500,000 unseen; in the database's collation it merged
     # after sorting the seen ids, 6.5 s.
     order = 'r.id COLLATE "C"' if dialect == "postgresql" else "r.id"
-    ids = sa.text(
-        f"SELECT r.id FROM changefeed_records r WHERE r.sid = :p_sid AND {unseen} ORDER BY {order}"
-    )
-    return count, ids
+    ids = f"SELECT r.id FROM changefeed_records r WHERE r.sid = :p_sid AND {unseen}"
+    ids += f" ORDER BY {order}"
+    first = sa.text(ids + " LIMIT :p_limit").bindparams(bindparam("p_limit", type_=sa.Integer))
+    return _Statements(count, sa.text(ids), first, sa.text(total))
 
 
 STATEMENTS = {dialect: _statements(dialect) for dialect in _UNSEEN}
+# Unseen rows whose ids ``count_missing`` keeps for the delete phase (~1 MB of ids).
+FEW_MISSING = 10_000
 
 
 def write_seen(tx: Tx, dialect: str, sid: int, scan: int, part: int, ids: Sequence[str]) -> None:
@@ -135,11 +145,27 @@ class SeenIds(LeaseFencing):
     """What the current scan did not see (its deletes); ids seen outside the page walk."""
 
     def count_missing(self, key: StreamKey) -> tuple[int, int]:
-        """(rows the current scan did not see, all rows) of the stream."""
+        """(rows the current scan did not see, all rows) of the stream.
+
+        Up to ``FEW_MISSING`` unseen rows, their ids are fetched here and kept for the
+        delete phase (``missing_rows``): a scan that deletes few rows, the common case,
+        runs the anti-join once (~40 ms at 20,000 records on PostgreSQL, 1-2.5 s at
+        1,000,000), not twice. Past that, they are only counted, as the guard may withhold
+        them."""
+        statements = STATEMENTS[self.dialect]
         with self._tx("count missing rows", read=True) as tx:
-            count = STATEMENTS[self.dialect][0]
-            missing, total = tx.one(count, p_sid=self._sid(tx, key))
-            return int(missing or 0), int(total)
+            sid = self._sid(tx, key)
+            tag = self._missing_tag(tx, sid)
+            cached = self._missing.get(sid)
+            if cached is None or cached[0] != tag:
+                found = tx.run(statements.first_ids, p_sid=sid, p_limit=FEW_MISSING + 1)
+                ids = [row[0] for row in found.fetchall()]
+                if len(ids) > FEW_MISSING:
+                    missing, total = tx.one(statements.count, p_sid=sid)
+                    return int(missing or 0), int(total)
+                cached = self._missing[sid] = (tag, dict.fromkeys(ids))
+            total = tx.one(statements.total, p_sid=sid)[0]
+            return len(cached[1]), int(total)
 
     def missing_rows(self, key: StreamKey, limit: int) -> list[StoredRow]:
         """Up to ``limit`` rows the current scan did not see, in id order."""
@@ -164,13 +190,17 @@ class SeenIds(LeaseFencing):
 
     def _missing_ids(self, tx: Tx, sid: int) -> dict[str, None]:
         """The ids the current scan did not see and not yet deleted, computed once."""
-        lease = self._leases.get(stream_lease_name(sid))
-        tag = (tx.one(_SELECT_SCAN, p_sid=sid)[0], lease.token if lease else None)
+        tag = self._missing_tag(tx, sid)
         cached = self._missing.get(sid)
         if cached is None or cached[0] != tag:
-            found = tx.run(STATEMENTS[self.dialect][1], p_sid=sid).fetchall()
+            found = tx.run(STATEMENTS[self.dialect].ids, p_sid=sid).fetchall()
             cached = self._missing[sid] = (tag, dict.fromkeys(row[0] for row in found))
         return cached[1]
+
+    def _missing_tag(self, tx: Tx, sid: int) -> tuple[int, str | None]:
+        """What the kept ids were computed under: the scan, and the lease's token."""
+        lease = self._leases.get(stream_lease_name(sid))
+        return (tx.one(_SELECT_SCAN, p_sid=sid)[0], lease.token if lease else None)
 
     def mark_seen(self, key: StreamKey, ids: Sequence[str]) -> None:
         """Count ``ids`` as seen by the stream's current scan, so its delete phase does not

@@ -18,6 +18,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy import bindparam, case, func, or_, select
 
+from daemon.errors import StoredRowsFound
 from daemon.models import Message, RejectWrite, RowWrite, SnapshotRow, StreamKey, StreamState
 from daemon.state.codec import pack_hash
 from daemon.state.leases import LeaseFencing
@@ -74,25 +75,33 @@ _INSERT_DICTIONARY = (
 )
 
 
-# PostgreSQL: the rows as one array per column. A 100-row VALUES is 600 parameters and
-# a statement too long for psycopg's query cache: converting it cost 2.6 ms of CPU per
-# page, more than the server took to run it.
-# The page's rows as one JSON array of [id, modified_at, hash (hex), blob (base64),
-# remote_id]: psycopg dumps a bytea[] or text[] parameter element by element in Python
-# (0.8 ms of CPU for 100 rows, measured), orjson the whole page at once (0.2 ms).
-_UPSERT_RECORDS_PG = sa.text(
+# PostgreSQL: the page's rows as one JSON array of [id, modified_at, hash (hex), blob
+# (base64), remote_id]. A 100-row VALUES is 600 parameters and a statement too long for
+# psycopg's query cache (2.6 ms of CPU per page, more than the server took to run it); a
+# bytea[]/text[] per column is dumped element by element in Python (0.8 ms); orjson
+# dumps the whole page at once (0.2 ms).
+_INSERT_RECORDS_PG = (
     "INSERT INTO changefeed_records (sid, id, modified_at, hash, record, remote_id)"
     " SELECT :p_sid, k->>0, k->>1, decode(k->>2, 'hex'), decode(k->>3, 'base64'), k->>4"
-    " FROM json_array_elements(CAST(:p_rows AS json)) AS k"
-    " ON CONFLICT (sid, id) DO UPDATE SET modified_at = excluded.modified_at,"
+    " FROM json_array_elements(CAST(:p_rows AS json)) AS k ON CONFLICT (sid, id) DO "
+)
+_UPSERT_RECORDS_PG = sa.text(
+    _INSERT_RECORDS_PG + "UPDATE SET modified_at = excluded.modified_at,"
     " hash = excluded.hash, record = excluded.record, remote_id = excluded.remote_id"
 )
+# A page diffed without loading its rows (``commit_page(new_rows=True)``): a row already
+# there is left alone, and counted (rowcount) so the commit can refuse.
+_INSERT_NEW_RECORDS_PG = sa.text(_INSERT_RECORDS_PG + "NOTHING")
 
 
 def _by_remote(count: int) -> sa.Select[Any]:
     return select(records.c.remote_id, records.c.id).where(
         records.c.sid == SID, records.c.remote_id.in_(id_params(count))
     )
+
+
+def _nothing_to_check() -> None:
+    return None
 
 
 def _remote_id(record: Any) -> str | None:
@@ -109,14 +118,19 @@ def _select_rejected(count: int) -> sa.Select[Any]:
 class Snapshots(LeaseFencing):
     """The stored rows of each stream, and the contents it dead-lettered."""
 
-    def _upsert(self, table: sa.Table, columns: tuple[str, ...]) -> Callable[[int], sa.Insert]:
-        """A builder of ``count``-row upserts into ``table`` (the dialect's ON CONFLICT)."""
+    def _upsert(
+        self, table: sa.Table, columns: tuple[str, ...], *, update: bool = True
+    ) -> Callable[[int], sa.Insert]:
+        """A builder of ``count``-row upserts into ``table`` (the dialect's ON CONFLICT);
+        ``update=False``: a row already there is left alone (ON CONFLICT DO NOTHING)."""
         keys = list(table.primary_key.columns)
         changed = [c for c in columns if c not in {k.name for k in keys}]
         insert = self.backend.insert
 
         def build(count: int) -> sa.Insert:
             stmt = insert(table).values(row_params(table, columns, count))
+            if not update:
+                return stmt.on_conflict_do_nothing(index_elements=keys)
             return stmt.on_conflict_do_update(
                 index_elements=keys, set_={c: stmt.excluded[c] for c in changed}
             )
@@ -126,6 +140,10 @@ class Snapshots(LeaseFencing):
     @functools.cached_property
     def _upsert_records(self) -> Callable[[int], sa.Insert]:
         return self._upsert(records, RECORD_COLUMNS)
+
+    @functools.cached_property
+    def _insert_new_records(self) -> Callable[[int], sa.Insert]:
+        return self._upsert(records, RECORD_COLUMNS, update=False)
 
     @functools.cached_property
     def _upsert_rejected(self) -> Callable[[int], sa.Insert]:
@@ -181,12 +199,20 @@ class Snapshots(LeaseFencing):
         outbox: Sequence[Message] = (),
         rejected: Sequence[RejectWrite] = (),
         pages: int = 1,
+        *,
+        new_rows: bool = False,
     ) -> StreamState:
         """Write a page's rows, its messages to publish (dead letters included), the
         contents it rejected, the ids it saw (a full scan) and move the cursor: one
         transaction. ``pages``: how many pages this commit covers (a run of pages that
-        changed nothing is committed at once, ``seen_ids`` holding all their ids)."""
+        changed nothing is committed at once, ``seen_ids`` holding all their ids).
+
+        ``new_rows``: the page was diffed without loading its rows, as if none were
+        stored (an initial sync's pages). Should one be stored after all, nothing is
+        committed and StoredRowsFound is raised: the caller loads the rows and diffs the
+        page again."""
         trained: tuple[int, bytes] | None = None
+        inserted: Callable[[], None] = _nothing_to_check
         with self._tx("commit page") as tx:
             sid = self._sid(tx, key)
             # PostgreSQL: one round trip for the lot (the renewal's answer is checked
@@ -195,10 +221,11 @@ class Snapshots(LeaseFencing):
                 fenced = self._fence_sent(tx, sid, key)
                 write_outbox(tx, sid, outbox)
                 if writes:
-                    trained = self._write_rows(tx, sid, writes)
+                    trained, inserted = self._write_rows(tx, sid, writes, new_only=new_rows)
                 write_seen_page(tx, self.dialect, sid, pages, seen_ids)
                 tx.run(_ADVANCE, p_cursor=next_cursor, p_max=max_modified, p_pages=pages, p_sid=sid)
             fenced()
+            inserted()
             state = StreamState(key, *tx.cursor.fetchall()[0], records=0)
             if rejected:
                 unique = {r.fingerprint: r for r in rejected}.values()
@@ -208,12 +235,21 @@ class Snapshots(LeaseFencing):
                     tx.values(self._upsert_rejected, rows[start : start + CHUNK])
         if trained is not None:  # only once committed: blobs name it from now on
             self.codec.add(*trained, sid)
+        if seen_ids:
+            self._missing.pop(sid, None)  # the unseen ids kept for deletes are fewer now
         return state
 
-    def _write_rows(self, tx: Tx, sid: int, writes: Sequence[RowWrite]) -> tuple[int, bytes] | None:
-        """Upsert the rows; a newly trained dictionary (number, data) if there is one."""
+    def _write_rows(
+        self, tx: Tx, sid: int, writes: Sequence[RowWrite], *, new_only: bool = False
+    ) -> tuple[tuple[int, bytes] | None, Callable[[], None]]:
+        """Upsert the rows (``new_only``: insert them, leaving any stored row alone).
+        Returns a newly trained dictionary (number, data) if there is one, and the check
+        to run once the statements are answered: with ``new_only``, StoredRowsFound
+        unless every row was inserted."""
         self._prepare_codec(tx, sid)
         dumps, encode = orjson.dumps, self.codec.encode
+        counted: list[Any] = []  # PostgreSQL: the cursor whose rowcount is rows inserted
+        counted_rows = 0  # SQLite: rows inserted, counted as the chunks run
         if self.dialect == "postgresql":
             rows_json = dumps([
                 [w.id, w.modified_at, pack_hash(w.content_hash).hex(),
@@ -221,19 +257,36 @@ class Snapshots(LeaseFencing):
                  _remote_id(w.record)]
                 for w in writes
             ]).decode()  # fmt: skip
-            tx.run(_UPSERT_RECORDS_PG, p_sid=sid, p_rows=rows_json)
+            if new_only:  # its own cursor: the rowcount is known once the pipeline ends
+                counted.append(tx.fresh().run(_INSERT_NEW_RECORDS_PG, p_sid=sid, p_rows=rows_json))
+            else:
+                tx.run(_UPSERT_RECORDS_PG, p_sid=sid, p_rows=rows_json)
         else:
+            statement = self._insert_new_records if new_only else self._upsert_records
             for start in range(0, len(writes), CHUNK):
                 rows = [(sid, w.id, w.modified_at, pack_hash(w.content_hash),
                          encode(sid, dumps(w.record)), _remote_id(w.record))
                         for w in writes[start : start + CHUNK]]  # fmt: skip
-                tx.values(self._upsert_records, rows)
+                tx.values(statement, rows)
+                counted_rows += tx.cursor.rowcount
+
+        def check() -> None:
+            if not new_only:
+                return
+            done = sum(c.rowcount for c in counted) if counted else counted_rows
+            for cursor in counted:
+                cursor.close()
+            if done != len(writes):
+                raise StoredRowsFound(
+                    f"{len(writes) - done} of the page's {len(writes)} rows were stored"
+                )
+
         data = self.codec.train(sid)
         if data is None:
-            return None
+            return None, check
         number = int(tx.one(_INSERT_DICTIONARY, p_sid=sid, p_data=data)[0])
         # A blob names its dictionary in 2 bytes: past that, the stream stays on plain zstd.
-        return (number, data) if number < 1 << 16 else None
+        return ((number, data) if number < 1 << 16 else None), check
 
     def known_rejections(
         self, key: StreamKey, fingerprints: Sequence[str]

@@ -18,14 +18,14 @@ had no events, so nothing is sent twice.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 
 from daemon.diff import PageDiff, diff_page
-from daemon.errors import ScanInterrupted
-from daemon.models import Message, Page, RejectWrite, RowWrite, StreamState
+from daemon.errors import ScanInterrupted, StoredRowsFound
+from daemon.models import Message, Page, RejectWrite, RowWrite, SnapshotRow, StreamState
 from daemon.ops import metrics
 from daemon.source.pagination import iter_pages
 from daemon.stream.context import StreamContext
@@ -54,6 +54,15 @@ class _Pending:
     cursor: str | None = None
     max_modified: str | None = None
     tallies: list[PageTally] = field(default_factory=list)
+
+    def mark(self) -> tuple[int, int, str | None, str | None, int]:
+        """Where it stands now, for ``restore``."""
+        return (self.pages, len(self.seen_ids), self.cursor, self.max_modified, len(self.tallies))
+
+    def restore(self, mark: tuple[int, int, str | None, str | None, int]) -> None:
+        """Forget what was added since ``mark``."""
+        self.pages, seen, self.cursor, self.max_modified, tallies = mark
+        del self.seen_ids[seen:], self.tallies[tallies:]
 
     def add(self, seen_ids: list[str], cursor: str | None, max_modified: str | None) -> None:
         self.pages += 1
@@ -89,6 +98,11 @@ class PageWalk:
         self.ceiling = watermark_ceiling(state.scan_started_at)
         self.full = state.scan_kind == "full"
         self.pending = _Pending()
+        # An initial sync's pages hold records never stored: they are diffed without
+        # loading, and committed as new rows only. The first page that meets a stored
+        # one (the API's order shifted, a page walked again) is loaded and diffed again,
+        # and so is every page after it.
+        self.assume_new = initial
         # The outbox holds a page Kafka acknowledged: the next commit replaces it (one
         # transaction less per page with events), or ``_clear`` forgets it.
         self.sent_uncleared = False
@@ -143,48 +157,73 @@ class PageWalk:
     def _page(self, page: Page) -> None:
         """One page: diff, commit with its outbox, publish, count."""
         stream = self.stream
-        diff = self._diff(page)
-        messages = stream.messages(diff.events)
-        seen_ids = diff.seen_ids
         rejections = PageRejections()
         if page.rejected:
             rejections = page_rejections(stream, page, self.state.scan_number, self.log)
-            seen_ids = [*seen_ids, *rejections.named]
+        while True:
+            new_rows = self.assume_new
+            diff = self._diff(page, load=not new_rows)
+            messages = stream.messages(diff.events)
             messages.extend(rejections.letters)
-        tally = PageTally.of_page(page, diff, dead_lettered=len(rejections.letters))
+            tally = PageTally.of_page(page, diff, dead_lettered=len(rejections.letters))
+            pending = self.pending
+            mark = pending.mark()
+            pending.add(
+                [*diff.seen_ids, *rejections.named] if self.full else [],
+                page.next_cursor,
+                capped_watermark(diff.max_modified_at, self.ceiling),
+            )
+            pending.tallies.append(tally)
+            try:
+                sent = self._commit(page, diff, messages, rejections, new_rows=new_rows)
+                break
+            except StoredRowsFound as found:
+                pending.restore(mark)
+                self.assume_new = False
+                self.log.info("stored_rows_found", page=page.number, reason=str(found))
         record_page(stream.labels, tally, rejections.reasons)
-        pending = self.pending
-        pending.add(
-            seen_ids if self.full else [],
-            page.next_cursor,
-            capped_watermark(diff.max_modified_at, self.ceiling),
-        )
-        pending.tallies.append(tally)
-        quiet = not (diff.writes or messages or rejections.writes)
-        if (
-            quiet
-            and not self.sent_uncleared  # a sent page's outbox waits for no quiet pages
-            and pending.pages < COMMIT_EVERY_PAGES
-            and page.next_cursor is not None
-        ):
-            return  # committed with a later page
-        self._flush(diff.writes, messages, rejections.writes)
-        # Not cleared on its own: the next page's commit replaces the outbox. A crash in
-        # between sends this page again on resume, as a crash between the send and a
-        # clear did: the same messages, byte for byte.
-        last = page.next_cursor is None
-        stream.publish(messages, self.progress, clear=last)
-        self.sent_uncleared = bool(messages) and not last
+        if not sent:
+            return
         if self.measure is not None and diff.events:
             missed = self.measure.missed(event.record_id for event in diff.events)
             count_missed(stream, self.progress, missed)
         self._log_progress()
+
+    def _commit(
+        self,
+        page: Page,
+        diff: PageDiff,
+        messages: list[Message],
+        rejections: PageRejections,
+        *,
+        new_rows: bool,
+    ) -> bool:
+        """Commit the pages walked so far and publish this one's messages; False if this
+        page changed nothing and waits to be committed with a later one."""
+        quiet = not (diff.writes or messages or rejections.writes)
+        if (
+            quiet
+            and not self.sent_uncleared  # a sent page's outbox waits for no quiet pages
+            and self.pending.pages < COMMIT_EVERY_PAGES
+            and page.next_cursor is not None
+        ):
+            return False
+        self._flush(diff.writes, messages, rejections.writes, new_rows=new_rows)
+        # Not cleared on its own: the next page's commit replaces the outbox. A crash in
+        # between sends this page again on resume, as a crash between the send and a
+        # clear did: the same messages, byte for byte.
+        last = page.next_cursor is None
+        self.stream.publish(messages, self.progress, clear=last)
+        self.sent_uncleared = bool(messages) and not last
+        return True
 
     def _flush(
         self,
         writes: list[RowWrite] | None = None,
         messages: list[Message] | None = None,
         rejected: list[RejectWrite] | None = None,
+        *,
+        new_rows: bool = False,
     ) -> None:
         """Commit the pages walked since the last commit, the last one with its changes."""
         pending = self.pending
@@ -199,6 +238,7 @@ class PageWalk:
             messages or [],
             rejected or [],
             pages=pending.pages,
+            new_rows=new_rows,
         )
         self.pending = _Pending()
         self.sent_uncleared = False  # the commit replaced the outbox
@@ -214,10 +254,12 @@ class PageWalk:
             self.stream.store.clear_pending(self.stream.key)
             self.sent_uncleared = False
 
-    def _diff(self, page: Page) -> PageDiff:
+    def _diff(self, page: Page, *, load: bool = True) -> PageDiff:
+        """The page against its stored rows (``load=False``: as if none were stored)."""
         stream = self.stream
-        ids = [item["id"] for item in page.items]
-        stored = stream.store.load_rows(stream.key, ids)
+        stored: Mapping[str, SnapshotRow] = {}
+        if load:
+            stored = stream.store.load_rows(stream.key, [item["id"] for item in page.items])
         return diff_page(
             stream.key,
             page.items,

@@ -14,9 +14,11 @@ from cloudevents.core.formats.json import JSONFormat
 from structlog.testing import capture_logs
 
 from bindbee_sim import SimServer
-from daemon.models import StreamKey
+from daemon.diff import content_hash
+from daemon.models import RowWrite, StreamKey
 from daemon.runtime import Runtime
 from daemon.settings import Settings, load_settings
+from daemon.state import open_store
 from daemon.timestamps import normalize_time
 from tests.harness import Daemon, cli, scan_pages, wait_until
 from tests.harness import poll as poll_to_the_end
@@ -105,6 +107,36 @@ def test_initial_sync_then_changes_then_quiet(sim, broker, tmp_path: Path) -> No
     assert again.stats.created == again.stats.updated == again.stats.deleted == 0
     # Everything the three scans published: through the third one's scan_completed marker.
     assert len(read_topic(broker.bootstrap, topic, through=scans_end(settings, 3))) == 1018
+
+
+@pytest.mark.sim(enrollments=250)
+def test_initial_sync_meets_a_row_stored_before_it(sim, broker, tmp_path: Path) -> None:
+    """An initial sync diffs its pages without loading their rows (none is stored yet)
+    and commits them as new rows only. A page holding a stored row after all (here a
+    targeted read's, written before the walk) is loaded and diffed again: its record is
+    `updated`, not `created` a second time, and every later page is loaded too."""
+    config = feed_config(sim, broker, tmp_path)
+    settings = settings_of(config)
+    topic = settings.kafka.topic_for("acme", "enrollments")
+    ids = sim.ids("acme", "enrollments")
+    stored = ids[150]  # on page 2 of 3
+    old = {**sim.get("acme", "enrollments", stored), "start_date": "1999-01-01T00:00:00Z"}
+    with open_store(config["state"]["path"]) as store:
+        digest = content_hash(old, ("modified_at",))
+        store.commit_reads(KEY, [RowWrite(stored, old["modified_at"], digest, old)], [], [])
+    with capture_logs() as logs:
+        result = poll(settings)
+    assert result.completed
+    assert (result.stats.created, result.stats.updated) == (249, 1)
+    assert [line["page"] for line in logs if line["event"] == "stored_rows_found"] == [2]
+    events = events_of(read_topic(broker.bootstrap, topic, through=scans_end(settings, 1)))
+    assert Counter(e["subject"] for e in events) == Counter(ids)  # each record once
+    (updated,) = [e for e in events if e["type"].endswith(".updated")]
+    assert updated["subject"] == stored and "start_date" in updated["data"]["changes"]
+    # What the store holds is the record the API listed (the event's), for every id.
+    with open_store(config["state"]["path"]) as store:
+        rows = store.load_rows(KEY, ids)
+    assert len(rows) == 250 and rows[stored].record == updated["data"]["record"]
 
 
 @pytest.mark.sim(enrollments=50)

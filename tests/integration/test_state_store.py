@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.errors import StateStoreError
+from daemon.errors import StateStoreError, StoredRowsFound
 from daemon.models import Message, RejectWrite, RowWrite, StreamKey
 from daemon.settings import StateSettings
 from daemon.state import LoadedRow, SnapshotStore, StateStore, head_revision, open_store
@@ -198,6 +198,30 @@ def test_outbox_holds_the_last_page_until_cleared(store: StateStore) -> None:
     store.commit_deletes(KEY, ["a"], messages[:1])
     assert store.pending(KEY) == messages[:1] and store.state(KEY).records == 0
     assert store.pending(OTHER) == []
+
+
+def test_new_rows_commit_refuses_a_page_with_a_stored_row(store: StateStore) -> None:
+    """An initial sync's page is diffed without loading and committed as new rows only:
+    one row already stored and nothing of the page is committed (the walk reloads it)."""
+    old = [Message("t.enrollments", b"a", b'{"id":"a"}')]
+    store.begin_scan(KEY, "full", None, 1.0)
+    store.commit_page(KEY, [write("a")], ["a"], "c1", None, old, new_rows=True)
+    before = store.state(KEY)
+    page = [write(r, grade=2) for r in ("b", "a", "c")]
+    new = [Message("t.enrollments", b"b", b'{"id":"b"}')]
+    with pytest.raises(StoredRowsFound, match="1 of the page's 3 rows"):
+        store.commit_page(KEY, page, ["b", "a", "c"], "c2", None, new, new_rows=True)
+    after = store.state(KEY)
+    assert (after.scan_cursor, after.scan_pages, after.records) == ("c1", 1, 1)
+    assert after.scan_pages == before.scan_pages
+    assert store.pending(KEY) == old  # the outbox is the last committed page's still
+    assert set(store.load_rows(KEY, ["a", "b", "c"])) == {"a"}
+    assert store.load_rows(KEY, ["a"])["a"].record == {"id": "a", "grade": 1}
+    # Loaded and diffed again, the page commits as an ordinary upsert.
+    store.commit_page(KEY, page, ["b", "a", "c"], "c2", None, new)
+    rows = store.load_rows(KEY, ["a", "b", "c"])
+    assert {r: rows[r].record["grade"] for r in rows} == {"a": 2, "b": 2, "c": 2}
+    assert store.state(KEY).scan_cursor == "c2"
 
 
 def test_claims_and_ping(store: StateStore) -> None:

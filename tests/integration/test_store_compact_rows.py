@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from daemon.errors import LeaseLost
 from daemon.models import RowWrite, StreamKey
-from daemon.state import StateStore, open_store
+from daemon.state import StateStore, open_store, seen
 from daemon.state.codec import SAMPLES, pack_hash, pack_ids, unpack_hash
 
 KEY = StreamKey("acme", "enrollments")
@@ -97,6 +97,31 @@ def test_mark_seen_keeps_ids_written_outside_the_walk_from_the_deletes(
     with pytest.raises(LeaseLost):
         store.mark_seen(KEY, ["d"])
     assert store.count_missing(KEY) == (4, 4)
+
+
+@pytest.mark.parametrize("few", [10_000, 2])
+def test_counting_the_unseen_rows_keeps_their_ids_for_the_deletes(
+    store: StateStore, few: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """count_missing fetches up to FEW_MISSING unseen ids and the delete phase uses them
+    (one anti-join a scan); past that it only counts. Either way the figures are exact,
+    and ids seen after the count (a later page, a targeted read) are no longer handed out
+    for deletion."""
+    monkeypatch.setattr(seen, "FEW_MISSING", few)
+    store.begin_scan(KEY, "full", None, 1.0)
+    store.commit_page(KEY, [_write(r) for r in "abcdef"], list("abcdef"), None, T)
+    store.finish_scan(KEY, 2.0, None)
+    store.begin_scan(KEY, "full", None, 3.0)
+    store.commit_page(KEY, [], ["a", "f"], "c2", T)
+    assert store.count_missing(KEY) == (4, 6)
+    store.commit_page(KEY, [], ["b"], "c3", T)  # a page committed after the count
+    assert store.count_missing(KEY) == (3, 6)
+    store.commit_reads(KEY, [_write("c", 1)], [], [])  # a targeted read of c
+    assert [row.id for row in store.missing_rows(KEY, 10)] == ["d", "e"]
+    assert store.count_missing(KEY) == (2, 6)
+    store.commit_deletes(KEY, ["d"])
+    assert store.count_missing(KEY) == (1, 5)
+    assert [row.id for row in store.missing_rows(KEY, 10)] == ["e"]
 
 
 def test_blobs_are_compressed_with_the_streams_dictionary_and_read_back(
