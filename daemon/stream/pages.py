@@ -13,6 +13,10 @@ go in one commit (their seen ids and the last cursor), together with the next pa
 has something, or at the last page, or before the walk stops or fails. A process killed
 during a steady scan so walks at most that many pages again (docs/operations.md); they
 had no events, so nothing is sent twice.
+
+An initial sync's pages are diffed without loading their rows (none is stored yet) and
+committed as new rows only; a page that meets a stored row is loaded and diffed again
+(``StoredRowsFound``), and so is every page after it.
 """
 
 from __future__ import annotations
