@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from daemon.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED
-from daemon.cli.parser import build_parser
+from daemon.cli.parser import build_parser, command_of
 from daemon.errors import ChangefeedError, Refused
 
 __all__ = ["build_parser", "main"]
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lms-changefeed`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        return int(command_of(args)(args))
     except Refused as exc:
         print(f"lms-changefeed: {exc}", file=sys.stderr)
         return EXIT_REFUSED
