@@ -255,8 +255,8 @@ class Hints(Snapshots, Walks):
                 tx.values(self._insert_read, [(hid, sid, now) for hid in read_hints])
         if trained is not None:  # only once committed: blobs name it from now on
             self.codec.add(*trained, sid)
-        if writes:
-            self._missing.pop(sid, None)  # seen now: not the delete phase's any more
+        if writes or deleted:
+            self._missing.pop(sid, None)  # seen or gone now: not the delete phase's any more
 
     def hint_status(self, key: StreamKey, connector_id: str | None = None) -> HintStatus:
         """What ``status`` shows: spacing, syncs since the last walk, ``hint_missed``

@@ -119,6 +119,15 @@ _INSERT_OUTBOX = sa.insert(outbox).values(
     sid=SID, messages=bindparam("p_messages", type_=sa.LargeBinary)
 )
 _CLEAR_OUTBOX = delete(outbox).where(outbox.c.sid == SID)
+# Only while the stream's scan is where the caller last committed it: a commit that failed
+# on the wire may still have landed, and then the outbox holds its page, not sent yet.
+_CLEAR_OUTBOX_AT = _CLEAR_OUTBOX.where(
+    sa.exists().where(
+        streams.c.sid == SID,
+        streams.c.scan_number == bindparam("p_scan", type_=sa.Integer),
+        streams.c.scan_pages == bindparam("p_pages", type_=sa.Integer),
+    )
+)
 # Reset: the stream's data goes, its row stays (with its id, which every process caches)
 # as a fresh row would be, due now. scan_number keeps counting, so nothing remembered
 # about an earlier scan (a scan's progress, a late write) matches a new one; the
@@ -142,8 +151,8 @@ _RESET_STREAM = stream_update().values(
 
 
 def write_outbox(tx: Tx, sid: int, messages: Sequence[Message]) -> None:
-    """Make ``messages`` the stream's outbox, replacing what it held: the pass publishes
-    (and clears) the outbox before it commits more."""
+    """Make ``messages`` the stream's outbox, replacing what it held: a pass commits more
+    only once Kafka acknowledged what the outbox holds (the next commit is its clear)."""
     tx.run(_CLEAR_OUTBOX, p_sid=sid)
     if messages:
         tx.run(_INSERT_OUTBOX, p_sid=sid, p_messages=pack_messages(messages))
@@ -268,12 +277,16 @@ class Scans(LeaseFencing):
             row = tx.one(_SELECT_OUTBOX, p_sid=self._sid(tx, key))
         return [] if row is None else unpack_messages(bytes(row[0]))
 
-    def clear_pending(self, key: StreamKey) -> None:
-        """Kafka acknowledged the outbox: forget it."""
+    def clear_pending(self, key: StreamKey, *, at: tuple[int, int] | None = None) -> None:
+        """Kafka acknowledged the outbox: forget it. ``at``: only if the stream's scan is
+        still (scan number, pages committed), as the caller's last commit left it."""
         with self._tx("clear outbox") as tx:
             sid = self._sid(tx, key)
             with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
                 # Another replica that took the stream over may have an outbox of its own.
                 fenced = self._fence_sent(tx, sid, key)
-                tx.run(_CLEAR_OUTBOX, p_sid=sid)
+                if at is None:
+                    tx.run(_CLEAR_OUTBOX, p_sid=sid)
+                else:
+                    tx.run(_CLEAR_OUTBOX_AT, p_sid=sid, p_scan=at[0], p_pages=at[1])
             fenced()

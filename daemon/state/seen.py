@@ -13,8 +13,11 @@ pages): ids it marks count as seen by the scan in progress.
 
 The delete phase runs the anti-join once per scan, not once per batch: at 1,000,000
 records (500,000 unseen, PostgreSQL 15) it takes 1-2.5 s, and the phase then loads each
-batch of 100 by id. The ids are remembered for the scan and the lease token they were
-computed under; a ``mark_seen`` or a lease taken anew computes them again.
+batch of 100 by id. Counting the unseen rows for the delete guard keeps up to 10,000 of
+their ids, so a scan with few deletes runs it once in all. The ids are remembered for
+the scan and the lease token they were computed under; any write of seen ids or rows
+(a page's commit, ``mark_seen``, a targeted read) or a lease taken anew computes them
+again.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ _UNSEEN = {
 class _Statements(NamedTuple):
     count: sa.TextClause  # (unseen rows, all rows)
     ids: sa.TextClause  # the unseen rows' ids, in byte order
-    first_ids: sa.TextClause  # the first :p_limit of them
+    first_ids: sa.TextClause  # the first :p_limit of them, each with the count of all
     total: sa.TextClause  # all rows
 
 
@@ -101,10 +104,12 @@ def _statements(dialect: str) -> _Statements:
     # at 1,000,000 records with 500,000 unseen; in the database's collation it merged
     # after sorting the seen ids, 6.5 s.
     order = 'r.id COLLATE "C"' if dialect == "postgresql" else "r.id"
-    ids = f"SELECT r.id FROM changefeed_records r WHERE r.sid = :p_sid AND {unseen}"
-    ids += f" ORDER BY {order}"
-    first = sa.text(ids + " LIMIT :p_limit").bindparams(bindparam("p_limit", type_=sa.Integer))
-    return _Statements(count, sa.text(ids), first, sa.text(total))
+    where = f"FROM changefeed_records r WHERE r.sid = :p_sid AND {unseen} ORDER BY {order}"
+    # The first ids and how many there are in all (counted before the LIMIT applies).
+    first = sa.text(f"SELECT r.id, count(*) OVER () {where} LIMIT :p_limit").bindparams(
+        bindparam("p_limit", type_=sa.Integer)
+    )
+    return _Statements(count, sa.text(f"SELECT r.id {where}"), first, sa.text(total))
 
 
 STATEMENTS = {dialect: _statements(dialect) for dialect in _UNSEEN}
@@ -150,22 +155,21 @@ class SeenIds(LeaseFencing):
         Up to ``FEW_MISSING`` unseen rows, their ids are fetched here and kept for the
         delete phase (``missing_rows``): a scan that deletes few rows, the common case,
         runs the anti-join once (~40 ms at 20,000 records on PostgreSQL, 1-2.5 s at
-        1,000,000), not twice. Past that, they are only counted, as the guard may withhold
-        them."""
+        1,000,000), not twice. Past that, they are only counted (the guard may withhold
+        them), and the delete phase runs it again to list them all."""
         statements = STATEMENTS[self.dialect]
         with self._tx("count missing rows", read=True) as tx:
             sid = self._sid(tx, key)
             tag = self._missing_tag(tx, sid)
             cached = self._missing.get(sid)
+            total = int(tx.one(statements.total, p_sid=sid)[0])
             if cached is None or cached[0] != tag:
-                found = tx.run(statements.first_ids, p_sid=sid, p_limit=FEW_MISSING + 1)
-                ids = [row[0] for row in found.fetchall()]
-                if len(ids) > FEW_MISSING:
-                    missing, total = tx.one(statements.count, p_sid=sid)
-                    return int(missing or 0), int(total)
-                cached = self._missing[sid] = (tag, dict.fromkeys(ids))
-            total = tx.one(statements.total, p_sid=sid)[0]
-            return len(cached[1]), int(total)
+                found = tx.run(statements.first_ids, p_sid=sid, p_limit=FEW_MISSING).fetchall()
+                missing = int(found[0][1]) if found else 0
+                if missing > len(found):
+                    return missing, total  # too many to keep: missing_rows lists them
+                cached = self._missing[sid] = (tag, dict.fromkeys(row[0] for row in found))
+            return len(cached[1]), total
 
     def missing_rows(self, key: StreamKey, limit: int) -> list[StoredRow]:
         """Up to ``limit`` rows the current scan did not see, in id order."""

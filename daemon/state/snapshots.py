@@ -274,7 +274,7 @@ class Snapshots(LeaseFencing):
             if not new_only:
                 return
             done = sum(c.rowcount for c in counted) if counted else counted_rows
-            for cursor in counted:
+            for cursor in counted:  # (unchecked, as the fence's, it goes with the object)
                 cursor.close()
             if done != len(writes):
                 raise StoredRowsFound(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from daemon.diff import PageDiff, diff_page
-from daemon.errors import ScanInterrupted, StoredRowsFound
+from daemon.errors import ScanInterrupted, StoredRowsFound, StreamHeldElsewhere
 from daemon.models import Message, Page, RejectWrite, RowWrite, SnapshotRow, StreamState
 from daemon.ops import metrics
 from daemon.source.pagination import iter_pages
@@ -102,6 +102,7 @@ class PageWalk:
         self.ceiling = watermark_ceiling(state.scan_started_at)
         self.full = state.scan_kind == "full"
         self.pending = _Pending()
+        self.commit_failed = False  # a commit raised: whether it landed is not known
         # An initial sync's pages hold records never stored: they are diffed without
         # loading, and committed as new rows only. The first page that meets a stored
         # one (the API's order shifted, a page walked again) is loaded and diffed again,
@@ -142,15 +143,17 @@ class PageWalk:
                         f"{stream.name}: stop requested; resumes at page {page.number + 1}"
                     )
         except Exception:
-            # A failed fetch: keep the pages walked so far. If the store is what failed
-            # (or the lease is gone), this fails too and the pages are walked again.
-            if self.pending.pages:
+            # A failed fetch: keep the quiet pages walked so far. Not after a failed commit:
+            # it may have landed all the same (an answer lost on the wire), and committing
+            # the pages again would move the cursor back and replace its outbox.
+            if self.pending.pages and not self.commit_failed:
                 with contextlib.suppress(Exception):
                     self._flush()
             try:
                 self._clear()
             except Exception as exc:  # the next pass sends that page again (same ids)
-                self.log.warning("outbox_clear_failed", error=str(exc))
+                level = self.log.info if isinstance(exc, StreamHeldElsewhere) else self.log.warning
+                level("outbox_clear_failed", error=str(exc))
             raise
         finally:
             pages.close()
@@ -185,6 +188,10 @@ class PageWalk:
                 pending.restore(mark)
                 self.assume_new = False
                 self.log.info("stored_rows_found", page=page.number, reason=str(found))
+            except BaseException:
+                if self.pending is pending:  # not committed: this page is walked again
+                    pending.restore(mark)
+                raise
         record_page(stream.labels, tally, rejections.reasons)
         if not sent:
             return
@@ -233,17 +240,23 @@ class PageWalk:
         pending = self.pending
         if not pending.pages:
             return
-        self.state = self.stream.store.commit_page(
-            self.stream.key,
-            writes or [],
-            pending.seen_ids,
-            pending.cursor,
-            pending.max_modified,
-            messages or [],
-            rejected or [],
-            pages=pending.pages,
-            new_rows=new_rows,
-        )
+        try:
+            self.state = self.stream.store.commit_page(
+                self.stream.key,
+                writes or [],
+                pending.seen_ids,
+                pending.cursor,
+                pending.max_modified,
+                messages or [],
+                rejected or [],
+                pages=pending.pages,
+                new_rows=new_rows,
+            )
+        except StoredRowsFound:
+            raise  # rolled back, certainly: nothing landed
+        except BaseException:
+            self.commit_failed = True
+            raise
         self.pending = _Pending()
         self.sent_uncleared = False  # the commit replaced the outbox
         for tally in pending.tallies:
@@ -253,9 +266,14 @@ class PageWalk:
             self.result.add(tally)
 
     def _clear(self) -> None:
-        """Forget a sent page's outbox that no commit replaced (the walk stops here)."""
+        """Forget a sent page's outbox that no commit replaced (the walk stops here): only
+        if the stream is where that page's commit left it (a failed commit after it may
+        have landed, its own page then in the outbox, not sent)."""
         if self.sent_uncleared:
-            self.stream.store.clear_pending(self.stream.key)
+            state = self.state
+            self.stream.store.clear_pending(
+                self.stream.key, at=(state.scan_number, state.scan_pages)
+            )
             self.sent_uncleared = False
 
     def _diff(self, page: Page, *, load: bool = True) -> PageDiff:

@@ -224,6 +224,21 @@ def test_new_rows_commit_refuses_a_page_with_a_stored_row(store: StateStore) -> 
     assert store.state(KEY).scan_cursor == "c2"
 
 
+def test_a_conditional_clear_keeps_a_later_commits_outbox(store: StateStore) -> None:
+    """The walk clears a sent page's outbox only where that page's commit left the scan: a
+    later commit that failed on the wire but landed holds its own, unsent page there."""
+    first = [Message("t.enrollments", b"a", b'{"id":"a"}')]
+    later = [Message("t.enrollments", b"b", b'{"id":"b"}')]
+    store.begin_scan(KEY, "full", None, 1.0)
+    sent = store.commit_page(KEY, [write("a")], ["a"], "c1", None, first)
+    store.commit_page(KEY, [write("b")], ["b"], "c2", None, later)  # "failed", yet landed
+    store.clear_pending(KEY, at=(sent.scan_number, sent.scan_pages))
+    assert store.pending(KEY) == later
+    now = store.state(KEY)
+    store.clear_pending(KEY, at=(now.scan_number, now.scan_pages))
+    assert store.pending(KEY) == []
+
+
 def test_claims_and_ping(store: StateStore) -> None:
     assert store.claim(KEY) and store.claim(KEY)
     store.ping()
