@@ -115,9 +115,12 @@ _LIST_STREAMS = select(streams.c.connector, streams.c.model).order_by(
     streams.c.connector, streams.c.model
 )
 _SELECT_OUTBOX = select(outbox.c.messages).where(outbox.c.sid == SID)
-_INSERT_OUTBOX = sa.insert(outbox).values(
-    sid=SID, messages=bindparam("p_messages", type_=sa.LargeBinary)
-)
+# One statement to replace the outbox (SQLite and PostgreSQL spell the upsert alike): a
+# page's commit sends one statement fewer than a DELETE and an INSERT.
+_PUT_OUTBOX = sa.text(
+    "INSERT INTO changefeed_outbox (sid, messages) VALUES (:p_sid, :p_messages)"
+    " ON CONFLICT (sid) DO UPDATE SET messages = excluded.messages"
+).bindparams(SID, bindparam("p_messages", type_=sa.LargeBinary))
 _CLEAR_OUTBOX = delete(outbox).where(outbox.c.sid == SID)
 # Only while the stream's scan is where the caller last committed it: a commit that failed
 # on the wire may still have landed, and then the outbox holds its page, not sent yet.
@@ -153,9 +156,10 @@ _RESET_STREAM = stream_update().values(
 def write_outbox(tx: Tx, sid: int, messages: Sequence[Message]) -> None:
     """Make ``messages`` the stream's outbox, replacing what it held: a pass commits more
     only once Kafka acknowledged what the outbox holds (the next commit is its clear)."""
-    tx.run(_CLEAR_OUTBOX, p_sid=sid)
     if messages:
-        tx.run(_INSERT_OUTBOX, p_sid=sid, p_messages=pack_messages(messages))
+        tx.run(_PUT_OUTBOX, p_sid=sid, p_messages=pack_messages(messages))
+    else:
+        tx.run(_CLEAR_OUTBOX, p_sid=sid)
 
 
 class Scans(LeaseFencing):
