@@ -246,7 +246,9 @@ class Hints(Snapshots, Walks):
                 assert len(rows[0]) == len(REJECTED_COLUMNS)
                 tx.values(self._upsert_rejected, rows)
             if writes:
-                trained, _ = self._write_rows(tx, sid, writes)
+                self._prepare_codec(tx, sid)
+                self._write_rows(tx, sid, writes)
+                trained = self._train(tx, sid, writes)
                 # Seen by a full scan in progress: its end must not take them for deleted.
                 write_seen_extra(tx, self.dialect, sid, [w.id for w in writes])
             for start in range(0, len(deleted), CHUNK):

@@ -16,6 +16,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy import bindparam, case, delete, func, select, update
@@ -78,7 +79,7 @@ IS_STREAM_LEASE = leases.c.name == (
 # (takers are serialised by the row lock), so a holder that was slow (a long Retry-After,
 # a late heartbeat) keeps its lease; once another replica took it, the token differs and
 # the old holder's next write fails.
-_RENEW = (
+RENEW = (
     update(leases).where(leases.c.name == NAME, leases.c.token == TOKEN).values(expires_at=EXPIRES)
 )
 DROP_LEASE = delete(leases).where(leases.c.name == NAME, leases.c.token == TOKEN)
@@ -131,6 +132,33 @@ class _NotDue(Exception):
     """Raised inside a claim's transaction to roll the lease back."""
 
 
+@dataclass(slots=True)
+class Renewal:
+    """One renewal of a held lease, sent with a write (``RENEW`` with ``params``); the
+    write's transaction commits only after ``confirm`` saw the renewal's row count."""
+
+    lease: Lease
+    lost: LeaseLost
+    lease_seconds: float
+    sent_at: float = field(default_factory=time.monotonic)
+    params: dict[str, object] = field(init=False)
+
+    def __post_init__(self) -> None:
+        now = time.time()
+        self.params = {
+            "p_name": self.lease.name,
+            "p_token": self.lease.token,
+            "p_expires": now + self.lease_seconds,
+        }
+
+    def confirm(self, renewed: int) -> None:
+        """LeaseLost unless the renewal updated the lease's row (it is still ours)."""
+        if renewed != 1:
+            self.lease.lost = True
+            raise self.lost
+        self.lease.confirmed = self.sent_at
+
+
 class LeaseFencing(StoreCore):
     """Taking, checking and giving back leases; the fence every write of a pass passes."""
 
@@ -179,31 +207,28 @@ class LeaseFencing(StoreCore):
         returns the check, which raises LeaseLost if it is no longer ours. In a pipeline
         (``Tx.pipeline``) the check runs once it ended, before the transaction commits:
         the writes sent after the renewal are then rolled back with it."""
-        lease = self._leases.get(stream_lease_name(sid))
-        if lease is None:
+        renewal = self._renewal(sid, key)
+        if renewal is None:
             return _no_check  # not claimed here: an operator command, or a single-process test
-        if lease.lost:
-            # Stays lost until the pass releases it: no later write of it gets through.
-            raise self._lost(key)
-        now = time.time()
-        confirmed = time.monotonic()
-        cursor = tx.fresh().run(
-            _RENEW,
-            p_name=lease.name,
-            p_token=lease.token,
-            p_now=now,
-            p_expires=now + self.lease_seconds,
-        )
+        cursor = tx.fresh().run(RENEW, **renewal.params)
 
         def check() -> None:
             renewed = cursor.rowcount
             cursor.close()
-            if renewed != 1:
-                lease.lost = True
-                raise self._lost(key)
-            lease.confirmed = confirmed
+            renewal.confirm(renewed)
 
         return check
+
+    def _renewal(self, sid: int, key: StreamKey) -> Renewal | None:
+        """The renewal of the stream's lease for a write about to be sent (None: this
+        process holds none); LeaseLost at once if it is known lost."""
+        lease = self._leases.get(stream_lease_name(sid))
+        if lease is None:
+            return None
+        if lease.lost:
+            # Stays lost until the pass releases it: no later write of it gets through.
+            raise self._lost(key)
+        return Renewal(lease, self._lost(key), self.lease_seconds)
 
     def _held(self, key: StreamKey) -> Lease | None:
         return next((held for held in list(self._leases.values()) if held.key == key), None)

@@ -117,14 +117,14 @@ _LIST_STREAMS = select(streams.c.connector, streams.c.model).order_by(
 _SELECT_OUTBOX = select(outbox.c.messages).where(outbox.c.sid == SID)
 # One statement to replace the outbox (SQLite and PostgreSQL spell the upsert alike): a
 # page's commit sends one statement fewer than a DELETE and an INSERT.
-_PUT_OUTBOX = sa.text(
+PUT_OUTBOX = sa.text(
     "INSERT INTO changefeed_outbox (sid, messages) VALUES (:p_sid, :p_messages)"
     " ON CONFLICT (sid) DO UPDATE SET messages = excluded.messages"
 ).bindparams(SID, bindparam("p_messages", type_=sa.LargeBinary))
-_CLEAR_OUTBOX = delete(outbox).where(outbox.c.sid == SID)
+CLEAR_OUTBOX = delete(outbox).where(outbox.c.sid == SID)
 # Only while the stream's scan is where the caller last committed it: a commit that failed
 # on the wire may still have landed, and then the outbox holds its page, not sent yet.
-_CLEAR_OUTBOX_AT = _CLEAR_OUTBOX.where(
+_CLEAR_OUTBOX_AT = CLEAR_OUTBOX.where(
     sa.exists().where(
         streams.c.sid == SID,
         streams.c.scan_number == bindparam("p_scan", type_=sa.Integer),
@@ -157,9 +157,9 @@ def write_outbox(tx: Tx, sid: int, messages: Sequence[Message]) -> None:
     """Make ``messages`` the stream's outbox, replacing what it held: a pass commits more
     only once Kafka acknowledged what the outbox holds (the next commit is its clear)."""
     if messages:
-        tx.run(_PUT_OUTBOX, p_sid=sid, p_messages=pack_messages(messages))
+        tx.run(PUT_OUTBOX, p_sid=sid, p_messages=pack_messages(messages))
     else:
-        tx.run(_CLEAR_OUTBOX, p_sid=sid)
+        tx.run(CLEAR_OUTBOX, p_sid=sid)
 
 
 class Scans(LeaseFencing):
@@ -290,7 +290,7 @@ class Scans(LeaseFencing):
                 # Another replica that took the stream over may have an outbox of its own.
                 fenced = self._fence_sent(tx, sid, key)
                 if at is None:
-                    tx.run(_CLEAR_OUTBOX, p_sid=sid)
+                    tx.run(CLEAR_OUTBOX, p_sid=sid)
                 else:
                     tx.run(_CLEAR_OUTBOX_AT, p_sid=sid, p_scan=at[0], p_pages=at[1])
             fenced()

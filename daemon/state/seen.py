@@ -46,7 +46,7 @@ _INSERT = insert(scan_ids).values(
 )
 # A page's row, numbered from the stream's row as it is before the cursor moves (the
 # same transaction moves it by ``p_pages``): no round trip to read them first.
-_INSERT_PAGE = insert(scan_ids).from_select(
+INSERT_PAGE = insert(scan_ids).from_select(
     ["sid", "scan", "part", "uuids", "ids"],
     select(
         streams.c.sid,
@@ -125,13 +125,18 @@ def write_seen(tx: Tx, dialect: str, sid: int, scan: int, part: int, ids: Sequen
     tx.run(_INSERT, p_sid=sid, p_scan=scan, p_part=part, p_uuids=uuids, p_others=others)
 
 
+def seen_page_values(dialect: str, ids: Sequence[str]) -> tuple[bytes | None, str | None]:
+    """``INSERT_PAGE``'s (``p_uuids``, ``p_others``) for ``ids``."""
+    return pack_ids(ids, uuids=dialect == "postgresql")
+
+
 def write_seen_page(tx: Tx, dialect: str, sid: int, pages: int, ids: Sequence[str]) -> None:
     """Record ``ids`` as seen by the current scan of stream ``sid``, as the row of its
-    ``pages`` pages committed next (before ``_ADVANCE`` counts them)."""
+    ``pages`` pages committed next (before ``ADVANCE`` counts them)."""
     if not ids:
         return
-    uuids, others = pack_ids(ids, uuids=dialect == "postgresql")
-    tx.run(_INSERT_PAGE, p_sid=sid, p_pages=pages, p_uuids=uuids, p_others=others)
+    uuids, others = seen_page_values(dialect, ids)
+    tx.run(INSERT_PAGE, p_sid=sid, p_pages=pages, p_uuids=uuids, p_others=others)
 
 
 def write_seen_extra(tx: Tx, dialect: str, sid: int, ids: Sequence[str]) -> None:

@@ -16,16 +16,23 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy import bindparam, case, func, or_, select
+from sqlalchemy import bindparam, func, select
 
 from daemon.errors import StoredRowsFound
 from daemon.models import Message, RejectWrite, RowWrite, SnapshotRow, StreamKey, StreamState
-from daemon.state.codec import pack_hash
+from daemon.state.codec import pack_hash, pack_messages
 from daemon.state.leases import LeaseFencing
+from daemon.state.page_sql import (
+    ADVANCE,
+    INSERT_NEW_RECORDS_PG,
+    UPSERT_RECORDS_PG,
+    Rows,
+    page_commit,
+)
 from daemon.state.rows import LoadedRow
 from daemon.state.scans import CURRENT_SCAN, write_outbox
-from daemon.state.schema import STATE_COLUMNS, dictionaries, records, rejected, streams
-from daemon.state.seen import write_seen_page
+from daemon.state.schema import dictionaries, records, rejected
+from daemon.state.seen import seen_page_values, write_seen_page
 from daemon.state.sql import (
     CHUNK,
     SID,
@@ -33,26 +40,10 @@ from daemon.state.sql import (
     id_params,
     row_params,
     select_rows,
-    stream_update,
 )
 
 RECORD_COLUMNS = ("sid", "id", "modified_at", "hash", "record", "remote_id")
 REJECTED_COLUMNS = ("sid", "fingerprint", "first_seen", "reason", "record_id", "scan")
-_MAX = bindparam("p_max", type_=sa.Text)
-# The stream's state after the move comes back with it: its scan number and page count
-# name the page's rows, and the pass gets its new state, with no SELECT before or after.
-_ADVANCE = (
-    stream_update()
-    .values(
-        scan_cursor=bindparam("p_cursor", type_=sa.Text),
-        scan_pages=streams.c.scan_pages + bindparam("p_pages", type_=sa.Integer),
-        scan_max_modified=case(
-            (or_(streams.c.scan_max_modified.is_(None), streams.c.scan_max_modified < _MAX), _MAX),
-            else_=streams.c.scan_max_modified,
-        ),
-    )
-    .returning(*STATE_COLUMNS)
-)
 _COUNT_REJECTED = select(func.count()).select_from(rejected).where(rejected.c.sid == SID)
 # Rejected items of the current scan that nothing identifies: its deletes are withheld.
 _COUNT_UNIDENTIFIED = (
@@ -75,33 +66,21 @@ _INSERT_DICTIONARY = (
 )
 
 
-# PostgreSQL: the page's rows as one JSON array of [id, modified_at, hash (hex), blob
-# (base64), remote_id]. A 100-row VALUES is 600 parameters and a statement too long for
-# psycopg's query cache (2.6 ms of CPU per page, more than the server took to run it); a
-# bytea[]/text[] per column is dumped element by element in Python (0.8 ms); orjson
-# dumps the whole page at once (0.2 ms).
-_INSERT_RECORDS_PG = (
-    "INSERT INTO changefeed_records (sid, id, modified_at, hash, record, remote_id)"
-    " SELECT :p_sid, k->>0, k->>1, decode(k->>2, 'hex'), decode(k->>3, 'base64'), k->>4"
-    " FROM json_array_elements(CAST(:p_rows AS json)) AS k ON CONFLICT (sid, id) DO "
-)
-_UPSERT_RECORDS_PG = sa.text(
-    _INSERT_RECORDS_PG + "UPDATE SET modified_at = excluded.modified_at,"
-    " hash = excluded.hash, record = excluded.record, remote_id = excluded.remote_id"
-)
-# A page diffed without loading its rows (``commit_page(new_rows=True)``): a row already
-# there is left alone, and counted (rowcount) so the commit can refuse.
-_INSERT_NEW_RECORDS_PG = sa.text(_INSERT_RECORDS_PG + "NOTHING")
-
-
 def _by_remote(count: int) -> sa.Select[Any]:
     return select(records.c.remote_id, records.c.id).where(
         records.c.sid == SID, records.c.remote_id.in_(id_params(count))
     )
 
 
-def _nothing_to_check() -> None:
-    return None
+@functools.lru_cache(maxsize=4)
+def _text(sql: str) -> sa.TextClause:
+    return sa.text(sql)
+
+
+def _all_new(written: int, rows: int) -> None:
+    """StoredRowsFound unless every one of a page's ``rows`` was inserted as new."""
+    if written != rows:
+        raise StoredRowsFound(f"{rows - written} of the page's {rows} rows were stored")
 
 
 def _remote_id(record: Any) -> str | None:
@@ -211,22 +190,14 @@ class Snapshots(LeaseFencing):
         stored (an initial sync's pages). Should one be stored after all, nothing is
         committed and StoredRowsFound is raised: the caller loads the rows and diffs the
         page again."""
-        trained: tuple[int, bytes] | None = None
-        inserted: Callable[[], None] = _nothing_to_check
         with self._tx("commit page") as tx:
             sid = self._sid(tx, key)
-            # PostgreSQL: one round trip for the lot (the renewal's answer is checked
-            # before anything commits), not one per statement.
-            with tx.pipeline(self.dialect):
-                fenced = self._fence_sent(tx, sid, key)
-                write_outbox(tx, sid, outbox)
-                if writes:
-                    trained, inserted = self._write_rows(tx, sid, writes, new_only=new_rows)
-                write_seen_page(tx, self.dialect, sid, pages, seen_ids)
-                tx.run(_ADVANCE, p_cursor=next_cursor, p_max=max_modified, p_pages=pages, p_sid=sid)
-            fenced()
-            inserted()
-            state = StreamState(key, *tx.cursor.fetchall()[0], records=0)
+            if writes:
+                self._prepare_codec(tx, sid)
+            commit = self._commit_pg if self.dialect == "postgresql" else self._commit_statements
+            state, trained = commit(
+                tx, sid, key, writes, seen_ids, (next_cursor, max_modified, pages), outbox, new_rows
+            )
             if rejected:
                 unique = {r.fingerprint: r for r in rejected}.values()
                 rows = [(sid, r.fingerprint, r.first_seen, r.reason, r.record_id,
@@ -239,54 +210,115 @@ class Snapshots(LeaseFencing):
             self._missing.pop(sid, None)  # the unseen ids kept for deletes are fewer now
         return state
 
+    def _commit_pg(
+        self,
+        tx: Tx,
+        sid: int,
+        key: StreamKey,
+        writes: Sequence[RowWrite],
+        seen_ids: Sequence[str],
+        move: tuple[str | None, str | None, int],
+        outbox: Sequence[Message],
+        new_rows: bool,
+    ) -> tuple[StreamState, tuple[int, bytes] | None]:
+        """PostgreSQL: the page's commit as one statement (``page_sql.page_commit``); the
+        lease's renewal and the rows written are checked before the transaction commits.
+        Returns the new state, and a dictionary trained on the way (``_train``)."""
+        cursor, max_modified, pages = move
+        params: dict[str, Any] = {
+            "p_sid": sid, "p_cursor": cursor, "p_max": max_modified, "p_pages": pages
+        }  # fmt: skip
+        renewal = self._renewal(sid, key)
+        if renewal is not None:
+            params.update(renewal.params)
+        if outbox:
+            params["p_messages"] = pack_messages(outbox)
+        rows: Rows = "none"
+        if writes:
+            rows = "new" if new_rows else "upsert"
+            params["p_rows"] = self._rows_json(sid, writes)
+        trained = self._train(tx, sid, writes)
+        if seen_ids:
+            params["p_uuids"], params["p_others"] = seen_page_values(self.dialect, seen_ids)
+        statement = page_commit(
+            renew=renewal is not None, outbox=bool(outbox), rows=rows, seen=bool(seen_ids)
+        )
+        renewed, written, *state = tx.one(statement, **params)
+        if renewal is not None:
+            renewal.confirm(renewed)
+        if new_rows:
+            _all_new(written, len(writes))
+        return StreamState(key, *state, records=0), trained
+
+    def _commit_statements(
+        self,
+        tx: Tx,
+        sid: int,
+        key: StreamKey,
+        writes: Sequence[RowWrite],
+        seen_ids: Sequence[str],
+        move: tuple[str | None, str | None, int],
+        outbox: Sequence[Message],
+        new_rows: bool,
+    ) -> tuple[StreamState, tuple[int, bytes] | None]:
+        """SQLite: the page's commit as its statements, in the caller's transaction."""
+        cursor, max_modified, pages = move
+        fenced = self._fence_sent(tx, sid, key)
+        write_outbox(tx, sid, outbox)
+        written = self._write_rows(tx, sid, writes, new_only=new_rows) if writes else 0
+        trained = self._train(tx, sid, writes)
+        write_seen_page(tx, self.dialect, sid, pages, seen_ids)
+        tx.run(ADVANCE, p_cursor=cursor, p_max=max_modified, p_pages=pages, p_sid=sid)
+        state = tx.cursor.fetchall()[0]
+        fenced()
+        if new_rows:
+            _all_new(written, len(writes))
+        return StreamState(key, *state, records=0), trained
+
+    def _rows_json(self, sid: int, writes: Sequence[RowWrite]) -> str:
+        """PostgreSQL: the rows as ``page_sql``'s one JSON parameter."""
+        dumps, encode = orjson.dumps, self.codec.encode
+        return dumps([
+            [w.id, w.modified_at, pack_hash(w.content_hash).hex(),
+             b2a_base64(encode(sid, dumps(w.record)), newline=False).decode(),
+             _remote_id(w.record)]
+            for w in writes
+        ]).decode()  # fmt: skip
+
     def _write_rows(
         self, tx: Tx, sid: int, writes: Sequence[RowWrite], *, new_only: bool = False
-    ) -> tuple[tuple[int, bytes] | None, Callable[[], None]]:
-        """Upsert the rows (``new_only``: insert them, leaving any stored row alone).
-        Returns a newly trained dictionary (number, data) if there is one, and the check
-        to run once the statements are answered: with ``new_only``, StoredRowsFound
-        unless every row was inserted."""
-        self._prepare_codec(tx, sid)
-        dumps, encode = orjson.dumps, self.codec.encode
-        counted: list[Any] = []  # PostgreSQL: the cursor whose rowcount is rows inserted
-        counted_rows = 0  # SQLite: rows inserted, counted as the chunks run
+    ) -> int:
+        """Upsert the rows, or (``new_only``) insert them, leaving any stored row alone;
+        returns how many were written (``new_only``: inserted)."""
+        written = 0
         if self.dialect == "postgresql":
-            rows_json = dumps([
-                [w.id, w.modified_at, pack_hash(w.content_hash).hex(),
-                 b2a_base64(encode(sid, dumps(w.record)), newline=False).decode(),
-                 _remote_id(w.record)]
-                for w in writes
-            ]).decode()  # fmt: skip
-            if new_only:  # its own cursor: the rowcount is known once the pipeline ends
-                counted.append(tx.fresh().run(_INSERT_NEW_RECORDS_PG, p_sid=sid, p_rows=rows_json))
-            else:
-                tx.run(_UPSERT_RECORDS_PG, p_sid=sid, p_rows=rows_json)
-        else:
-            statement = self._insert_new_records if new_only else self._upsert_records
-            for start in range(0, len(writes), CHUNK):
-                rows = [(sid, w.id, w.modified_at, pack_hash(w.content_hash),
-                         encode(sid, dumps(w.record)), _remote_id(w.record))
-                        for w in writes[start : start + CHUNK]]  # fmt: skip
-                tx.values(statement, rows)
-                counted_rows += tx.cursor.rowcount
+            sql = INSERT_NEW_RECORDS_PG if new_only else UPSERT_RECORDS_PG
+            found = tx.run(_text(sql), p_sid=sid, p_rows=self._rows_json(sid, writes))
+            return int(found.rowcount)
+        dumps, encode = orjson.dumps, self.codec.encode
+        statement = self._insert_new_records if new_only else self._upsert_records
+        for start in range(0, len(writes), CHUNK):
+            rows = [(sid, w.id, w.modified_at, pack_hash(w.content_hash),
+                     encode(sid, dumps(w.record)), _remote_id(w.record))
+                    for w in writes[start : start + CHUNK]]  # fmt: skip
+            tx.values(statement, rows)
+            written += tx.cursor.rowcount
+        return written
 
-        def check() -> None:
-            if not new_only:
-                return
-            done = sum(c.rowcount for c in counted) if counted else counted_rows
-            for cursor in counted:  # (unchecked, as the fence's, it goes with the object)
-                cursor.close()
-            if done != len(writes):
-                raise StoredRowsFound(
-                    f"{len(writes) - done} of the page's {len(writes)} rows were stored"
-                )
-
+    def _train(
+        self, tx: Tx, sid: int, writes: Sequence[RowWrite]
+    ) -> tuple[int, bytes] | None:
+        """Once rows were encoded (collecting samples): a dictionary trained on the
+        stream's samples once there are enough, stored in ``tx``; (number, data), to take
+        up once committed."""
+        if not writes:
+            return None
         data = self.codec.train(sid)
         if data is None:
-            return None, check
+            return None
         number = int(tx.one(_INSERT_DICTIONARY, p_sid=sid, p_data=data)[0])
         # A blob names its dictionary in 2 bytes: past that, the stream stays on plain zstd.
-        return ((number, data) if number < 1 << 16 else None), check
+        return (number, data) if number < 1 << 16 else None
 
     def known_rejections(
         self, key: StreamKey, fingerprints: Sequence[str]
