@@ -5,6 +5,7 @@ nothing): the changed rows, its messages (the outbox, see ``scans``), the conten
 rejected, one row of the ids it saw (``seen``) and the cursor. The rest reads: stored
 rows by id, by ``remote_id``, and the contents already dead-lettered (``rejected``).
 Rows are packed by ``codec`` (zstd blobs with a dictionary per stream, 16-byte hashes).
+On PostgreSQL a page's commit is one statement (``page_sql``); on SQLite, its statements.
 """
 
 from __future__ import annotations
