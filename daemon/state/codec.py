@@ -8,8 +8,8 @@
 - **Content hashes** (32 hex digits) are their 16 bytes; anything else (a test's "h1")
   is kept as its text behind a marker byte, so no spelling is ever lost.
 - **The outbox**: a commit's messages as one zstd-compressed row, not one row each: an
-  initial sync inserts and deletes one row per page instead of one per event, so it
-  leaves 0.01 dead tuples per record for vacuum instead of 1 (about 1 kB each).
+  initial sync replaces one row per page instead of one per event, so it leaves 0.01
+  dead tuples per record for vacuum instead of 1 (about 1 kB each).
 - **Seen ids**: a page's ids as one row; on PostgreSQL canonical UUIDs are packed 16
   bytes each (a page of 100 UUIDs: 1.6 kB, under the 2 kB TOAST threshold, so one heap
   tuple and no TOAST), the other ids as a JSON array (SQLite: all of them, read back by

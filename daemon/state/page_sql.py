@@ -9,7 +9,8 @@ stream's new state. Sent as a pipeline of five statements they cost ~1 ms of psy
 CPU per page and a parse, plan and execute each on the server; as one, a fifth of that.
 
 The sub-statements of one statement all see the snapshot taken before it: the seen ids'
-row is numbered from the stream's page count before the cursor moves, as it must be.
+row is numbered from the stream's page count before the cursor moves, as it must be. The
+lease's row is locked before the stream's, as ``reset`` locks them (see ``page_commit``).
 """
 
 from __future__ import annotations
@@ -67,21 +68,28 @@ Rows = Literal["none", "upsert", "new"]
 @functools.lru_cache(maxsize=32)
 def page_commit(*, renew: bool, outbox: bool, rows: Rows, seen: bool) -> sa.Select[tuple]:
     """PostgreSQL: a page's commit as one statement. Its one row: (leases renewed, rows
-    written, *STATE_COLUMNS after the move). ``renew``: the stream's lease is held here
-    (``RENEW``'s parameters); ``outbox``: messages to keep (``p_messages``), else the
-    outbox is emptied; ``rows``: the page's rows (``p_rows``), upserted or inserted as
-    new; ``seen``: the ids it saw (``p_uuids``, ``p_others``)."""
+    written, *STATE_COLUMNS after the move); no row when the lease was not renewed.
+    ``renew``: the stream's lease is held here (``RENEW``'s parameters); ``outbox``:
+    messages to keep (``p_messages``), else the outbox is emptied; ``rows``: the page's
+    rows (``p_rows``), upserted or inserted as new; ``seen``: the ids it saw
+    (``p_uuids``, ``p_others``)."""
     ctes = [(PUT_OUTBOX.columns() if outbox else CLEAR_OUTBOX).cte("outbox_put")]
     renewed: sa.ColumnElement[int] = sa.literal_column("1")
+    advance_sql = ADVANCE
     if renew:
         renewal = RENEW.returning(sa.literal_column("1")).cte("renewal")
         renewed = select(func.count()).select_from(renewal).scalar_subquery()
+        # The lease's row is locked before the stream's (the move runs only once the
+        # renewal has), as in every write of a pass and in ``reset``, which takes the
+        # lease first and the stream's row last: the other order deadlocks with it.
+        # A lease not renewed moves nothing, and the statement answers no row.
+        advance_sql = ADVANCE.where(sa.exists(select(sa.literal_column("1")).select_from(renewal)))
     written: sa.ColumnElement[int] = sa.literal_column("0")
     if rows != "none":
-        sql = UPSERT_RECORDS_PG if rows == "upsert" else INSERT_NEW_RECORDS_PG
+        sql = {"upsert": UPSERT_RECORDS_PG, "new": INSERT_NEW_RECORDS_PG}[rows]
         inserted = sa.text(sql + " RETURNING 1").columns().cte("rows_written")
         written = select(func.count()).select_from(inserted).scalar_subquery()
     if seen:
         ctes.append(INSERT_PAGE.cte("seen_ids"))
-    advance = ADVANCE.cte("advance")
+    advance = advance_sql.cte("advance")
     return select(renewed, written, *advance.c).add_cte(*ctes)

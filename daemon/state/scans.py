@@ -189,7 +189,7 @@ class Scans(LeaseFencing):
         sync (its start time) the scan covers: the bookmark moves to it when it completes."""
         with self._tx("begin scan") as tx:
             sid = self._sid(tx, key)
-            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+            with tx.pipeline(self.dialect):  # one round trip (``Tx.pipeline``)
                 fenced = self._fence_sent(tx, sid, key)
                 tx.run(DROP_SCAN_IDS, p_sid=sid)  # an abandoned scan's, if any
                 tx.run(_BEGIN_SCAN, p_kind=kind, p_since=since, p_now=now, p_sync=sync, p_sid=sid)
@@ -210,7 +210,7 @@ class Scans(LeaseFencing):
         """Forget deleted rows and keep their ``deleted`` messages to publish: one transaction."""
         with self._tx("commit deletes") as tx:
             sid = self._sid(tx, key)
-            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+            with tx.pipeline(self.dialect):  # one round trip (``Tx.pipeline``)
                 fenced = self._fence_sent(tx, sid, key)
                 write_outbox(tx, sid, outbox)
                 for start in range(0, len(ids), CHUNK):
@@ -232,7 +232,7 @@ class Scans(LeaseFencing):
         ``walked``: a full scan's (walk spacing from now, hint_missed or None)."""
         with self._tx("finish scan") as tx:
             sid = self._sid(tx, key)
-            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+            with tx.pipeline(self.dialect):  # one round trip (``Tx.pipeline``)
                 fenced = self._fence_sent(tx, sid, key)
                 if outbox:
                     write_outbox(tx, sid, outbox)
@@ -286,7 +286,7 @@ class Scans(LeaseFencing):
         still (scan number, pages committed), as the caller's last commit left it."""
         with self._tx("clear outbox") as tx:
             sid = self._sid(tx, key)
-            with tx.pipeline(self.dialect):  # one round trip (see ``commit_page``)
+            with tx.pipeline(self.dialect):  # one round trip (``Tx.pipeline``)
                 # Another replica that took the stream over may have an outbox of its own.
                 fenced = self._fence_sent(tx, sid, key)
                 if at is None:

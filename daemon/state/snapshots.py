@@ -19,17 +19,11 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy import bindparam, func, select
 
-from daemon.errors import StoredRowsFound
+from daemon.errors import LeaseLost, StoredRowsFound
 from daemon.models import Message, RejectWrite, RowWrite, SnapshotRow, StreamKey, StreamState
 from daemon.state.codec import pack_hash, pack_messages
 from daemon.state.leases import LeaseFencing
-from daemon.state.page_sql import (
-    ADVANCE,
-    INSERT_NEW_RECORDS_PG,
-    UPSERT_RECORDS_PG,
-    Rows,
-    page_commit,
-)
+from daemon.state.page_sql import ADVANCE, UPSERT_RECORDS_PG, Rows, page_commit
 from daemon.state.rows import LoadedRow
 from daemon.state.scans import CURRENT_SCAN, write_outbox
 from daemon.state.schema import dictionaries, records, rejected
@@ -45,6 +39,7 @@ from daemon.state.sql import (
 
 RECORD_COLUMNS = ("sid", "id", "modified_at", "hash", "record", "remote_id")
 REJECTED_COLUMNS = ("sid", "fingerprint", "first_seen", "reason", "record_id", "scan")
+_UPSERT_RECORDS_PG = sa.text(UPSERT_RECORDS_PG)  # rows written outside a page's commit
 _COUNT_REJECTED = select(func.count()).select_from(rejected).where(rejected.c.sid == SID)
 # Rejected items of the current scan that nothing identifies: its deletes are withheld.
 _COUNT_UNIDENTIFIED = (
@@ -71,11 +66,6 @@ def _by_remote(count: int) -> sa.Select[Any]:
     return select(records.c.remote_id, records.c.id).where(
         records.c.sid == SID, records.c.remote_id.in_(id_params(count))
     )
-
-
-@functools.lru_cache(maxsize=4)
-def _text(sql: str) -> sa.TextClause:
-    return sa.text(sql)
 
 
 def _all_new(written: int, rows: int) -> None:
@@ -229,9 +219,6 @@ class Snapshots(LeaseFencing):
         params: dict[str, Any] = {
             "p_sid": sid, "p_cursor": cursor, "p_max": max_modified, "p_pages": pages
         }  # fmt: skip
-        renewal = self._renewal(sid, key)
-        if renewal is not None:
-            params.update(renewal.params)
         if outbox:
             params["p_messages"] = pack_messages(outbox)
         rows: Rows = "none"
@@ -241,12 +228,18 @@ class Snapshots(LeaseFencing):
         trained = self._train(tx, sid, writes)
         if seen_ids:
             params["p_uuids"], params["p_others"] = seen_page_values(self.dialect, seen_ids)
+        renewal = self._renewal(sid, key)  # dated as late as it can be
+        if renewal is not None:
+            params.update(renewal.params)
         statement = page_commit(
             renew=renewal is not None, outbox=bool(outbox), rows=rows, seen=bool(seen_ids)
         )
-        renewed, written, *state = tx.one(statement, **params)
+        answer = tx.one(statement, **params)
         if renewal is not None:
-            renewal.confirm(renewed)
+            renewal.confirm(0 if answer is None else answer[0])
+        if answer is None:  # the stream's row is gone (a store dropped under the daemon)
+            raise LeaseLost(f"{key}: the stream's row is gone")
+        _, written, *state = answer
         if new_rows:
             _all_new(written, len(writes))
         return StreamState(key, *state, records=0), trained
@@ -292,9 +285,9 @@ class Snapshots(LeaseFencing):
         """Upsert the rows, or (``new_only``) insert them, leaving any stored row alone;
         returns how many were written (``new_only``: inserted)."""
         written = 0
-        if self.dialect == "postgresql":
-            sql = INSERT_NEW_RECORDS_PG if new_only else UPSERT_RECORDS_PG
-            found = tx.run(_text(sql), p_sid=sid, p_rows=self._rows_json(sid, writes))
+        if self.dialect == "postgresql":  # a page's commit goes through ``_commit_pg``
+            assert not new_only
+            found = tx.run(_UPSERT_RECORDS_PG, p_sid=sid, p_rows=self._rows_json(sid, writes))
             return int(found.rowcount)
         dumps, encode = orjson.dumps, self.codec.encode
         statement = self._insert_new_records if new_only else self._upsert_records

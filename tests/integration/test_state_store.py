@@ -8,22 +8,25 @@ store-level parts of test_postgres.py).
 from __future__ import annotations
 
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
+import psycopg
 import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.errors import StateStoreError, StoredRowsFound
+from daemon.errors import LeaseLost, StateStoreError, StoredRowsFound
 from daemon.models import Message, RejectWrite, RowWrite, StreamKey
 from daemon.settings import StateSettings
 from daemon.state import LoadedRow, SnapshotStore, StateStore, head_revision, open_store
 from daemon.state.dialects import engine_url
 from daemon.timestamps import normalize_time
+from tests.harness import wait_until
 
 KEY = StreamKey("acme", "enrollments")
 OTHER = StreamKey("globex", "enrollments")
@@ -343,6 +346,43 @@ def test_postgres_claims_are_exclusive_between_replicas(pg_schema: str) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_a_reset_during_a_page_commit_is_no_deadlock(pg_schema: str) -> None:
+    """``reset`` takes the stream's lease first and its row last; a page's commit must
+    lock them in that order too. Here the reset has dropped the lease when the commit
+    comes: the commit waits for the lease's row, holding nothing the reset needs, and
+    ends with LeaseLost once the reset commits (the other order: a deadlock)."""
+    store = open_store(pg_schema)
+    try:
+        assert store.claim(KEY)
+        store.begin_scan(KEY, "full", None, 1.0)
+        with psycopg.connect(pg_schema) as reset, psycopg.connect(pg_schema) as watch:
+            reset.execute("DELETE FROM changefeed_leases")  # reset's first step, uncommitted
+            outcome: dict[str, BaseException | None] = {}
+
+            def commit() -> None:
+                try:
+                    store.commit_page(KEY, [write("a")], ["a"], "c1", None)
+                    outcome["error"] = None
+                except BaseException as exc:
+                    outcome["error"] = exc
+
+            committing = threading.Thread(target=commit)
+            committing.start()
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+            wait_until(lambda: watch.execute(waiting).fetchone()[0] > 0, 10, "the commit waiting")
+            # reset's last step: the stream's row, free (the commit has not locked it).
+            reset.execute("UPDATE changefeed_streams SET scan_cursor = NULL")
+            reset.commit()
+            committing.join(10)
+        assert isinstance(outcome["error"], LeaseLost), outcome
+        assert store.load_rows(KEY, ["a"]) == {}
+    finally:
+        store.close()
 
 
 def test_postgres_url_never_shows_its_password() -> None:
