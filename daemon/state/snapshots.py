@@ -19,7 +19,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy import bindparam, func, select
 
-from daemon.errors import LeaseLost, StoredRowsFound
+from daemon.errors import StateStoreError, StoredRowsFound
 from daemon.models import Message, RejectWrite, RowWrite, SnapshotRow, StreamKey, StreamState
 from daemon.state.codec import pack_hash, pack_messages
 from daemon.state.leases import LeaseFencing
@@ -237,8 +237,8 @@ class Snapshots(LeaseFencing):
         answer = tx.one(statement, **params)
         if renewal is not None:
             renewal.confirm(0 if answer is None else answer[0])
-        if answer is None:  # the stream's row is gone (a store dropped under the daemon)
-            raise LeaseLost(f"{key}: the stream's row is gone")
+        if answer is None:  # no lease held, and no stream row: the store changed under us
+            raise StateStoreError(f"state store {self.backend.where}: {key} has no stream row")
         _, written, *state = answer
         if new_rows:
             _all_new(written, len(writes))
