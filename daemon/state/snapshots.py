@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from binascii import b2a_base64
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -66,6 +67,21 @@ def _by_remote(count: int) -> sa.Select[Any]:
     return select(records.c.remote_id, records.c.id).where(
         records.c.sid == SID, records.c.remote_id.in_(id_params(count))
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _PageCommit:
+    """What one ``commit_page`` writes (stream ``sid``), for either database's way."""
+
+    key: StreamKey
+    sid: int
+    writes: Sequence[RowWrite]
+    seen_ids: Sequence[str]
+    cursor: str | None
+    max_modified: str | None
+    pages: int
+    outbox: Sequence[Message]
+    new_rows: bool
 
 
 def _all_new(written: int, rows: int) -> None:
@@ -186,9 +202,10 @@ class Snapshots(LeaseFencing):
             if writes:
                 self._prepare_codec(tx, sid)
             commit = self._commit_pg if self.dialect == "postgresql" else self._commit_statements
-            state, trained = commit(
-                tx, sid, key, writes, seen_ids, (next_cursor, max_modified, pages), outbox, new_rows
+            page = _PageCommit(
+                key, sid, writes, seen_ids, next_cursor, max_modified, pages, outbox, new_rows
             )
+            state, trained = commit(tx, page)
             if rejected:
                 unique = {r.fingerprint: r for r in rejected}.values()
                 rows = [(sid, r.fingerprint, r.first_seen, r.reason, r.record_id,
@@ -202,33 +219,26 @@ class Snapshots(LeaseFencing):
         return state
 
     def _commit_pg(
-        self,
-        tx: Tx,
-        sid: int,
-        key: StreamKey,
-        writes: Sequence[RowWrite],
-        seen_ids: Sequence[str],
-        move: tuple[str | None, str | None, int],
-        outbox: Sequence[Message],
-        new_rows: bool,
+        self, tx: Tx, page: _PageCommit
     ) -> tuple[StreamState, tuple[int, bytes] | None]:
         """PostgreSQL: the page's commit as one statement (``page_sql.page_commit``); the
         lease's renewal and the rows written are checked before the transaction commits.
         Returns the new state, and a dictionary trained on the way (``_train``)."""
-        cursor, max_modified, pages = move
+        sid, writes, seen_ids, outbox = page.sid, page.writes, page.seen_ids, page.outbox
         params: dict[str, Any] = {
-            "p_sid": sid, "p_cursor": cursor, "p_max": max_modified, "p_pages": pages
+            "p_sid": sid, "p_cursor": page.cursor, "p_max": page.max_modified,
+            "p_pages": page.pages,
         }  # fmt: skip
         if outbox:
             params["p_messages"] = pack_messages(outbox)
         rows: Rows = "none"
         if writes:
-            rows = "new" if new_rows else "upsert"
+            rows = "new" if page.new_rows else "upsert"
             params["p_rows"] = self._rows_json(sid, writes)
         trained = self._train(tx, sid, writes)
         if seen_ids:
             params["p_uuids"], params["p_others"] = seen_page_values(self.dialect, seen_ids)
-        renewal = self._renewal(sid, key)  # dated as late as it can be
+        renewal = self._renewal(sid, page.key)  # dated as late as it can be
         if renewal is not None:
             params.update(renewal.params)
         statement = page_commit(
@@ -238,36 +248,32 @@ class Snapshots(LeaseFencing):
         if renewal is not None:
             renewal.confirm(0 if answer is None else answer[0])
         if answer is None:  # no lease held, and no stream row: the store changed under us
-            raise StateStoreError(f"state store {self.backend.where}: {key} has no stream row")
+            raise StateStoreError(
+                f"state store {self.backend.where}: {page.key} has no stream row"
+            )
         _, written, *state = answer
-        if new_rows:
+        if page.new_rows:
             _all_new(written, len(writes))
-        return StreamState(key, *state, records=0), trained
+        return StreamState(page.key, *state, records=0), trained
 
     def _commit_statements(
-        self,
-        tx: Tx,
-        sid: int,
-        key: StreamKey,
-        writes: Sequence[RowWrite],
-        seen_ids: Sequence[str],
-        move: tuple[str | None, str | None, int],
-        outbox: Sequence[Message],
-        new_rows: bool,
+        self, tx: Tx, page: _PageCommit
     ) -> tuple[StreamState, tuple[int, bytes] | None]:
         """SQLite: the page's commit as its statements, in the caller's transaction."""
-        cursor, max_modified, pages = move
-        fenced = self._fence_sent(tx, sid, key)
-        write_outbox(tx, sid, outbox)
-        written = self._write_rows(tx, sid, writes, new_only=new_rows) if writes else 0
+        sid, writes = page.sid, page.writes
+        fenced = self._fence_sent(tx, sid, page.key)
+        write_outbox(tx, sid, page.outbox)
+        written = self._write_rows(tx, sid, writes, new_only=page.new_rows) if writes else 0
         trained = self._train(tx, sid, writes)
-        write_seen_page(tx, self.dialect, sid, pages, seen_ids)
-        tx.run(ADVANCE, p_cursor=cursor, p_max=max_modified, p_pages=pages, p_sid=sid)
+        write_seen_page(tx, self.dialect, sid, page.pages, page.seen_ids)
+        tx.run(
+            ADVANCE, p_cursor=page.cursor, p_max=page.max_modified, p_pages=page.pages, p_sid=sid
+        )
         state = tx.cursor.fetchall()[0]
         fenced()
-        if new_rows:
+        if page.new_rows:
             _all_new(written, len(writes))
-        return StreamState(key, *state, records=0), trained
+        return StreamState(page.key, *state, records=0), trained
 
     def _rows_json(self, sid: int, writes: Sequence[RowWrite]) -> str:
         """PostgreSQL: the rows as ``page_sql``'s one JSON parameter."""
